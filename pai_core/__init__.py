@@ -1,0 +1,1 @@
+"""PaI Explorer engine: pruning at initialization of pre-trained vision models."""

@@ -1,0 +1,107 @@
+"""Frozen ridge heads and zero-shot evaluation on every task of a suite (Sec. 3.3).
+
+The heads ξ_k are fitted once on the *dense* encoder and then frozen; an encoder
+(dense, pruned, or pruned and fine-tuned) is judged by the accuracy of
+φ(x; W)ᵀ ξ_k on each task k.  Like the paper, heads are fitted and evaluated on
+the same images by default; ``holdout=True`` fits on one stratified half and
+evaluates on the other (a deviation from the paper, labelled as such in the UI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import ridge
+from .features import Progress, dense_features, extract, task_inputs
+from .models import Encoder
+from .tasks import TaskSuite
+
+__all__ = ["Heads", "split_indices", "fit_heads", "evaluate", "evaluate_dense"]
+
+
+def split_indices(labels: Tensor | np.ndarray, holdout: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, eval) row indices: all/all, or a stratified half/half split when ``holdout``."""
+    labels = np.asarray(labels)
+    everything = np.arange(len(labels))
+    if not holdout:
+        return everything, everything
+    rng = np.random.default_rng(seed)
+    fit_idx, eval_idx = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        half = max(1, len(idx) // 2)
+        fit_idx.append(idx[:half])
+        eval_idx.append(idx[half:] if len(idx) > 1 else idx)
+    return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(eval_idx))
+
+
+@dataclass(eq=False)
+class Heads:
+    """One frozen ridge head per task plus the split it was fitted on."""
+
+    xi: list[Tensor]
+    holdout: bool
+    seed: int
+    alpha: float
+
+    def module(self, task_index: int) -> nn.Module:
+        """The head of one task as a frozen bias-free ``nn.Linear`` (h → C)."""
+        xi = self.xi[task_index]
+        lin = nn.Linear(xi.shape[0], xi.shape[1], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(xi.T)
+        lin.weight.requires_grad_(False)
+        return lin
+
+
+def fit_heads(encoder: Encoder, suite: TaskSuite, *, alpha: float = 1.0, holdout: bool = False, seed: int = 0,
+              image_size: int | None = None, device: torch.device | str = "cpu",
+              progress: Progress | None = None) -> Heads:
+    """Fit ξ_k on the dense encoder's features for every task k (Eq. 7)."""
+    xis = []
+    for k, task in enumerate(suite.tasks):
+        phi, y = dense_features(encoder, suite, k, image_size=image_size, device=device, progress=progress)
+        fit_idx, _ = split_indices(y, holdout, seed)
+        xis.append(ridge.fit(phi[fit_idx], y[fit_idx], task.num_classes, alpha=alpha))
+    return Heads(xis, holdout, seed, alpha)
+
+
+def evaluate(model: nn.Module, encoder: Encoder, suite: TaskSuite, heads: Heads, *,
+             image_size: int | None = None, device: torch.device | str = "cpu", batch_size: int = 64,
+             progress: Progress | None = None, tasks: list[int] | None = None) -> list[float]:
+    """Accuracy of ``model`` (an encoder φ, possibly pruned) with the frozen heads on each task.
+
+    Args:
+        model: The feature extractor to judge (e.g. a pruned copy of ``encoder.model``).
+        encoder: Supplies the preprocessing.
+        suite: The tasks.
+        heads: Frozen heads from :func:`fit_heads` (their split is reused).
+        tasks: Indices to evaluate (default: all).
+
+    Returns:
+        Accuracy per evaluated task, in order.
+    """
+    accs = []
+    model = model.to(device)
+    for k in tasks if tasks is not None else range(len(suite.tasks)):
+        x, y = task_inputs(suite.tasks[k], encoder, image_size, progress)
+        _, eval_idx = split_indices(y, heads.holdout, heads.seed)
+        phi = extract(model, x[eval_idx], batch_size=batch_size, device=device, progress=progress,
+                      message=f"evaluating on {suite.tasks[k].name}")
+        accs.append(ridge.accuracy(phi, y[eval_idx], heads.xi[k]))
+    return accs
+
+
+def evaluate_dense(encoder: Encoder, suite: TaskSuite, heads: Heads, *, image_size: int | None = None,
+                   device: torch.device | str = "cpu", progress: Progress | None = None) -> list[float]:
+    """Dense accuracy per task from the cached dense features (no forward pass on a cache hit)."""
+    accs = []
+    for k in range(len(suite.tasks)):
+        phi, y = dense_features(encoder, suite, k, image_size=image_size, device=device, progress=progress)
+        _, eval_idx = split_indices(y, heads.holdout, heads.seed)
+        accs.append(ridge.accuracy(phi[eval_idx], y[eval_idx], heads.xi[k]))
+    return accs
