@@ -49,6 +49,7 @@ __all__ = [
     "load_json",
     "cached_tensors",
     "cached_json",
+    "locked",
     "usage",
     "clear",
 ]
@@ -184,7 +185,8 @@ def load_json(path: Path) -> Any:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Advisory inter-process lock next to ``path`` (so identical work is done once)."""
     lock_path = path.with_name(path.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+b") as fh:
@@ -214,7 +216,7 @@ def _cached(path: Path, load: Callable[[Path], Any], save: Callable[[Path, Any],
     hit = try_load()
     if hit is not None:
         return hit
-    with _locked(path):
+    with locked(path):
         hit = try_load()  # another process may have finished while we waited
         if hit is not None:
             return hit

@@ -438,7 +438,7 @@ def _cifar100(root, images_per_class, seed) -> TaskSuite:
             torchvision.datasets.CIFAR100(str(root), train=False, download=True)
         except Exception as exc:
             raise DataError(f"{test} not found and the download failed ({exc}); put the extracted "
-                            "cifar-100-python/ folder in {root}") from exc
+                            f"cifar-100-python/ folder in {root}") from exc
     with open(test, "rb") as fh:
         d = pickle.load(fh, encoding="latin1")
     with open(root / "cifar-100-python" / "meta", "rb") as fh:

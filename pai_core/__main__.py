@@ -1,0 +1,217 @@
+"""Command line: ``python -m pai_core {models,suites,evaluate,run,landscape,sweep,report}``.
+
+Examples:
+    python -m pai_core evaluate --model efficientnet_lite0 --suite digits
+    python -m pai_core run --score kfac --sparsity 0.5904 --finetune short
+    python -m pai_core run --score magnitude --sparsity paper --all-sources
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import experiment, masks, models, scores, tasks
+from .evaluate import evaluate_dense
+from .features import device_label, pick_device
+
+__all__ = ["main"]
+
+
+class _Bar:
+    """A one-line text progress bar per stage (stderr), so logs stay readable."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 0.2:
+            return
+        self.last = now
+        width = 28
+        fill = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        self.stream.write(f"\r[{stage:>10}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} {message[:60]:<60}{end}")
+        self.stream.flush()
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=models.DEFAULT_MODEL, help=f"encoder ({', '.join(models.available())})")
+    p.add_argument("--checkpoint", default=None, help="local checkpoint file for the encoder (works offline)")
+    p.add_argument("--suite", default="digits", help=f"task suite ({', '.join(tasks.available())})")
+    p.add_argument("--data-root", default=None, help="data folder for suites that read one (e.g. ImageNet val)")
+    p.add_argument("--images-per-class", type=int, default=50, help="data subset per class (paper: 50)")
+    p.add_argument("--holdout", action="store_true",
+                   help="fit heads on one half, evaluate on the other (deviation from the paper)")
+    p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: suite's/model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+
+
+def _fmt(v: float | None) -> str:
+    return "   -  " if v is None else f"{100 * v:6.2f}"
+
+
+def _cmd_models(args) -> int:
+    for e in models.entries():
+        flag = "offline" if e.offline else "needs hub/checkpoint"
+        print(f"{e.name:20} {e.family:4} {flag:22} {e.description}")
+    return 0
+
+
+def _cmd_suites(args) -> int:
+    for name in tasks.available():
+        i = tasks.info(name)
+        print(f"{name:24} {'offline' if i.offline else 'needs data':10} {i.description}\n{'':35}needs: {i.needs}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    spec = experiment.ExperimentSpec(model=args.model, suite=args.suite, images_per_class=args.images_per_class,
+                                     holdout=args.holdout, seed=args.seed, image_size=args.image_size,
+                                     data_root=args.data_root, checkpoint=args.checkpoint, device=args.device)
+    bar = _Bar()
+    enc = experiment.get_encoder(spec.model, spec.checkpoint)
+    suite = experiment.get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
+    device = pick_device(spec.device)
+    print(f"model {enc.name} ({enc.weights_id}), suite {suite.name}, device {device_label(device)}"
+          f"{', held-out split' if spec.holdout else ', fit = evaluate images (as the paper)'}")
+    heads = experiment.get_heads(spec, enc, suite, device, lambda *a: bar("features", *a))
+    accs = evaluate_dense(enc, suite, heads, image_size=spec.image_size or suite.image_size, device=device)
+    print(f"{'task':28} {'images':>6} {'dense acc %':>11}")
+    for t, a in zip(suite.tasks, accs, strict=True):
+        print(f"{t.name:28} {len(t):6d} {_fmt(a):>11}")
+    for note in suite.notes:
+        print(f"note: {note}")
+    if suite.skipped:
+        print(f"note: {suite.skipped} unreadable image file(s) skipped")
+    return 0
+
+
+def _parse_sparsities(text: str) -> list[float]:
+    if text == "paper":
+        return list(masks.PAPER_SPARSITIES)
+    vals = [float(v) for v in text.split(",")]
+    return [v / 100 if v >= 1 else v for v in vals]
+
+
+def _print_result(res: experiment.ExperimentResult) -> None:
+    s = res.spec
+    print(f"\n{s.model} / {s.suite} / source {s.source} / {s.score} / sparsity {100 * s.sparsity:.2f}%"
+          f" / fine-tuning: {res.schedule or 'off'}{' (cached)' if res.cached else ''}")
+    print(f"{'task':28} {'role':9} {'dense':>7} {'zero-shot':>9} {'fine-tuned':>10}")
+    for t in res.tasks:
+        print(f"{t.task:28} {t.role:9} {_fmt(t.dense):>7} {_fmt(t.zero_shot):>9} {_fmt(t.finetuned):>10}")
+    m = res.summary()
+    print(f"{'mean source':38} {_fmt(m['source_dense']):>7} {_fmt(m['source_zero_shot']):>9} "
+          f"{_fmt(m['source_finetuned']):>10}")
+    print(f"{'mean transfer':38} {_fmt(m['transfer_dense']):>7} {_fmt(m['transfer_zero_shot']):>9} "
+          f"{_fmt(m['transfer_finetuned']):>10}")
+    for note in res.notes:
+        print(f"note: {note}")
+
+
+def _cmd_run(args) -> int:
+    opts = dict(json.loads(args.score_options)) if args.score_options else {}
+    base = experiment.ExperimentSpec(
+        model=args.model, suite=args.suite, source=args.source, score=args.score, score_options=opts,
+        images_per_class=args.images_per_class, finetune=args.finetune, holdout=args.holdout, seed=args.seed,
+        image_size=args.image_size, data_root=args.data_root, checkpoint=args.checkpoint, device=args.device,
+        mask_scope=args.mask_scope, loss=args.loss)
+    bar = _Bar()
+    results = []
+    for q in _parse_sparsities(args.sparsity):
+        spec = base.replace(sparsity=q)
+        if args.all_sources:
+            runs = experiment.run_all_sources(spec, bar)
+            for r in runs:
+                _print_result(r)
+            avg = experiment.average_over_sources(runs)
+            print(f"\naverage over {len(runs)} sources at {100 * q:.2f}%: "
+                  + ", ".join(f"{k} {_fmt(v).strip()}" for k, v in avg.items()))
+            results += runs
+        else:
+            res = experiment.run(spec, bar)
+            _print_result(res)
+            results.append(res)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([r.to_dict() for r in results], fh, indent=1)
+    return 0
+
+
+def _cmd_landscape(args) -> int:
+    from . import landscape
+
+    spec = experiment.ExperimentSpec(model=args.model, suite=args.suite, source=args.source, score=args.score,
+                                     sparsity=_parse_sparsities(args.sparsity)[0], finetune=args.finetune,
+                                     images_per_class=args.images_per_class, seed=args.seed,
+                                     data_root=args.data_root, checkpoint=args.checkpoint, device=args.device)
+    ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
+    print(f"PCA plane: explained variance {ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}")
+    for label, (x, y) in ls.points.items():
+        src, tr = ls.point_losses[label]
+        print(f"{label:30} at ({x:+.4g}, {y:+.4g})  source loss {src:.4f}  transfer loss {tr:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (expected problems print one clear line, status 2)."""
+    parser = argparse.ArgumentParser(prog="python -m pai_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list encoders and whether they load offline").set_defaults(fn=_cmd_models)
+    sub.add_parser("suites", help="list task suites and what they need").set_defaults(fn=_cmd_suites)
+
+    p = sub.add_parser("evaluate", help="dense fit-and-evaluate accuracy per task")
+    _add_data_args(p)
+    p.set_defaults(fn=_cmd_evaluate)
+
+    p = sub.add_parser("run", help="prune on a source task, evaluate zero-shot (and fine-tuned) on every task")
+    _add_data_args(p)
+    p.add_argument("--source", type=int, default=0, help="index of the source task")
+    p.add_argument("--all-sources", action="store_true", help="each task the source once (the paper's average)")
+    p.add_argument("--score", default="magnitude", help=f"pruning score ({', '.join(scores.available())})")
+    p.add_argument("--score-options", default=None, help='JSON, e.g. \'{"probes": 20}\'')
+    p.add_argument("--sparsity", default="0.5904", help="fraction or percent, comma-separated, or 'paper'")
+    p.add_argument("--mask-scope", default="global", choices=["global", "layerwise"])
+    p.add_argument("--loss", default="mse", choices=["mse", "ce"])
+    p.add_argument("--finetune", nargs="?", const="short", default=None,
+                   help="fine-tune on the source: schedule paper|short|smoke (flag alone: short)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("landscape", help="PCA loss landscape of a source/transfer pair (Fig. 4)")
+    _add_data_args(p)
+    p.add_argument("--source", type=int, default=0)
+    p.add_argument("--transfer", type=int, default=1)
+    p.add_argument("--score", default="magnitude")
+    p.add_argument("--sparsity", default="0.6642")
+    p.add_argument("--finetune", default="short")
+    p.add_argument("--grid", type=int, default=9)
+    p.add_argument("--extent", type=float, default=1.5)
+    p.set_defaults(fn=_cmd_landscape)
+
+    try:
+        from . import sweep
+    except ImportError:
+        sweep = None
+    if sweep is not None and hasattr(sweep, "add_cli"):
+        sweep.add_cli(sub)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (models.ModelUnavailable, tasks.DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages stay cached; run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""PCA loss-landscape projections for a source/transfer task pair (the paper's Fig. 4).
+
+Three flattened encoder weight vectors — θ₀ (dense), θ̃₀ (pruned on the source)
+and θ̃ₛ* (pruned and fine-tuned on the source) — span an affine plane.  Their
+top two principal directions (scikit-learn PCA on the three rows) are an
+orthonormal basis of exactly that plane, so the three points reconstruct
+exactly from their 2-D coordinates.  On a grid over the plane we load
+θ = mean + a·u₁ + b·u₂ into the encoder and measure the source and the transfer
+loss (each task through its own frozen ridge head, the paper's squared error).
+The encoder stays in eval mode (BatchNorm uses its running statistics), as in
+fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from torch import Tensor, nn
+
+from . import cache, masks
+from .evaluate import split_indices
+from .experiment import (
+    ExperimentSpec,
+    StageProgress,
+    _image_size,
+    get_encoder,
+    get_finetuned,
+    get_heads,
+    get_masks,
+    get_suite,
+)
+from .features import pick_device, task_inputs
+from .finetune import mse_loss
+
+__all__ = ["Landscape", "pca_plane", "compute"]
+
+LABELS = ("θ₀ (dense)", "θ̃₀ (pruned)", "θ̃ₛ* (pruned + fine-tuned)")
+
+
+@dataclass
+class Landscape:
+    """Losses over the PCA plane of (θ₀, θ̃₀, θ̃ₛ*).
+
+    Attributes:
+        xs, ys: Grid coordinates along the first and second principal direction.
+        source_loss, transfer_loss: ``[len(ys), len(xs)]`` mean squared errors.
+        points: Label → (x, y) coordinates of the three weight vectors.
+        point_losses: Label → (source loss, transfer loss) at the exact points.
+        source_name, transfer_name: Task names.
+        explained_variance: Fractions of variance of the two directions.
+        spec: The experiment (its ``finetune`` must be set).
+    """
+
+    xs: np.ndarray
+    ys: np.ndarray
+    source_loss: np.ndarray
+    transfer_loss: np.ndarray
+    points: dict[str, tuple[float, float]]
+    point_losses: dict[str, tuple[float, float]]
+    source_name: str
+    transfer_name: str
+    explained_variance: tuple[float, float]
+    spec: ExperimentSpec | None = None
+
+
+def pca_plane(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre, basis and coordinates of the plane through the rows of ``vectors``.
+
+    Args:
+        vectors: ``[3, p]`` (any number of rows ≥ 2 works).
+
+    Returns:
+        ``(mean [p], basis [2, p] orthonormal rows, coords [rows, 2])`` with
+        ``mean + coords @ basis == vectors`` whenever the rows span at most a plane.
+    """
+    pca = PCA(n_components=2, svd_solver="full")
+    coords = pca.fit_transform(vectors)
+    return pca.mean_, pca.components_, coords
+
+
+def _flat(model: nn.Module, names: list[str]) -> np.ndarray:
+    params = dict(model.named_parameters())
+    return torch.cat([params[n].detach().reshape(-1).double() for n in names]).numpy()
+
+
+def _load_flat(model: nn.Module, names: list[str], flat: np.ndarray) -> None:
+    params = dict(model.named_parameters())
+    offset = 0
+    with torch.no_grad():
+        for n in names:
+            p = params[n]
+            p.copy_(torch.from_numpy(flat[offset:offset + p.numel()]).view_as(p).to(p.dtype))
+            offset += p.numel()
+
+
+@torch.no_grad()
+def _loss(model: nn.Module, head: nn.Module, x: Tensor, y: Tensor, device, batch_size: int = 128) -> float:
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        total += float(mse_loss(head(model(xb)), yb)) * len(xb)
+    return total / len(x)
+
+
+def compute(spec: ExperimentSpec, transfer: int, *, grid: int = 9, extent: float = 1.5, images_per_task: int = 50,
+            progress: StageProgress | None = None) -> Landscape:
+    """Source and transfer loss over the PCA plane of (θ₀, θ̃₀, θ̃ₛ*).
+
+    Args:
+        spec: The experiment: its source, score, sparsity and fine-tuning schedule
+            (``spec.finetune`` None means the "short" schedule).
+        transfer: Index of the transfer task.
+        grid: Points per axis.
+        extent: Half-width of the grid in units of the largest |coordinate| of
+            the three points (1.0 = just enclosing them).
+        images_per_task: Images per task used for each loss evaluation (speed).
+        progress: ``progress(stage, done, total, message)``, one call per grid row.
+
+    Returns:
+        A :class:`Landscape` (cached on disk).
+    """
+    progress = progress or (lambda *a: None)
+    if spec.finetune is None:
+        spec = spec.replace(finetune="short")
+    if grid < 2:
+        raise ValueError(f"grid must be at least 2, got {grid}")
+    device = pick_device(spec.device)
+    enc = get_encoder(spec.model, spec.checkpoint)
+    suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
+    if not 0 <= transfer < len(suite.tasks) or transfer == spec.source:
+        raise ValueError(f"transfer task must be another task of the suite (0..{len(suite.tasks) - 1}, "
+                         f"not the source {spec.source}); got {transfer}")
+    key = {"spec": dataclasses.asdict(spec) | {"device": None}, "transfer": transfer, "grid": grid,
+           "extent": extent, "n": images_per_task}
+
+    def build() -> dict:
+        heads = get_heads(spec, enc, suite, device, lambda *a: progress("features", *a))
+        mask = get_masks(spec, enc, suite, heads, device, lambda *a: progress("scores", *a))
+        tuned_state, _ = get_finetuned(spec, enc, suite, heads, mask, device, lambda *a: progress("fine-tune", *a))
+        model = enc.copy().model
+        names = [n for n, _ in model.named_parameters()]
+        theta0 = _flat(model, names)
+        masks.prune_(model, mask)
+        theta_pruned = _flat(model, names)
+        model.load_state_dict(tuned_state)
+        theta_tuned = _flat(model, names)
+        mean, basis, coords = pca_plane(np.stack([theta0, theta_pruned, theta_tuned]))
+        pca_var = np.var(coords, axis=0)
+        ev = pca_var / pca_var.sum() if pca_var.sum() > 0 else np.zeros(2)
+        half = extent * max(float(np.abs(coords).max()), 1e-12)
+        xs = np.linspace(-half, half, grid)
+        ys = np.linspace(-half, half, grid)
+        data = {}
+        for role, k in (("source", spec.source), ("transfer", transfer)):
+            x, y = task_inputs(suite.tasks[k], enc, _image_size(spec, suite))
+            _, eval_idx = split_indices(y, spec.holdout, spec.seed)
+            sel = eval_idx[np.linspace(0, len(eval_idx) - 1, min(images_per_task, len(eval_idx))).astype(int)]
+            data[role] = (x[sel], y[sel], heads.module(k).to(device))
+        model.to(device).eval()
+        surf = {"source": np.zeros((grid, grid)), "transfer": np.zeros((grid, grid))}
+        for i, b in enumerate(ys):
+            for j, a in enumerate(xs):
+                _load_flat(model, names, mean + a * basis[0] + b * basis[1])
+                for role, (x, y, head) in data.items():
+                    surf[role][i, j] = _loss(model, head, x, y, device)
+            progress("landscape", i + 1, grid, f"loss grid row {i + 1}/{grid}")
+        point_losses = {}
+        for label, vec in zip(LABELS, (theta0, theta_pruned, theta_tuned), strict=True):
+            _load_flat(model, names, vec)
+            point_losses[label] = [_loss(model, head, x, y, device) for (x, y, head) in data.values()]
+        return {"xs": xs.tolist(), "ys": ys.tolist(), "source_loss": surf["source"].tolist(),
+                "transfer_loss": surf["transfer"].tolist(),
+                "points": {lab: [float(c[0]), float(c[1])] for lab, c in zip(LABELS, coords, strict=True)},
+                "point_losses": point_losses, "explained_variance": [float(v) for v in ev]}
+
+    d = cache.cached_json("landscapes", key, build)
+    return Landscape(xs=np.asarray(d["xs"]), ys=np.asarray(d["ys"]), source_loss=np.asarray(d["source_loss"]),
+                     transfer_loss=np.asarray(d["transfer_loss"]),
+                     points={k: tuple(v) for k, v in d["points"].items()},
+                     point_losses={k: tuple(v) for k, v in d["point_losses"].items()},
+                     source_name=suite.tasks[spec.source].name, transfer_name=suite.tasks[transfer].name,
+                     explained_variance=tuple(d["explained_variance"]), spec=spec)
