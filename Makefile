@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
@@ -16,10 +15,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 setup: $(STAMP)
 
 app: setup
+	bash scripts/system-deps.sh
 	$(BIN)/streamlit run app.py --server.headless true
 
 test: setup
-	bash scripts/browser-deps.sh
+	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
 
 bench: setup

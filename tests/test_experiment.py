@@ -1,0 +1,97 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pai_core import experiment, masks, scores
+from pai_core.experiment import ExperimentSpec
+
+TINY = dict(images_per_class=10, image_size=64)
+
+
+def test_spec_json_roundtrip_and_stable_key():
+    spec = ExperimentSpec(score="hutchinson", score_options={"probes": 3, "bn_warmup": 1}, sparsity=0.36)
+    back = ExperimentSpec.from_json(spec.to_json())
+    assert back == spec and back.key() == spec.key()
+    same = ExperimentSpec(score="hutchinson", score_options=(("bn_warmup", 1), ("probes", 3)), sparsity=0.36)
+    assert same.key() == spec.key()
+    assert spec.replace(device="cpu").key() == spec.key()  # the device does not change the result
+    assert spec.replace(sparsity=0.4752).key() != spec.key()
+    # the key is a pure function of the spec (same value in another process)
+    out = subprocess.run([sys.executable, "-c", "from pai_core.experiment import ExperimentSpec as S; "
+                          f"print(S.from_json({spec.to_json()!r}).key())"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == spec.key()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(score="obd"), "magnitude"),
+    (dict(sparsity=1.0), "sparsity"),
+    (dict(finetune="forever"), "paper"),
+    (dict(mask_scope="per-block"), "layerwise"),
+])
+def test_bad_specs_are_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ExperimentSpec(**bad)
+
+
+def test_source_out_of_range_and_px_on_vit():
+    with pytest.raises(ValueError, match="out of range"):
+        experiment.run(ExperimentSpec(source=7, **TINY))
+    with pytest.raises(ValueError, match="CNNs only"):
+        experiment.run(ExperimentSpec(model="test_vit", score="px", **TINY))
+
+
+def test_full_run_on_the_offline_default_and_cache_reuse(monkeypatch):
+    calls = []
+    real = scores.compute
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(scores, "compute", counting)
+    events = []
+    spec = ExperimentSpec(score="diag", sparsity=0.5, finetune="smoke", **TINY)
+    res = experiment.run(spec, progress=lambda *e: events.append(e))
+    assert calls == ["diag"]
+    assert {e[0] for e in events} >= {"data", "features", "scores", "zero-shot", "fine-tune", "evaluate", "done"}
+    assert [t.role for t in res.tasks].count("source") == 1 and res.tasks[0].role == "source"
+    assert len(res.tasks) >= 2 and all(0 <= t.zero_shot <= 1 and t.finetuned is not None for t in res.tasks)
+    assert res.schedule == "smoke" and res.finetune_log["losses"]
+    kept = sum(r["kept"] for r in res.layer_report)
+    total = sum(r["numel"] for r in res.layer_report)
+    assert kept == total - round(0.5 * total)
+    # the same spec again: a cache hit, no scoring, identical numbers
+    t = time.perf_counter()
+    again = experiment.run(spec)
+    assert again.cached and time.perf_counter() - t < 2.0
+    assert [t.zero_shot for t in again.tasks] == [t.zero_shot for t in res.tasks]
+    # only the sparsity changes: the scores are reused
+    experiment.run(spec.replace(sparsity=0.7, finetune=None))
+    assert calls == ["diag"]
+    # a result from a fresh process comes out of the store/cache too
+    assert json.loads(json.dumps(res.to_dict()))["summary"]["source_zero_shot"] == res.mean_source_zero_shot
+
+
+def test_pruning_more_hurts_more_on_real_weights():
+    lo = experiment.run(ExperimentSpec(score="magnitude", sparsity=0.1, **TINY))
+    hi = experiment.run(ExperimentSpec(score="magnitude", sparsity=0.9, **TINY))
+    assert hi.mean_source_zero_shot < lo.mean_source_zero_shot
+
+
+def test_all_sources_average():
+    runs = experiment.run_all_sources(ExperimentSpec(score="magnitude", sparsity=0.36, **TINY))
+    assert [r.spec.source for r in runs] == list(range(len(runs)))
+    avg = experiment.average_over_sources(runs)
+    assert avg["source_zero_shot"] == pytest.approx(sum(r.mean_source_zero_shot for r in runs) / len(runs))
+
+
+def test_load_masks_matches_the_run():
+    spec = ExperimentSpec(score="magnitude", sparsity=0.36, **TINY)
+    experiment.run(spec)
+    m = experiment.load_masks(spec)
+    total = sum(v.numel() for v in m.values())
+    assert sum(int(v.sum()) for v in m.values()) == total - round(0.36 * total)
+    assert masks.jaccard(m, m) == 1.0

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from pai_core import landscape, masks
+from pai_core.experiment import ExperimentSpec, get_encoder, get_finetuned, get_heads, get_masks, get_suite
+
+
+def test_pca_plane_reconstructs_three_points_exactly():
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(3, 500))
+    mean, basis, coords = landscape.pca_plane(pts)
+    np.testing.assert_allclose(mean + coords @ basis, pts, atol=1e-10)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(2), atol=1e-12)
+
+
+def test_landscape_on_the_offline_default():
+    spec = ExperimentSpec(score="magnitude", sparsity=0.5, finetune="smoke", images_per_class=6, image_size=48)
+    events = []
+    ls = landscape.compute(spec, transfer=1, grid=3, extent=1.2, images_per_task=10,
+                           progress=lambda *e: events.append(e))
+    assert ls.source_loss.shape == ls.transfer_loss.shape == (3, 3)
+    assert np.isfinite(ls.source_loss).all()
+    assert [e for e in events if e[0] == "landscape"][-1][1:3] == (3, 3)
+    assert set(ls.points) == set(landscape.LABELS)
+    # the three points are the dense, pruned and fine-tuned weights: rebuild them and check
+    enc = get_encoder(spec.model)
+    suite = get_suite(spec.suite, None, spec.images_per_class, spec.seed)
+    heads = get_heads(spec, enc, suite, "cpu")
+    mask = get_masks(spec, enc, suite, heads, "cpu")
+    tuned, _ = get_finetuned(spec, enc, suite, heads, mask, "cpu")
+    model = enc.copy().model
+    names = [n for n, _ in model.named_parameters()]
+    theta0 = landscape._flat(model, names)
+    masks.prune_(model, mask)
+    pruned = landscape._flat(model, names)
+    model.load_state_dict(tuned)
+    vecs = np.stack([theta0, pruned, landscape._flat(model, names)])
+    mean, basis, coords = landscape.pca_plane(vecs)
+    np.testing.assert_allclose(mean + coords @ basis, vecs, atol=1e-6)
+    got = np.array([ls.points[lab] for lab in landscape.LABELS])
+    np.testing.assert_allclose(np.abs(got), np.abs(coords), rtol=1e-6, atol=1e-9)
+    # pruning raised the source loss; fine-tuning on the source lowered it again
+    src = {lab: ls.point_losses[lab][0] for lab in landscape.LABELS}
+    assert src[landscape.LABELS[1]] > src[landscape.LABELS[0]]
+    assert src[landscape.LABELS[2]] < src[landscape.LABELS[1]]
+    # cached: a second call is instant and equal
+    again = landscape.compute(spec, transfer=1, grid=3, extent=1.2, images_per_task=10)
+    np.testing.assert_array_equal(again.source_loss, ls.source_loss)
+
+
+def test_landscape_bad_transfer():
+    with pytest.raises(ValueError, match="another task"):
+        landscape.compute(ExperimentSpec(images_per_class=6, image_size=48), transfer=0)
