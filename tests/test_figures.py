@@ -1,0 +1,180 @@
+"""pai_core.figures: the traces of each figure come out right from small hand-made results."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pai_core import figures
+from pai_core.experiment import ExperimentResult, ExperimentSpec, TaskResult
+
+
+def _result(score: str, sparsity: float, *, source: int = 0, model: str = "efficientnet_lite0",
+            finetune: str | None = "smoke", zs: tuple[float, float, float] = (0.8, 0.6, 0.5),
+            ft: tuple[float, float, float] = (0.9, 0.7, 0.6), collapsed: tuple[str, ...] = ()) -> ExperimentResult:
+    """Three tasks; ``source`` is the source. Dense accuracy 1.0 on the source, 0.9 elsewhere."""
+    spec = ExperimentSpec(model=model, score=score, sparsity=sparsity, source=source, finetune=finetune)
+    tasks = []
+    for k in range(3):
+        role = "source" if k == source else "transfer"
+        tasks.append(TaskResult(task=f"task {k}", role=role, dense=1.0 if role == "source" else 0.9,
+                                zero_shot=zs[k], finetuned=ft[k] if finetune else None))
+    report = [{"name": "conv1.weight", "numel": 100, "kept": 50, "sparsity": 0.5},
+              {"name": "fc.weight", "numel": 10, "kept": 0, "sparsity": 1.0}]
+    return ExperimentResult(spec=spec, tasks=tasks, schedule=finetune, timings={"load": 1.0, "scores": 2.0},
+                            layer_report=report, collapsed_layers=list(collapsed), device="cpu")
+
+
+def _bars(fig):
+    return [t for t in fig.data if t.type == "bar"]
+
+
+def test_fig3_one_solid_and_one_hatched_bar_per_score_and_row() -> None:
+    results = [_result(s, q) for s in ("magnitude", "diag") for q in (0.5, 0.9)]
+    fig = figures.fig3_figure(results)
+    bars = _bars(fig)
+    # 2 scores x (zero-shot, fine-tuned) x 2 rows (source, transfer)
+    assert len(bars) == 8
+    solid = [b for b in bars if not b.marker.pattern.shape]
+    hatched = [b for b in bars if b.marker.pattern.shape == "/"]
+    assert len(solid) == 4 and len(hatched) == 4
+    assert all("zero-shot" in b.name for b in solid) and all("fine-tuned" in b.name for b in hatched)
+    # One bar per sparsity, in increasing order, labelled in %.
+    assert list(solid[0].x) == ["50%", "90%"]
+    # Same colour for a score's solid and hatched bars; different colours for different scores.
+    by_name = {b.name: b.marker.color for b in bars}
+    assert by_name["magnitude · zero-shot"] == by_name["magnitude · fine-tuned on source"]
+    assert by_name["magnitude · zero-shot"] != by_name["diagonal Hessian · zero-shot"]
+    # Colours come from the Okabe-Ito palette.
+    assert set(by_name.values()) <= set(figures.OKABE_ITO)
+
+
+def test_fig3_values_rows_and_reference_lines() -> None:
+    fig = figures.fig3_figure([_result("magnitude", 0.5)])
+    bars = _bars(fig)
+    src_zs = next(b for b in bars if b.yaxis == "y" and "zero-shot" in b.name)
+    tr_ft = next(b for b in bars if b.yaxis == "y2" and "fine-tuned" in b.name)
+    assert src_zs.y[0] == pytest.approx(80.0)  # source task 0: 0.8 → 80 %
+    assert tr_ft.y[0] == pytest.approx(65.0)  # transfer mean of 0.7 and 0.6
+    # Dense accuracy as a dashed horizontal line in each row: 100 % (source) and 90 % (transfer).
+    lines = sorted(s.y0 for s in fig.layout.shapes if s.type == "line" and s.y0 == s.y1)
+    assert lines == pytest.approx([90.0, 100.0])
+    assert all(s.line.dash == "dash" for s in fig.layout.shapes)
+    assert any(t.name == "dense (unpruned)" for t in fig.data)
+    # Axis labels with units.
+    assert "accuracy (%)" in fig.layout.yaxis.title.text and "source" in fig.layout.yaxis.title.text
+    assert "transfer" in fig.layout.yaxis2.title.text
+    assert "sparsity" in fig.layout.xaxis2.title.text and "%" in fig.layout.xaxis2.title.text
+
+
+def test_fig3_without_finetuning_has_only_solid_bars() -> None:
+    fig = figures.fig3_figure([_result("magnitude", 0.5, finetune=None), _result("snip", 0.5, finetune=None)])
+    bars = _bars(fig)
+    assert len(bars) == 4
+    assert not any(b.marker.pattern.shape for b in bars)
+    assert "zero-shot only" in fig.layout.title.text
+
+
+def test_fig3_averages_over_sources_with_error_bars() -> None:
+    a = _result("magnitude", 0.5, source=0, zs=(0.8, 0.6, 0.6))
+    b = _result("magnitude", 0.5, source=1, zs=(0.6, 0.4, 0.6))
+    frame = figures.fig3_frame([a, b])
+    src = frame[frame["role"] == "source"].iloc[0]
+    assert src["zero_shot"] == pytest.approx(60.0)  # (80 + 40) / 2
+    assert src["n"] == 2 and src["zero_shot_std"] == pytest.approx(20.0)
+    fig = figures.fig3_figure([a, b])
+    zs = next(t for t in _bars(fig) if t.yaxis == "y" and "zero-shot" in t.name)
+    assert zs.error_y.array[0] == pytest.approx(20.0)
+
+
+def test_fig3_one_column_per_model() -> None:
+    results = [_result("magnitude", 0.5, model=m) for m in ("efficientnet_lite0", "mobilenet_v2")]
+    fig = figures.fig3_figure(results)
+    assert {b.xaxis for b in _bars(fig)} == {"x", "x2", "x3", "x4"}
+    titles = [a.text for a in fig.layout.annotations]
+    assert "efficientnet_lite0" in titles and "mobilenet_v2" in titles
+
+
+def test_fig3_refuses_mixed_settings() -> None:
+    with pytest.raises(ValueError, match="finetune"):
+        figures.fig3_figure([_result("magnitude", 0.5, finetune=None), _result("magnitude", 0.5, finetune="smoke")])
+    with pytest.raises(ValueError, match="no results"):
+        figures.fig3_figure([])
+
+
+def test_frames() -> None:
+    results = [_result("magnitude", 0.5), _result("diag", 0.9, finetune="smoke")]
+    df = figures.results_frame(results)
+    assert len(df) == 2 and df.loc[0, "source_zero_shot"] == pytest.approx(80.0)
+    assert df.loc[0, "seconds"] == pytest.approx(3.0)
+    assert df.loc[0, "source_task"] == "task 0"
+    tf = figures.tasks_frame(results)
+    assert len(tf) == 6 and set(tf["role"]) == {"source", "transfer"}
+    assert tf.loc[0, "fine-tuned − zero-shot"] == pytest.approx(10.0)
+
+
+def test_layer_sparsity_frame_and_figure_mark_collapse() -> None:
+    res = _result("magnitude", 0.5, collapsed=("fc.weight",))
+    frame = figures.layer_sparsity_frame([res])
+    assert list(frame["sparsity (%)"]) == [50.0, 100.0]
+    assert list(frame["collapsed"]) == [False, True]
+    fig = figures.layer_sparsity_figure(frame)
+    assert any("collapsed" in t.name for t in fig.data)
+    assert "%" in fig.layout.yaxis.title.text
+
+
+def test_layer_report_with_counts_only() -> None:
+    res = _result("magnitude", 0.5)
+    res.layer_report = [{"layer": "a", "total": 10, "kept": 4}]
+    assert figures.layer_sparsity_frame([res])["sparsity (%)"].iloc[0] == pytest.approx(60.0)
+
+
+def test_jaccard_matrix_and_heatmap() -> None:
+    a = {"w": torch.tensor([True, True, False, False])}
+    b = {"w": torch.tensor([True, False, True, False])}
+    m = figures.jaccard_matrix({"a": a, "b": b, "a again": a})
+    assert m.shape == (3, 3)
+    assert np.allclose(np.diag(m), 1.0)
+    assert m.loc["a", "a again"] == pytest.approx(1.0)
+    assert 0.0 <= m.loc["a", "b"] < 1.0 and m.loc["a", "b"] == m.loc["b", "a"]
+    fig = figures.jaccard_figure(m)
+    assert fig.data[0].type == "heatmap" and fig.data[0].zmin == 0 and fig.data[0].zmax == 1
+
+
+def test_landscape_figure_two_panels_with_points() -> None:
+    xs = ys = np.linspace(-1, 1, 5)
+    z = np.add.outer(ys**2, xs**2) + 0.1
+    land = SimpleNamespace(xs=xs, ys=ys, source_loss=z, transfer_loss=2 * z,
+                           points={"θ₀ (dense)": (0.0, 0.0), "θ̃₀ (pruned)": (0.5, 0.2),
+                                   "θ̃ₛ* (pruned + fine-tuned)": (0.3, 0.1)},
+                           source_name="digits 0-4", transfer_name="fashion 5-9", explained_variance=(0.8, 0.2))
+    fig = figures.landscape_figure(land)
+    contours = [t for t in fig.data if t.type == "contour"]
+    assert len(contours) == 2 and {c.xaxis for c in contours} == {"x", "x2"}
+    assert np.allclose(contours[0].z, np.log10(z))
+    markers = [t for t in fig.data if t.type == "scatter"]
+    assert len(markers) == 6  # three points in each panel
+    assert {m.marker.symbol for m in markers} == {"circle", "x", "star"}
+    assert "80%" in fig.layout.xaxis.title.text
+    titles = [a.text for a in fig.layout.annotations if a.text]
+    assert any("digits 0-4" in t for t in titles) and any("fashion 5-9" in t for t in titles)
+    lin = figures.landscape_figure(land, log_scale=False)
+    assert np.allclose([t for t in lin.data if t.type == "contour"][0].z, z)
+
+
+def test_labels_and_html() -> None:
+    assert figures.sparsity_label(0.5904) == "59.04%"
+    assert figures.sparsity_label(0.5) == "50%"
+    assert figures.score_color("magnitude") == figures.score_color("magnitude")
+    assert figures.score_color("unknown-score") in figures.OKABE_ITO
+    assert "magnitude" in figures.run_label(ExperimentSpec(score="magnitude"), ["digits 0-4", "digits 5-9"])
+    fig = figures.fig3_figure([_result("magnitude", 0.5)])
+    html = figures.figure_html(fig)
+    assert "<html>" in html[:200] and "plotly" in html and len(html) > 1_000_000  # plotly.js inlined: offline
+    assert isinstance(figures.results_frame([]), pd.DataFrame)
+    assert math.isnan(figures.results_frame([_result("magnitude", 0.5, finetune=None)])["source_finetuned"][0])
