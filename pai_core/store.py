@@ -1,0 +1,390 @@
+"""Results store: one SQLite row per finished experiment, shared by sweeps, the CLI and the dashboard.
+
+Every finished :func:`pai_core.experiment.run` lands here (a hook at the end of
+the run), and sweeps record what they collect from workers.  The store answers
+"what is done?" (:meth:`ResultsStore.done_keys`, so a re-run skips it) and "what
+came out?" (:meth:`ResultsStore.frame` for tables and figures,
+:meth:`ResultsStore.results` for full :class:`~pai_core.experiment.ExperimentResult`
+objects).
+
+Durability and concurrency:
+
+* one row per spec, keyed by ``spec.key()`` and written with ``INSERT OR
+  REPLACE`` in its own transaction as soon as that spec finishes, so an
+  interrupted sweep loses at most the spec in flight;
+* WAL journal plus a busy timeout, so several processes (two sweeps, a sweep and
+  the dashboard) read and write at once without "database is locked" errors or
+  corruption;
+* each call opens a short-lived connection: nothing is held open between calls,
+  so a store object is cheap, picklable and safe to share between threads.
+
+SQLite's WAL needs shared memory between its users, which a network file system
+does not give across machines: keep the store on the local disk of the machine
+that writes it (a Ray sweep's driver writes it alone; see ``docs/SWEEPS.md``),
+or point ``$PAI_RESULTS_DB`` elsewhere.
+
+Example:
+    >>> store = ResultsStore("/tmp/results.sqlite")          # doctest: +SKIP
+    >>> store.record(result, elapsed=12.5)                   # doctest: +SKIP
+    >>> store.frame(model="efficientnet_lite0", score=["magnitude", "kfac"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import json
+import os
+import socket
+import sqlite3
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from . import cache
+
+if TYPE_CHECKING:  # experiment imports torch; the store (and the dashboard's tables) need not
+    from .experiment import ExperimentResult, ExperimentSpec
+
+__all__ = [
+    "STORE_VERSION",
+    "SUMMARY_COLUMNS",
+    "ResultsStore",
+    "default_path",
+    "record_run",
+    "autorecord_enabled",
+    "autorecord_suppressed",
+]
+
+#: Bump when the table layout changes; an older file is migrated by re-creating its tables.
+STORE_VERSION = 1
+
+#: The six means of :meth:`ExperimentResult.summary`, one column each.
+SUMMARY_COLUMNS = ("source_dense", "source_zero_shot", "source_finetuned",
+                   "transfer_dense", "transfer_zero_shot", "transfer_finetuned")
+
+#: Spec fields copied into their own columns, so the file is queryable with plain ``sqlite3`` too.
+_SPEC_COLUMNS = ("model", "suite", "source", "score", "sparsity", "finetune", "seed", "images_per_class")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY,
+    model TEXT, suite TEXT, source INTEGER, score TEXT, sparsity REAL, finetune TEXT, seed INTEGER,
+    images_per_class INTEGER,
+    {", ".join(f"{c} REAL" for c in SUMMARY_COLUMNS)},
+    spec_json TEXT NOT NULL,
+    tasks_json TEXT NOT NULL,
+    timings_json TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    elapsed REAL,
+    device TEXT,
+    schedule TEXT,
+    host TEXT,
+    finished_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_grid ON results (model, suite, score, sparsity);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    host TEXT,
+    failed_at TEXT NOT NULL
+);
+"""
+
+#: Seconds a writer waits for another one before giving up (a row takes milliseconds to write).
+BUSY_TIMEOUT_S = 60.0
+
+
+def default_path() -> Path:
+    """``$PAI_RESULTS_DB``, else ``results.sqlite`` in :func:`pai_core.cache.cache_dir` (read at call time)."""
+    env = os.environ.get("PAI_RESULTS_DB")
+    return Path(env) if env else cache.cache_dir() / "results.sqlite"
+
+
+_SUPPRESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("pai_store_autorecord_suppressed", default=False)
+
+
+def autorecord_enabled() -> bool:
+    """Whether :func:`record_run` (the hook in ``experiment.run``) writes.
+
+    Off when ``$PAI_STORE_AUTORECORD=0`` (Ray workers: their driver is the store's only
+    writer, see the module docstring) or inside :func:`autorecord_suppressed`.
+    """
+    if _SUPPRESSED.get():
+        return False
+    return os.environ.get("PAI_STORE_AUTORECORD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def autorecord_suppressed() -> Iterator[None]:
+    """Turn the ``experiment.run`` hook off in this thread/context (a sweep records into its own store)."""
+    token = _SUPPRESSED.set(True)
+    try:
+        yield
+    finally:
+        _SUPPRESSED.reset(token)
+
+
+def _now() -> str:
+    # Microseconds and UTC so rows written in the same second by different machines still order.
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _spec_dict(spec: ExperimentSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+class ResultsStore:
+    """A SQLite file of finished experiments (see the module docstring).
+
+    Args:
+        path: Database file; None → :func:`default_path` (resolved now, so a later change
+            of ``$PAI_CACHE_DIR`` does not move an existing store object).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            self._ensure_schema(con)
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+    # -- connection ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
+        # write lock up front instead of upgrading a read lock (which can fail with
+        # SQLITE_BUSY immediately, whatever the timeout).
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            con.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a killed process never loses a committed row; only a power
+            # cut can drop the last few commits, which a re-run recomputes from the cache.
+            con.execute("PRAGMA synchronous = NORMAL")
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _ensure_schema(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version == STORE_VERSION:
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it
+            if version not in (0, STORE_VERSION):
+                # Rows of an older layout are only an index of the result cache: drop them;
+                # a sweep re-run re-records every finished spec from cache hits in seconds.
+                warnings.warn(f"{self.path}: results store layout {version} is older than {STORE_VERSION}; "
+                              "starting a fresh table (re-run sweeps to refill it from the cache)", stacklevel=3)
+                con.execute("DROP TABLE IF EXISTS results")
+                con.execute("DROP TABLE IF EXISTS failures")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # -- writing ------------------------------------------------------------------------
+    def record(self, result: ExperimentResult, *, elapsed: float, host: str | None = None) -> str:
+        """Write (or replace) the row of a finished spec, in one transaction.
+
+        Args:
+            result: What :func:`pai_core.experiment.run` returned.
+            elapsed: Wall-clock seconds the run took where it ran (for ETAs and GPU-hour estimates).
+            host: Machine that ran it; default this one.
+
+        Returns:
+            The row's key (``result.spec.key()``).
+        """
+        spec = result.spec
+        key = spec.key()
+        sd = _spec_dict(spec)
+        summary = result.summary()
+        full = result.to_dict()
+        full["cached"] = False  # "cached" describes one call, not the result
+        row = {
+            "key": key,
+            **{c: sd[c] for c in _SPEC_COLUMNS},
+            **{c: summary.get(c) for c in SUMMARY_COLUMNS},
+            "spec_json": _dumps(sd),
+            "tasks_json": _dumps([dataclasses.asdict(t) for t in result.tasks]),
+            "timings_json": _dumps(result.timings),
+            "result_json": _dumps(full),
+            "elapsed": float(elapsed),
+            "device": result.device,
+            "schedule": result.schedule,
+            "host": host or socket.gethostname(),
+            "finished_at": _now(),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._write() as con:
+            con.execute(f"INSERT OR REPLACE INTO results ({cols}) VALUES ({marks})", tuple(row.values()))
+            con.execute("DELETE FROM failures WHERE key = ?", (key,))
+        return key
+
+    def record_failure(self, spec: ExperimentSpec, error: BaseException | str, *, host: str | None = None) -> None:
+        """Note that a spec failed (kept until it succeeds; counts attempts).
+
+        Args:
+            spec: The spec that failed.
+            error: The exception (its traceback is kept) or a message.
+            host: Machine it failed on; default this one.
+        """
+        if isinstance(error, BaseException):
+            msg = f"{type(error).__name__}: {error}"
+            tb = "".join(traceback.format_exception(error))
+        else:
+            msg, tb = str(error), None
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO failures (key, spec_json, error, traceback, attempts, host, failed_at) "
+                "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET error = excluded.error, "
+                "traceback = excluded.traceback, attempts = attempts + 1, host = excluded.host, "
+                "failed_at = excluded.failed_at",
+                (spec.key(), _dumps(_spec_dict(spec)), msg, tb, host or socket.gethostname(), _now()))
+
+    def delete(self, keys: Sequence[str]) -> int:
+        """Forget rows (e.g. to force a re-run). Returns how many were removed."""
+        with self._write() as con:
+            cur = con.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in keys])
+            return cur.rowcount
+
+    # -- reading ------------------------------------------------------------------------
+    def done_keys(self) -> set[str]:
+        """Keys (``spec.key()``) of every finished spec."""
+        with self._connect() as con:
+            return {k for (k,) in con.execute("SELECT key FROM results")}
+
+    def is_done(self, key: str) -> bool:
+        """Whether the spec with this key has a row (one indexed lookup)."""
+        with self._connect() as con:
+            return con.execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        with self._connect() as con:
+            return con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def frame(self, **filters: Any) -> pd.DataFrame:
+        """One row per finished spec, optionally filtered.
+
+        Args:
+            **filters: ``column=value`` or ``column=[values]`` on any column of the frame, e.g.
+                ``model="resnet50", score=["magnitude", "kfac"], finetune=None``.
+
+        Returns:
+            Columns: ``key``, every :class:`ExperimentSpec` field, the six means of
+            :data:`SUMMARY_COLUMNS`, ``tasks`` (JSON list of per-task accuracies), ``timings``
+            (JSON), ``elapsed`` (s), ``device``, ``schedule``, ``host``, ``finished_at``; sorted by
+            model, suite, score, sparsity, source, seed.
+
+        Raises:
+            ValueError: A filter names no column (the message lists them).
+        """
+        with self._connect() as con:
+            rows = con.execute(
+                f"SELECT key, spec_json, {', '.join(SUMMARY_COLUMNS)}, tasks_json, timings_json, elapsed, "
+                "device, schedule, host, finished_at FROM results").fetchall()
+        records = []
+        for key, spec_json, *rest in rows:
+            spec = json.loads(spec_json)
+            spec["score_options"] = _dumps(spec.get("score_options", []))  # hashable, filterable
+            means = dict(zip(SUMMARY_COLUMNS, rest[: len(SUMMARY_COLUMNS)]))
+            tasks_json, timings_json, elapsed, device, schedule, host, finished_at = rest[len(SUMMARY_COLUMNS):]
+            # "device" is the spec's request ("auto") in spec_json and where it ran in the row;
+            # the frame keeps the latter, which is what a reader of timings wants.
+            spec.pop("device", None)
+            records.append({"key": key, **spec, **means, "tasks": tasks_json, "timings": timings_json,
+                            "elapsed": elapsed, "device": device, "schedule": schedule, "host": host,
+                            "finished_at": finished_at})
+        df = pd.DataFrame.from_records(records, columns=self._columns())
+        for name, want in filters.items():
+            if name not in df.columns:
+                raise ValueError(f"unknown column {name!r} to filter on; valid: {', '.join(df.columns)}")
+            if isinstance(want, list | tuple | set | frozenset):
+                wanted = list(want)
+                mask = df[name].isin([w for w in wanted if w is not None])
+                if None in wanted:
+                    mask |= df[name].isna()
+            elif want is None:
+                mask = df[name].isna()
+            else:
+                mask = df[name] == want
+            df = df[mask]
+        order = [c for c in ("model", "suite", "score", "sparsity", "source", "seed") if c in df.columns]
+        return df.sort_values(order, kind="stable").reset_index(drop=True)
+
+    @staticmethod
+    def _columns() -> list[str]:
+        from dataclasses import fields
+
+        from .experiment import ExperimentSpec
+
+        spec_cols = [f.name for f in fields(ExperimentSpec) if f.name != "device"]
+        return ["key", *spec_cols, *SUMMARY_COLUMNS, "tasks", "timings", "elapsed", "device", "schedule", "host",
+                "finished_at"]
+
+    def results(self, **filters: Any) -> list[ExperimentResult]:
+        """Full results (per-task accuracies, layer report, notes…), same filters and order as :meth:`frame`."""
+        from .experiment import ExperimentResult
+
+        keys = list(self.frame(**filters)["key"]) if filters else None
+        with self._connect() as con:
+            rows = dict(con.execute("SELECT key, result_json FROM results").fetchall())
+        order = keys if keys is not None else list(self.frame()["key"])
+        return [ExperimentResult.from_dict(json.loads(rows[k])) for k in order if k in rows]
+
+    def failures(self) -> pd.DataFrame:
+        """Specs that failed and have not succeeded since: key, spec fields, error, attempts, host, failed_at."""
+        with self._connect() as con:
+            rows = con.execute("SELECT key, spec_json, error, traceback, attempts, host, failed_at FROM failures "
+                               "ORDER BY failed_at").fetchall()
+        records = [{"key": k, **{c: json.loads(s).get(c) for c in _SPEC_COLUMNS}, "error": e, "traceback": tb,
+                    "attempts": a, "host": h, "failed_at": t} for k, s, e, tb, a, h, t in rows]
+        return pd.DataFrame.from_records(
+            records, columns=["key", *_SPEC_COLUMNS, "error", "traceback", "attempts", "host", "failed_at"])
+
+
+def record_run(result: ExperimentResult, *, elapsed: float | None = None) -> None:
+    """Record a finished run in the default store (the hook at the end of ``experiment.run``).
+
+    Does nothing when ``$PAI_STORE_AUTORECORD`` is off (Ray workers, whose driver records).
+
+    Args:
+        result: The finished run.
+        elapsed: Wall-clock seconds; default the sum of the result's stage timings.
+    """
+    if not autorecord_enabled():
+        return
+    ResultsStore().record(result, elapsed=sum(result.timings.values()) if elapsed is None else elapsed)
