@@ -1,0 +1,774 @@
+"""Sweeps: the paper's grid of experiments as one resumable command, on one device or a Ray cluster.
+
+A :class:`SweepConfig` (a frozen dataclass, loadable from YAML or JSON) names
+models × sources × scores × sparsities × seeds plus the fine-tuning schedule;
+:func:`expand` turns it into :class:`~pai_core.experiment.ExperimentSpec` s and
+:func:`run_sweep` runs those not yet in the :class:`~pai_core.store.ResultsStore`:
+
+* in-process (default): one spec after another on this machine's device;
+* Ray (``ray="auto"``, ``"local"`` or a cluster address): one task per spec with one
+  GPU each (one CPU when the cluster has no GPU), the cache folder shared through
+  ``$PAI_CACHE_DIR``; the driver collects results as they finish and is the only
+  writer of the store.
+
+Each finished spec is one committed row, so a killed sweep loses at most the
+specs in flight, and running the same command again skips every finished spec.
+A failed spec is retried once, then recorded as a failure without stopping the
+sweep.  :func:`report` renders Fig. 3 (the dashboard's plotly figure, as HTML) and CSV files
+from the store.
+
+Example:
+    >>> cfg = SweepConfig(scores=("magnitude", "kfac"), sparsities=(0.36, 0.5904), finetune="smoke")
+    >>> len(expand(cfg.replace(sources=(0, 1))))
+    8
+    >>> report_ = run_sweep(cfg)                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import cache, experiment, masks, models, scores, tasks
+from .experiment import ExperimentResult, ExperimentSpec
+from .finetune import SCHEDULES
+from .store import SUMMARY_COLUMNS, ResultsStore, autorecord_suppressed
+
+__all__ = [
+    "SweepConfig",
+    "SweepReport",
+    "expand",
+    "plan",
+    "run_sweep",
+    "summary_table",
+    "grid_frame",
+    "report",
+    "add_cli",
+]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Errors that come out the same on every attempt (bad names, missing data or weights): never retried.
+_DETERMINISTIC = (ValueError, models.ModelUnavailable, tasks.DataError)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _tuple(value: Any) -> tuple:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, Iterable):
+        return tuple(value)
+    return (value,)
+
+
+def _fraction(v: float | str) -> float:
+    """0.5904, "0.5904", 59.04 and "59.04" all mean 59.04 %; rounded so keys match the CLI's."""
+    x = float(v)
+    return round(x / 100 if x >= 1 else x, 6)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of experiments (every combination of the tuple-valued fields).
+
+    Attributes:
+        models: Encoder registry names.
+        suite: Task-suite registry name.
+        sources: ``"all"`` (each task of the suite the source once, as the paper) or task indices.
+        scores: Pruning-score names.
+        sparsities: ``"paper"`` (:data:`pai_core.masks.PAPER_SPARSITIES`) or fractions (values ≥ 1
+            are read as percent).
+        finetune: Fine-tuning schedule (``"paper"``, ``"short"``, ``"smoke"``); None → zero-shot only.
+            Each spec reports zero-shot and, with a schedule, fine-tuned accuracies.
+        seeds: Seeds (subsets, random scores, mini-batch order).
+        images_per_class: Data subset per class (the paper: 50); None keeps all.
+        data_root: Data folder for suites that read one (must be readable where specs run).
+        checkpoints: ``{model: local checkpoint file}`` for hub models on machines offline.
+        score_options: ``{score: {option: value}}``, e.g. ``{"hutchinson": {"probes": 20}}``.
+        mask_scope, loss, alpha, holdout, image_size: As in :class:`ExperimentSpec`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (not part of result keys).
+        skip_px_on_vit: Leave PX out on ViTs, as the paper does (it raises there otherwise).
+    """
+
+    models: tuple[str, ...] = (models.DEFAULT_MODEL,)
+    suite: str = "digits"
+    sources: str | tuple[int, ...] = "all"
+    scores: tuple[str, ...] = ("magnitude",)
+    sparsities: str | tuple[float, ...] = "paper"
+    finetune: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    images_per_class: int | None = 50
+    data_root: str | None = None
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    score_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    mask_scope: str = "global"
+    loss: str = "mse"
+    alpha: float = 1.0
+    holdout: bool = False
+    image_size: int | None = None
+    device: str = "auto"
+    skip_px_on_vit: bool = True
+
+    def __post_init__(self) -> None:
+        # Normalise what YAML, JSON and argparse hand us (lists, comma strings, dicts, percents)
+        # so that equal grids compare equal and every value is hashable.
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("models", _tuple(self.models))
+        put("scores", _tuple(self.scores))
+        put("seeds", tuple(int(s) for s in _tuple(self.seeds)))
+        if isinstance(self.sources, str) and self.sources.strip().lower() == "all":
+            put("sources", "all")
+        else:
+            put("sources", tuple(int(s) for s in _tuple(self.sources)))
+        if isinstance(self.sparsities, str) and self.sparsities.strip().lower() == "paper":
+            put("sparsities", "paper")
+        else:
+            put("sparsities", tuple(_fraction(q) for q in _tuple(self.sparsities)))
+        if isinstance(self.finetune, str) and self.finetune.strip().lower() in ("", "none", "off", "zero-shot"):
+            put("finetune", None)
+        ck = self.checkpoints.items() if isinstance(self.checkpoints, dict) else self.checkpoints
+        put("checkpoints", tuple(sorted((str(k), str(v)) for k, v in ck)))
+        so = self.score_options.items() if isinstance(self.score_options, dict) else self.score_options
+        put("score_options", tuple(sorted((str(s), tuple(sorted(dict(o).items()))) for s, o in so)))
+        if self.images_per_class is not None:
+            put("images_per_class", int(self.images_per_class))
+
+        problems = []
+        for m in self.models:
+            if m not in models.available() and not m.startswith(("timm:", "open_clip:")):
+                problems.append(f"unknown model {m!r}; valid: {', '.join(models.available())}")
+        if self.suite not in tasks.available():
+            problems.append(f"unknown suite {self.suite!r}; valid: {', '.join(tasks.available())}")
+        for s in self.scores:
+            if s not in scores.available():
+                problems.append(f"unknown score {s!r}; valid: {', '.join(scores.available())}")
+        if self.finetune is not None and self.finetune not in SCHEDULES:
+            problems.append(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
+        if self.sparsities != "paper" and not all(0 <= q < 1 for q in self.sparsities):
+            problems.append(f"sparsities must be fractions in [0, 1) or percents in [1, 100): {self.sparsities}")
+        for name in ("models", "scores", "seeds", "sparsities", "sources"):
+            if len(getattr(self, name)) == 0:
+                problems.append(f"{name} is empty")
+        if problems:
+            raise ValueError("bad sweep config: " + "; ".join(problems))
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
+        """Build from a mapping (keys may use ``-`` or ``_``); unknown keys raise ValueError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        clean = {str(k).replace("-", "_"): v for k, v in (d or {}).items()}
+        unknown = sorted(set(clean) - names)
+        if unknown:
+            raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {', '.join(sorted(names))}")
+        return cls(**clean)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> SweepConfig:
+        """Load a sweep file: JSON (``.json``) or YAML (anything else).
+
+        Raises:
+            ValueError: Unreadable file, not a mapping, or bad settings.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read sweep file {path}: {exc}") from exc
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as exc:
+            raise ValueError(f"sweep file {path} is not valid {path.suffix or 'YAML'}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"sweep file {path} must hold a mapping of settings, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> SweepConfig:
+        """A copy with some settings changed (CLI flags over a sweep file)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able settings (round-trips through :meth:`from_dict`)."""
+        d = dataclasses.asdict(self)
+        d["checkpoints"] = dict(self.checkpoints)
+        d["score_options"] = {s: dict(o) for s, o in self.score_options}
+        for k in ("models", "scores", "seeds", "sources", "sparsities"):
+            if isinstance(d[k], tuple):
+                d[k] = list(d[k])
+        return d
+
+    def sparsity_values(self) -> tuple[float, ...]:
+        """The sparsities as fractions (``"paper"`` resolved)."""
+        if self.sparsities == "paper":
+            return tuple(float(q) for q in masks.PAPER_SPARSITIES)
+        return tuple(self.sparsities)
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def _family(model: str) -> str | None:
+    for e in models.entries():
+        if e.name == model:
+            return e.family
+    return None  # "timm:…" names: unknown until loaded; never skip them
+
+
+def _source_indices(cfg: SweepConfig, seed: int) -> tuple[int, ...]:
+    if cfg.sources != "all":
+        return cfg.sources
+    # The number of tasks is only known once the suite is read (digits has 2 or 4); reading it
+    # is cheap (file lists, no images decoded) and cached in-process for the specs' own use.
+    try:
+        suite = experiment.get_suite(cfg.suite, cfg.data_root, cfg.images_per_class, seed)
+    except tasks.DataError as exc:
+        raise tasks.DataError(f"{exc} (sources: all needs the suite's data where the sweep is started; "
+                              "or list the source indices, e.g. sources: [0, 1, …, 9])") from exc
+    return tuple(range(len(suite.tasks)))
+
+
+def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
+    """Expand a config, with notes on what was left out and why.
+
+    Returns:
+        ``(specs, notes)``; specs ordered model, seed, source, score, sparsity (so consecutive specs
+        in one process reuse the encoder, features, heads and scores), without duplicates.
+    """
+    ck = dict(cfg.checkpoints)
+    so = dict(cfg.score_options)
+    specs: list[ExperimentSpec] = []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for model in cfg.models:
+        vit = _family(model) == "vit"
+        for seed in cfg.seeds:
+            for source in _source_indices(cfg, seed):
+                for score in cfg.scores:
+                    if score == "px" and vit and cfg.skip_px_on_vit:
+                        note = f"px skipped on {model} (a ViT), as in the paper"
+                        if note not in notes:
+                            notes.append(note)
+                        continue
+                    for q in cfg.sparsity_values():
+                        spec = ExperimentSpec(
+                            model=model, suite=cfg.suite, source=source, score=score,
+                            score_options=so.get(score, ()), sparsity=q, mask_scope=cfg.mask_scope,
+                            images_per_class=cfg.images_per_class, finetune=cfg.finetune, holdout=cfg.holdout,
+                            alpha=cfg.alpha, loss=cfg.loss, seed=seed, image_size=cfg.image_size,
+                            data_root=cfg.data_root, checkpoint=ck.get(model), device=cfg.device)
+                        if spec.key() not in seen:
+                            seen.add(spec.key())
+                            specs.append(spec)
+    return specs, notes
+
+
+def expand(cfg: SweepConfig) -> list[ExperimentSpec]:
+    """The experiment specs of a sweep (see :func:`plan`)."""
+    return plan(cfg)[0]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class SweepReport:
+    """What :func:`run_sweep` did.
+
+    Attributes:
+        total: Specs in the sweep.
+        skipped: Specs already in the store when the sweep started (or finished meanwhile by another sweep).
+        finished: Keys of specs recorded by this run.
+        failed: ``{key: error}`` of specs that failed every attempt.
+        elapsed: Wall-clock seconds.
+        backend: ``"in-process"`` or ``"ray (<address>)"``.
+        keys: Keys of every spec of the sweep, in order (to select its rows from the store).
+    """
+
+    total: int
+    skipped: int = 0
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    elapsed: float = 0.0
+    backend: str = "in-process"
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and self.skipped + len(self.finished) >= self.total
+
+
+class _Progress:
+    """tqdm bar over the sweep: done/total, failures, ETA; the current stage as postfix."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str) -> None:
+        self.failures = 0
+        self.bar = None
+        self._last = 0.0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="spec", dynamic_ncols=True,
+                            file=sys.stderr, smoothing=0.1)
+            self._post("")
+
+    def _post(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"failed={self.failures}" + (f" | {text}" if text else ""), refresh=True)
+
+    def stage(self, label: str) -> Callable[[str, int, int, str], None]:
+        """A ``StageProgress`` callback for :func:`experiment.run` (throttled: fine-tuning calls it per step)."""
+        def cb(stage: str, done: int, total: int, message: str) -> None:
+            now = time.monotonic()
+            if now - self._last > 0.5:
+                self._last = now
+                self._post(f"{label}: {stage} {done}/{total}")
+        return cb
+
+    def advance(self, failed: bool = False, text: str = "") -> None:
+        self.failures += failed
+        if self.bar is not None:
+            self.bar.update(1)
+            self._post(text)
+
+    def skip(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _label(spec: ExperimentSpec) -> str:
+    return f"{spec.model}/src{spec.source}/{spec.score}/{100 * spec.sparsity:.2f}%"
+
+
+def _error_text(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # Ray wraps the worker's exception
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+
+
+def _is_deterministic(exc: BaseException) -> bool:
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, _DETERMINISTIC)
+
+
+def run_sweep(config: SweepConfig | Sequence[ExperimentSpec], *, store: ResultsStore | None = None,
+              ray: str | None = None, retries: int = 1, gpus_per_task: float = 1.0,
+              progress: bool = True, log: Callable[[str], None] | None = None) -> SweepReport:
+    """Run every spec of a sweep that the store does not hold yet.
+
+    Args:
+        config: A sweep config, or explicit specs.
+        store: Where results go (and what counts as done); default :class:`ResultsStore` ().
+        ray: None → in-process; ``"auto"`` → the running Ray cluster; ``"local"`` → start Ray on this
+            machine; else a cluster address (``"ray://head:10001"`` or ``"head:6379"``).  An already
+            initialised Ray session is used as it is.
+        retries: Extra attempts for a failed spec (not for bad names or missing data/weights).
+        gpus_per_task: GPUs each Ray task asks for when the cluster has GPUs (0.5 packs two small specs
+            per GPU).
+        progress: Show a progress bar (stderr).
+        log: Where notes go (default: stderr).
+
+    Returns:
+        A :class:`SweepReport`; failures are in it (and in ``store.failures()``), never raised.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    store = ResultsStore() if store is None else store
+    if isinstance(config, SweepConfig):
+        specs, notes = plan(config)
+        for n in notes:
+            log(f"note: {n}")
+    else:
+        specs = list(config)
+    keys = [s.key() for s in specs]
+    done = store.done_keys()
+    todo = [s for s, k in zip(specs, keys) if k not in done]
+    rep = SweepReport(total=len(specs), skipped=len(specs) - len(todo), keys=keys)
+    t0 = time.perf_counter()
+    bar = _Progress(len(specs), rep.skipped, progress, "sweep")
+    try:
+        if ray is None and not _ray_initialized():
+            _run_local(todo, store, retries, bar, rep)
+        else:
+            _run_ray(todo, store, ray, retries, gpus_per_task, bar, rep, log)
+    finally:
+        bar.close()
+        rep.elapsed = time.perf_counter() - t0
+    return rep
+
+
+def _run_local(todo: list[ExperimentSpec], store: ResultsStore, retries: int, bar: _Progress,
+               rep: SweepReport) -> None:
+    for spec in todo:
+        key = spec.key()
+        if store.is_done(key):  # a concurrent sweep on the same store finished it meanwhile
+            rep.skipped += 1
+            bar.skip()
+            continue
+        for attempt in range(retries + 1):
+            t = time.perf_counter()
+            try:
+                # The sweep records into *its* store with its own timing; keep the run's hook
+                # from writing a second row into the default store.
+                with autorecord_suppressed():
+                    res = experiment.run(spec, bar.stage(_label(spec)))
+            except Exception as exc:
+                store.record_failure(spec, exc)
+                if attempt < retries and not _is_deterministic(exc):
+                    continue
+                rep.failed[key] = _error_text(exc)
+                bar.advance(failed=True, text=f"{_label(spec)} failed")
+                break
+            elapsed = time.perf_counter() - t
+            # A cache hit took no time now; its stage timings say what it cost when computed.
+            store.record(res, elapsed=sum(res.timings.values()) if res.cached else elapsed)
+            rep.finished.append(key)
+            bar.advance(text=f"{_label(spec)} done")
+            break
+
+
+# ----------------------------------------------------------------------------- ray
+
+
+def _ray_initialized() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized()
+
+
+def _ray_execute(spec_json: str) -> dict[str, Any]:
+    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types."""
+    spec = ExperimentSpec.from_json(spec_json)
+    t = time.perf_counter()
+    res = experiment.run(spec)
+    elapsed = time.perf_counter() - t
+    return {"result": res.to_dict(), "elapsed": sum(res.timings.values()) if res.cached else elapsed,
+            "host": socket.gethostname()}
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment of every Ray task: the driver's cache folder and PAI_* settings, and no store writes."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PAI_") and k != "PAI_RESULTS_DB"}
+    env["PAI_CACHE_DIR"] = str(cache.cache_dir().resolve())
+    env["PAI_STORE_AUTORECORD"] = "0"  # the driver is the store's only writer (SQLite over NFS is unsafe)
+    # Workers import pai_core from the same checkout path (local, or the shared file system).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return env
+
+
+def _run_ray(todo: list[ExperimentSpec], store: ResultsStore, address: str | None, retries: int,
+             gpus_per_task: float, bar: _Progress, rep: SweepReport, log: Callable[[str], None]) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from an offline head node
+    import ray
+
+    if not ray.is_initialized():
+        if address in (None, "local"):
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    opts: dict[str, Any] = {"max_retries": 1,  # system failures (worker or node died): once more
+                            "retry_exceptions": False,  # exceptions: resubmitted below, so they are counted
+                            "runtime_env": {"env_vars": _worker_env()}}
+    if gpus > 0:
+        opts |= {"num_gpus": gpus_per_task, "num_cpus": 1}
+        slots = math.floor(gpus / gpus_per_task)
+    else:
+        opts |= {"num_cpus": 1}
+        slots = int(resources.get("CPU", 1))
+    rep.backend = f"ray ({address or 'session'}; {slots} parallel, {'GPU' if gpus else 'CPU'})"
+    log(f"ray: {int(resources.get('CPU', 0))} CPUs, {gpus:g} GPUs in the cluster; {slots} specs at a time")
+    task = ray.remote(_ray_execute).options(**opts)
+
+    # Submission order: lowest sparsity of every (model, seed, source, score) first, so the first
+    # wave computes distinct scores in parallel instead of queueing on one score's file lock.
+    rank = {q: i for i, q in enumerate(sorted({s.sparsity for s in todo}))}
+    order = sorted(range(len(todo)), key=lambda i: (rank[todo[i].sparsity], i))
+    pending: dict[Any, tuple[ExperimentSpec, int]] = {}
+    for i in order:
+        spec = todo[i]
+        pending[task.remote(spec.to_json())] = (spec, 0)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            for ref in ready:
+                spec, attempt = pending.pop(ref)
+                key = spec.key()
+                try:
+                    out = ray.get(ref)
+                except Exception as exc:  # RayTaskError (the spec raised) or a system failure after retries
+                    store.record_failure(spec, _error_text(exc))
+                    if attempt < retries and not _is_deterministic(exc):
+                        pending[task.remote(spec.to_json())] = (spec, attempt + 1)
+                        continue
+                    rep.failed[key] = _error_text(exc)
+                    bar.advance(failed=True, text=f"{_label(spec)} failed")
+                    continue
+                res = ExperimentResult.from_dict(out["result"])
+                store.record(res, elapsed=out["elapsed"], host=out["host"])
+                rep.finished.append(key)
+                bar.advance(text=f"{_label(spec)} done")
+    except BaseException:
+        # Interrupted driver: stop queued tasks; finished ones are in the store, and results of
+        # those that finish on workers anyway land in the shared cache (a re-run collects them).
+        for ref in pending:
+            ray.cancel(ref, force=False)
+        raise
+
+
+# ----------------------------------------------------------------------------- tables and figures
+
+def grid_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Average the store's rows over sources and seeds: one row per (model, suite, finetune, score, sparsity).
+
+    Args:
+        frame: :meth:`ResultsStore.frame` output (any subset).
+
+    Returns:
+        The six means (fractions), ``n_sources`` and ``n_runs``, sorted for plotting.
+    """
+    by = ["model", "suite", "finetune", "images_per_class", "score", "sparsity"]
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, *SUMMARY_COLUMNS, "n_sources", "n_runs"])
+    df = frame.copy()
+    df["finetune"] = df["finetune"].fillna("none")
+    df["images_per_class"] = df["images_per_class"].fillna(-1)  # groupby drops NaN keys otherwise
+    agg = df.groupby(by, sort=True).agg(
+        **{c: (c, "mean") for c in SUMMARY_COLUMNS},
+        n_sources=("source", "nunique"), n_runs=("key", "count")).reset_index()
+    agg["images_per_class"] = agg["images_per_class"].astype(int).replace(-1, pd.NA)
+    return agg
+
+
+def summary_table(frame: pd.DataFrame) -> str:
+    """A plain-text table of the grid (accuracies in %), for the end of a sweep."""
+    agg = grid_frame(frame)
+    if agg.empty:
+        return "(no results)"
+    cols = {"source_zero_shot": "src zs", "source_finetuned": "src ft", "transfer_zero_shot": "trf zs",
+            "transfer_finetuned": "trf ft"}
+    show = agg[["model", "score", "sparsity", *cols, "n_sources"]].rename(columns=cols)
+    show["sparsity"] = (100 * show["sparsity"]).map("{:.2f}%".format)
+    for c in cols.values():
+        show[c] = (100 * show[c].astype(float)).round(2)
+    return show.to_string(index=False, na_rep="-")
+
+
+#: Settings one Fig. 3 must not mix (everything but model, score, sparsity, source and seed).
+_FIGURE_SETTINGS = ("suite", "finetune", "holdout", "images_per_class", "mask_scope", "loss", "alpha", "image_size")
+
+
+def _setting_groups(results: list[ExperimentResult]) -> dict[tuple, list[ExperimentResult]]:
+    groups: dict[tuple, list[ExperimentResult]] = {}
+    for r in results:
+        groups.setdefault(tuple(getattr(r.spec, c) for c in _FIGURE_SETTINGS), []).append(r)
+    return groups
+
+
+def _group_name(setting: tuple) -> str:
+    d = dict(zip(_FIGURE_SETTINGS, setting))
+    parts = [str(d["suite"]), f"ft-{d['finetune'] or 'none'}", f"ipc-{d['images_per_class'] or 'all'}"]
+    defaults = ExperimentSpec()
+    parts += [f"{k}-{v}" for k, v in d.items()
+              if k not in ("suite", "finetune", "images_per_class") and v != getattr(defaults, k)]
+    return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
+
+
+def report(store: ResultsStore | None = None, out_dir: str | os.PathLike = "artifacts/report",
+           **filters: Any) -> dict[str, Path]:
+    """Write Fig. 3 (HTML; PNG too when kaleido is installed) and CSVs for a subset of the store.
+
+    The figure is :func:`pai_core.figures.fig3_figure` (the dashboard's), one per combination of
+    suite, schedule and other settings in the selection.
+
+    Args:
+        store: Results store; default :class:`ResultsStore` ().
+        out_dir: Folder for ``fig3.html`` (``fig3.png``), ``grid.csv`` (means over sources) and
+            ``results.csv`` (one row per spec).  With several settings selected, the figures are
+            ``fig3_<suite>_ft-<schedule>_ipc-<n>….html``.
+        **filters: As in :meth:`ResultsStore.frame` (e.g. ``model=["resnet50"], suite="imagenet10"``).
+
+    Returns:
+        ``{"results_csv": …, "grid_csv": …, "html": …[, "png": …]}`` (``"html:<stem>"`` keys when
+        there are several figures); no figure when the selection is empty.
+    """
+    from . import figures  # plotly; only the report needs it
+
+    store = ResultsStore() if store is None else store
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = store.frame(**filters)
+    paths: dict[str, Path] = {"results_csv": out / "results.csv", "grid_csv": out / "grid.csv"}
+    frame.to_csv(paths["results_csv"], index=False)
+    grid_frame(frame).to_csv(paths["grid_csv"], index=False)
+    # figures.fig3_figure refuses to mix suites or schedules in one panel: one figure per setting.
+    groups = _setting_groups(store.results(**filters))
+    try:
+        import kaleido  # noqa: F401
+        png = True
+    except ImportError:
+        png = False
+    for setting, results in groups.items():
+        stem = "fig3" if len(groups) == 1 else f"fig3_{_group_name(setting)}"
+        fig = figures.fig3_figure(results)
+        html = out / f"{stem}.html"
+        html.write_text(figures.figure_html(fig))  # self-contained (plotly.js inlined): opens offline
+        paths["html" if len(groups) == 1 else f"html:{stem}"] = html
+        if png:
+            try:
+                fig.write_image(out / f"{stem}.png", scale=2)
+                paths["png" if len(groups) == 1 else f"png:{stem}"] = out / f"{stem}.png"
+            except Exception as exc:  # kaleido without its browser, etc.: the HTML has the same figure
+                warnings.warn(f"PNG not written ({exc})", stacklevel=2)
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _config_from_args(args: argparse.Namespace) -> SweepConfig:
+    base = SweepConfig.from_file(args.file) if args.file else SweepConfig()
+    over: dict[str, Any] = {}
+    for name in ("models", "suite", "sources", "scores", "sparsities", "seeds", "data_root", "device",
+                 "mask_scope", "loss"):
+        v = getattr(args, name)
+        if v is not None:
+            over[name] = v
+    if args.finetune is not None:
+        over["finetune"] = args.finetune
+    if args.images_per_class is not None:
+        over["images_per_class"] = None if args.images_per_class.lower() in ("all", "none") \
+            else int(args.images_per_class)
+    return base.replace(**over) if over else base
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    store = ResultsStore(args.store) if args.store else ResultsStore()
+    if args.dry_run:
+        specs, notes = plan(cfg)
+        done = store.done_keys()
+        left = [s for s in specs if s.key() not in done]
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None).rstrip())
+        for n in notes:
+            print(f"note: {n}")
+        print(f"{len(specs)} specs, {len(specs) - len(left)} already in {store.path}, {len(left)} to run")
+        for s in left[:10]:
+            print(f"  {_label(s)}")
+        if len(left) > 10:
+            print(f"  … and {len(left) - 10} more")
+        return 0
+    print(f"store: {store.path}; cache: {cache.cache_dir()}", file=sys.stderr)
+    try:
+        rep = run_sweep(cfg, store=store, ray=args.ray, retries=args.retries, gpus_per_task=args.gpus_per_task,
+                        progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: every finished spec is in the store; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    frame = store.frame()
+    frame = frame[frame["key"].isin(set(rep.keys))]
+    print(f"\n{rep.total} specs: {rep.skipped} already done, {len(rep.finished)} run now, {len(rep.failed)} failed "
+          f"({rep.elapsed:.1f} s, {rep.backend})")
+    print(summary_table(frame))
+    if rep.failed:
+        print("\nfailed (details: ResultsStore().failures()):")
+        by_key = {s.key(): s for s in expand(cfg)}
+        for key, err in rep.failed.items():
+            print(f"  {_label(by_key[key]) if key in by_key else key}: {err}")
+        return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    store = ResultsStore(args.store) if args.store else ResultsStore()
+    filters: dict[str, Any] = {}
+    for name in ("model", "suite", "score"):
+        v = getattr(args, name)
+        if v:
+            filters[name] = [x for part in v for x in part.split(",") if x]
+    if args.finetune is not None:
+        filters["finetune"] = None if args.finetune.lower() in ("none", "off") else args.finetune
+    if args.images_per_class is not None:
+        filters["images_per_class"] = args.images_per_class
+    paths = report(store, args.out, **filters)
+    n = len(store.frame(**filters))
+    print(f"{n} result rows from {store.path}")
+    for kind, p in paths.items():
+        print(f"{kind:12} {p}")
+    if "png" not in paths:
+        print("(no PNG: kaleido is not installed; open the HTML, or use its camera button)")
+    return 0 if n else 1
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``sweep`` and ``report`` subcommands (handlers in ``fn``, as ``pai_core.__main__`` expects).
+
+    Args:
+        subparsers: What ``ArgumentParser.add_subparsers()`` returned.
+    """
+    p = subparsers.add_parser(
+        "sweep", help="run a grid of experiments (resumable; in-process or on Ray)",
+        description="Run every spec of a sweep that the results store does not hold yet. Flags override "
+                    "the sweep file. Run the same command again to resume.")
+    p.add_argument("file", nargs="?", default=None, help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml")
+    p.add_argument("--models", default=None, help="comma-separated encoders")
+    p.add_argument("--suite", default=None)
+    p.add_argument("--sources", default=None, help="'all' (each task once, as the paper) or indices: 0,1")
+    p.add_argument("--scores", default=None, help=f"comma-separated ({', '.join(scores.available())})")
+    p.add_argument("--sparsities", default=None, help="'paper' or comma-separated fractions/percents")
+    p.add_argument("--finetune", default=None, help="schedule (paper, short, smoke) or 'none'")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds")
+    p.add_argument("--images-per-class", default=None, help="data subset per class, or 'all'")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--mask-scope", default=None, choices=["global", "layerwise"])
+    p.add_argument("--loss", default=None, choices=["mse", "ce"])
+    p.add_argument("--store", default=None, help="results database (default: $PAI_RESULTS_DB or "
+                                                 "<cache>/results.sqlite)")
+    p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="run on Ray: 'auto' = the running cluster, 'local' = start one here, or an address")
+    p.add_argument("--gpus-per-task", type=float, default=1.0, help="GPUs per Ray task (0.5: two per GPU)")
+    p.add_argument("--retries", type=int, default=1, help="extra attempts for a failed spec")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded grid and what is left; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.set_defaults(fn=_cmd_sweep)
+
+    p = subparsers.add_parser("report", help="Fig. 3 (HTML) and CSVs from the results store, for any subset")
+    p.add_argument("--model", action="append", default=None, help="repeatable or comma-separated")
+    p.add_argument("--suite", action="append", default=None)
+    p.add_argument("--score", action="append", default=None)
+    p.add_argument("--finetune", default=None, help="schedule name, or 'none' for zero-shot-only runs")
+    p.add_argument("--images-per-class", type=int, default=None)
+    p.add_argument("--store", default=None)
+    p.add_argument("--out", default="artifacts/report", help="output folder")
+    p.set_defaults(fn=_cmd_report)
