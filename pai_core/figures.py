@@ -37,6 +37,8 @@ __all__ = [
     "sparsity_label",
     "schedule_label",
     "run_label",
+    "setting_label",
+    "group_by_setting",
     # frames
     "results_frame",
     "tasks_frame",
@@ -206,6 +208,21 @@ def fig3_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
                 finetuned_std=("finetuned", lambda v: float(np.std(v.dropna())) if v.notna().any() else math.nan),
                 n=("zero_shot", "size")).reset_index()
     return out[cols]
+
+
+def setting_label(spec: ExperimentSpec) -> str:
+    """The settings one Fig. 3 panel must share (everything but model, score, sparsity, source, seed)."""
+    d = {c: getattr(spec, c) for c in _SETTING_COLUMNS}
+    d["finetune"] = schedule_label(d["finetune"])
+    return " · ".join(f"{c}={v}" for c, v in d.items() if not (c == "image_size" and v is None))
+
+
+def group_by_setting(results: Sequence[ExperimentResult]) -> dict[str, list[ExperimentResult]]:
+    """Runs grouped by :func:`setting_label`, largest group first (what a Fig. 3 grid can compare)."""
+    groups: dict[str, list[ExperimentResult]] = {}
+    for r in results:
+        groups.setdefault(setting_label(r.spec), []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
 def _check_comparable(results: Sequence[ExperimentResult]) -> None:
@@ -388,12 +405,13 @@ def layer_sparsity_figure(frame: pd.DataFrame, *, title: str | None = None) -> g
 # ----------------------------------------------------------------------------- mask overlap
 
 
-def jaccard_matrix(mask_sets: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Pairwise Jaccard overlap of the *removed* weights of several masks.
+def jaccard_matrix(mask_sets: Mapping[str, Mapping[str, Any]], *, over: str = "pruned") -> pd.DataFrame:
+    """Pairwise Jaccard overlap of several masks (by default of the weights they *remove*).
 
     Args:
         mask_sets: label → keep-masks (``{param name: bool tensor}``), e.g. the masks of one score
             on different source tasks, or of different scores on one source.
+        over: ``"pruned"`` (removed weights: what P1 is about) or ``"kept"``.
 
     Returns:
         A square frame (labels × labels) of :func:`pai_core.masks.jaccard` values in [0, 1].
@@ -404,7 +422,7 @@ def jaccard_matrix(mask_sets: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     m = np.eye(len(labels))
     for i, a in enumerate(labels):
         for j in range(i + 1, len(labels)):
-            m[i, j] = m[j, i] = float(masks_mod.jaccard(mask_sets[a], mask_sets[labels[j]]))
+            m[i, j] = m[j, i] = float(masks_mod.jaccard(mask_sets[a], mask_sets[labels[j]], over=over))
     return pd.DataFrame(m, index=labels, columns=labels)
 
 

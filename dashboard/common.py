@@ -1,0 +1,383 @@
+"""What every dashboard page shares: session state, cached loaders, progress bars, error display.
+
+Pages stay thin: they lay out widgets and call these helpers and :mod:`pai_core`.  Everything
+that touches Streamlit's caches lives here, with the rule from ``STYLE.md``:
+``st.cache_resource`` for objects shared between sessions (encoders, masks) that must never be
+mutated, ``st.cache_data`` for values that are copied per caller (names, frames, figures, bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+import torch
+
+from pai_core import cache, experiment, models, tasks
+from pai_core.experiment import ExperimentResult, ExperimentSpec
+from pai_core.features import device_label
+from pai_core.finetune import SCHEDULES
+
+__all__ = [
+    "init_state",
+    "page_defaults",
+    "gpu_available",
+    "OFF",
+    "schedule_choices",
+    "schedule_caption",
+    "default_schedule",
+    "default_images_per_class",
+    "model_caption",
+    "suite_env_var",
+    "device_text",
+    "task_names",
+    "encoder",
+    "model_check",
+    "mask_set",
+    "masks_file",
+    "all_results",
+    "results_signature",
+    "ProgressPanel",
+    "USER_ERRORS",
+    "error_record",
+    "show_error",
+]
+
+# ----------------------------------------------------------------------------- session state
+
+#: Non-widget state shared by the pages, created once per session by the entry point (and by a
+#: page run on its own, e.g. in a test).  Widget values live under their own page-prefixed keys.
+STATE_DEFAULTS: dict[str, Any] = {
+    "prune_job": None,  # the run in progress: {"specs": [...], "started": t}; survives interruptions
+    "prune_output": None,  # {"results": [...], "task_names": [...], "overlap": frame | None}
+    "prune_error": None,  # error_record(...) of the last failed run
+    "overlap_output": None,  # {"matrix": DataFrame, "title": str}
+    "overlap_error": None,
+    "land_job": None,
+    "land_output": None,
+    "land_error": None,
+    "results_masks": None,  # {"key": spec key, "bytes": b"...", "name": file name}
+}
+
+# Widget keys carry one of these prefixes; re-assigning them on every run keeps a page's settings
+# when the user visits another page and comes back (Streamlit drops the state of widgets that
+# were not drawn in a run).  Buttons are keyed "btn_…" and never re-assigned (that is an error).
+_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_")
+
+
+def init_state() -> None:
+    """Create the shared session state once; keep every page's widget values across page switches."""
+    for key, value in STATE_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(_PERSISTED_PREFIXES):
+            st.session_state[key] = st.session_state[key]
+
+
+def page_defaults(defaults: dict[str, Any]) -> None:
+    """Give a page's widgets their first values through session state (never through ``value=``).
+
+    Widgets then read and write only session state, so a value set by a callback or kept from an
+    earlier visit is never fought over by a ``value=`` argument.
+    """
+    init_state()
+    for key, value in defaults.items():
+        st.session_state.setdefault(key, value)
+
+
+# ----------------------------------------------------------------------------- choices and labels
+
+#: The "no fine-tuning" choice of the fine-tuning selectors.
+OFF = "off"
+
+
+def gpu_available() -> bool:
+    """Whether PyTorch sees a CUDA GPU here."""
+    return torch.cuda.is_available()
+
+
+def schedule_choices(*, allow_off: bool = True) -> list[str]:
+    """Fine-tuning choices for a selectbox: ``off`` and every schedule of :data:`SCHEDULES`."""
+    return ([OFF] if allow_off else []) + list(SCHEDULES)
+
+
+def schedule_caption(name: str) -> str:
+    """What a fine-tuning choice means, in words (epochs, step size, whether it is the paper's)."""
+    if name == OFF:
+        return "off: zero-shot only (no hatched bars)"
+    cfg = SCHEDULES[name]
+    lr = "5e-5 (1e-4 for ViT-B/16 DINO)" if cfg.lr is None else f"{cfg.lr:g}"
+    what = "the paper's recipe" if name == "paper" else "shortened for CPUs: a deviation from the paper"
+    return f"{name}: {cfg.epochs} epochs of SGD, lr {lr} ({what})"
+
+
+def default_schedule(*, allow_off: bool = True) -> str:
+    """The paper's schedule on a GPU; on a CPU-only machine off (or the 2-epoch smoke schedule)."""
+    if gpu_available():
+        return "paper"
+    return OFF if allow_off else "smoke"
+
+
+def default_images_per_class() -> int:
+    """The paper's 50 images per class on a GPU; 20 on a CPU so a first run takes about a minute."""
+    return 50 if gpu_available() else 20
+
+
+def model_caption(name: str) -> str:
+    """``name`` plus whether it works offline here, for selectboxes."""
+    entry = next((e for e in models.entries() if e.name == name), None)
+    if entry is None:
+        return name
+    if entry.random_weights:
+        return f"{name} (random weights, tests only)"
+    return f"{name}" + (" (works offline)" if entry.offline else " (needs download or checkpoint)")
+
+
+def suite_env_var(name: str) -> str:
+    """The environment variable a suite reads its data folder from (``PAI_IMAGENET10_ROOT``, …)."""
+    return f"PAI_{name.upper().replace('-', '_')}_ROOT"
+
+
+# ----------------------------------------------------------------------------- cached loaders
+
+
+@st.cache_data(show_spinner=False)
+def device_text() -> str:
+    """Human-readable name of the device runs use by default (GPU name or CPU threads)."""
+    return device_label()
+
+
+@st.cache_data(show_spinner="Reading the task suite…", max_entries=16)
+def task_names(suite: str, root: str | None) -> list[str]:
+    """Task names of a suite (for the source/transfer selectors).
+
+    Raises:
+        DataError: The suite's data is missing (not cached: fixing the folder and retrying works).
+    """
+    s = tasks.load_suite(suite, root=root or None, images_per_class=2)
+    return [t.name for t in s.tasks]
+
+
+@st.cache_resource(show_spinner="Loading the encoder…", max_entries=4)
+def encoder(name: str, checkpoint: str | None = None) -> models.Encoder:
+    """A loaded encoder, shared by every session: never mutate it (``.copy()`` before pruning)."""
+    return experiment.get_encoder(name, checkpoint or None)
+
+
+@st.cache_data(show_spinner=False)
+def model_check(name: str) -> tuple[bool, str]:
+    """Try to load a model here: (ok, what happened) — for the overview's table."""
+    try:
+        enc = encoder(name)
+    except models.ModelUnavailable as exc:
+        return False, str(exc)
+    except Exception as exc:  # a broken optional package is an answer here, not a crash
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, f"loads: {enc.family}, {enc.feature_dim} features, weights {enc.weights_id}"
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def mask_set(spec_json: str, _progress: Any = None) -> dict[str, torch.Tensor]:
+    """Keep-masks of a spec (read from the disk cache, computed if missing); never mutate them."""
+    return experiment.load_masks(ExperimentSpec.from_json(spec_json), _progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def masks_file(spec_json: str) -> bytes:
+    """The masks of a finished run as a safetensors file (bit-packed by :func:`pai_core.masks.pack`)."""
+    from safetensors.torch import save
+
+    from pai_core import masks
+
+    packed = masks.pack(mask_set(spec_json))
+    return save(packed, metadata={"spec": spec_json, "format": "pai_core.masks.pack",
+                                  "read_with": "pai_core.masks.unpack(safetensors.torch.load(data)); True = kept"})
+
+
+def results_signature() -> tuple:
+    """Changes whenever a run finishes (store file or result files): the key of :func:`all_results`."""
+    root = cache.cache_dir()
+    sig: list = []
+    for path in (root / "results.sqlite", root / "results.sqlite-wal"):
+        if path.exists():
+            st_ = path.stat()
+            sig.append((path.name, st_.st_mtime_ns, st_.st_size))
+    res_dir = root / "results"
+    if res_dir.is_dir():
+        files = [p for p in res_dir.glob("*.json")]
+        sig.append(("json", len(files), max((p.stat().st_mtime_ns for p in files), default=0)))
+    return (str(root), *sig)
+
+
+@st.cache_data(show_spinner="Reading finished runs…", max_entries=4)
+def all_results(signature: tuple) -> list[ExperimentResult]:
+    """Every finished run: the results store, plus result files the store does not hold yet."""
+    found: dict[str, ExperimentResult] = {}
+    try:
+        from pai_core.store import ResultsStore
+
+        for r in ResultsStore().results():
+            found[r.spec.key()] = r
+    except ImportError:
+        pass
+    res_dir = cache.cache_dir() / "results"
+    for path in sorted(res_dir.glob("*.json")) if res_dir.is_dir() else []:
+        try:
+            r = ExperimentResult.from_dict(cache.load_json(path))
+        except (cache.CacheCorrupt, TypeError, KeyError, ValueError):
+            continue  # a result of an older format or a half-copied file: not a finished run
+        found.setdefault(r.spec.key(), r)
+    return list(found.values())
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+STAGE_LABELS = {
+    "data": "loading model and data",
+    "features": "dense features and ridge heads",
+    "scores": "scores on the source task",
+    "masks": "masks",
+    "zero-shot": "zero-shot evaluation of the pruned encoder",
+    "fine-tune": "fine-tuning on the source task",
+    "evaluate": "evaluating the fine-tuned encoder",
+    "landscape": "loss over the PCA plane",
+    "done": "finished",
+}
+
+
+class ProgressPanel:
+    """The engine's ``progress(stage, done, total, message)`` drawn as Streamlit progress bars.
+
+    One bar per stage (created when the stage starts), one overall bar when several runs are
+    queued, and a status line.  Updates are throttled: the engine reports every batch, and each
+    update is a message to the browser.
+
+    Args:
+        parent: Container to draw in.
+        runs: How many runs the job has.
+        min_interval: Seconds between two updates of the same bar (the last one always shows).
+    """
+
+    def __init__(self, parent: Any, runs: int = 1, *, min_interval: float = 0.15) -> None:
+        self._box = parent.container(border=True)
+        self._runs = runs
+        self._overall = self._box.progress(0.0, text=f"run 1 of {runs}") if runs > 1 else None
+        self._status = self._box.empty()
+        self._bars: dict[str, Any] = {}
+        self._last: dict[str, float] = {}
+        self._min_interval = min_interval
+        self.run_index = 0
+
+    def start_run(self, index: int, label: str) -> None:
+        """Announce run ``index`` (0-based) of the job."""
+        self.run_index = index
+        if self._overall is not None:
+            self._overall.progress(index / self._runs, text=f"run {index + 1} of {self._runs}: {label}")
+        self._status.caption(label)
+
+    def finish(self, text: str = "done") -> None:
+        if self._overall is not None:
+            self._overall.progress(1.0, text=text)
+        self._status.caption(text)
+
+    def __call__(self, stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        now = time.monotonic()
+        complete = total > 0 and done >= total
+        if not complete and now - self._last.get(stage, 0.0) < self._min_interval:
+            return
+        self._last[stage] = now
+        if stage == "done":
+            self._status.caption(message or "finished")
+            return
+        if stage not in self._bars:
+            self._bars[stage] = self._box.empty()
+        frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+        label = STAGE_LABELS.get(stage, stage)
+        self._bars[stage].progress(frac, text=f"{label}: {message}" if message else label)
+
+
+# ----------------------------------------------------------------------------- errors
+
+#: Errors that are the user's situation (no weights, no data, bad settings, GPU too small), shown
+#: as a message saying what to do, never as a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (models.ModelUnavailable, tasks.DataError, ValueError,
+                                                torch.cuda.OutOfMemoryError)
+
+
+def error_record(exc: BaseException) -> dict[str, str | None]:
+    """What :func:`show_error` needs, in a form that survives ``st.rerun`` in session state."""
+    user = isinstance(exc, USER_ERRORS)
+    return {"type": type(exc).__name__, "message": str(exc),
+            "kind": ("oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else
+                     "model" if isinstance(exc, models.ModelUnavailable) else
+                     "data" if isinstance(exc, tasks.DataError) else
+                     "settings" if isinstance(exc, ValueError) else "bug"),
+            "traceback": None if user else "".join(traceback.format_exception(exc))}
+
+
+def show_error(err: BaseException | dict | None) -> None:
+    """Explain an error: what went wrong and what to do; a traceback only for unexpected ones."""
+    if err is None:
+        return
+    rec = error_record(err) if isinstance(err, BaseException) else err
+    kind, msg = rec["kind"], rec["message"]
+    if kind == "model":
+        st.error(f"**The model's weights are not available here.** {msg}", icon="🚫")
+    elif kind == "data":
+        st.error(f"**The data for this suite was not found or is unusable.** {msg}\n\n"
+                 "Give the folder in the *data folder* field, or set the suite's environment variable "
+                 "before starting the app (see the Overview page).", icon="📂")
+    elif kind == "oom":
+        st.error("**The GPU ran out of memory.** Use fewer images per class, a smaller model, or choose "
+                 f"device *cpu*. ({msg})", icon="💾")
+    elif kind == "settings":
+        st.error(f"**These settings cannot run.** {msg}", icon="⚠️")
+    else:
+        st.error(f"**Unexpected error** ({rec['type']}): {msg}. This is a bug; the details below help "
+                 "to report it.", icon="🐞")
+        if rec.get("traceback"):
+            with st.expander("Details for a bug report"):
+                st.code(rec["traceback"], language="text")
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def spec_jsons(specs: Iterable[ExperimentSpec]) -> list[str]:
+    """Specs as JSON strings (hashable cache keys for ``st.cache_*``)."""
+    return [s.to_json() for s in specs]
+
+
+def describe_specs(specs: Sequence[ExperimentSpec]) -> str:
+    """One sentence of what a job will run."""
+    s = specs[0]
+    ft = "no fine-tuning" if s.finetune is None else schedule_caption(s.finetune)
+    return (f"{len(specs)} run(s) of {s.model} on {s.suite} (source task {s.source}), "
+            f"{s.images_per_class} images per class, {ft}, device {s.device}")
+
+
+def data_root_default(suite: str) -> str:
+    """The folder a suite would read now (its environment variable), for the data-folder field."""
+    return os.environ.get(suite_env_var(suite), "")
+
+
+def asdict_spec(spec: ExperimentSpec) -> dict[str, Any]:
+    """A spec as a plain dict (for tables and JSON downloads)."""
+    return dataclasses.asdict(spec)
+
+
+def results_json(results: Sequence[ExperimentResult]) -> str:
+    """Finished runs as one JSON document (list of ``ExperimentResult.to_dict()``)."""
+    return json.dumps([r.to_dict() for r in results], indent=1, default=str)
+
+
+def cache_root() -> Path:
+    return cache.cache_dir()

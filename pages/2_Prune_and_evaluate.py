@@ -1,0 +1,283 @@
+"""Prune & evaluate (the paper's Fig. 3): prune on a source task, measure source and transfer accuracy.
+
+Thin page: widgets build :class:`ExperimentSpec` objects, :func:`pai_core.experiment.run` does the
+work (every stage cached, one file lock per spec), :mod:`pai_core.figures` draws the result.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from dashboard import common
+from pai_core import experiment, figures, masks, models, scores, tasks
+from pai_core.experiment import ExperimentSpec
+
+PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
+
+common.page_defaults({
+    "prune_w_model": models.DEFAULT_MODEL,
+    "prune_w_checkpoint": "",
+    "prune_w_suite": "digits",
+    "prune_w_root": "",
+    "prune_w_source": 0,
+    "prune_w_scores": [s for s in ("magnitude", "diag") if s in scores.available()],
+    "prune_w_sparsity_mode": "paper",
+    "prune_w_levels": [PAPER_LEVELS[len(PAPER_LEVELS) // 2], PAPER_LEVELS[-1]],
+    "prune_w_custom": 50.0,
+    "prune_w_finetune": common.default_schedule(),
+    "prune_w_ipc": common.default_images_per_class(),
+    "prune_w_holdout": False,
+    "prune_w_device": "auto",
+})
+ss = st.session_state
+
+st.title("Prune & evaluate (Fig. 3)")
+st.markdown(
+    "Prune a pre-trained encoder with scores computed on the **source** task only, then measure accuracy "
+    "on the source and on the **transfer** tasks it never saw (frozen ridge heads fitted on the dense "
+    "encoder). Parallel solid bars in the two rows support **P1**; hatched bars (after fine-tuning on the "
+    "source) above the solid ones in the *transfer* row support **P2**."
+)
+
+# -- model and data: outside the form, because the source-task list depends on the suite ---------
+c1, c2, c3 = st.columns(3)
+with c1:
+    st.selectbox("Model", models.available(), key="prune_w_model", format_func=common.model_caption)
+    entry = next(e for e in models.entries() if e.name == ss["prune_w_model"])
+    if not entry.offline:
+        st.text_input("Checkpoint file (optional)", key="prune_w_checkpoint",
+                      help="A local weights file, for machines without internet access to the model's hub. "
+                           f"Weights come from: {entry.source}.")
+with c2:
+    st.selectbox("Task suite", tasks.available(), key="prune_w_suite")
+    suite_info = tasks.info(ss["prune_w_suite"])
+    if suite_info.needs_root:
+        if not ss["prune_w_root"]:
+            ss["prune_w_root"] = common.data_root_default(ss["prune_w_suite"])
+        st.text_input("Data folder", key="prune_w_root", help=suite_info.needs,
+                      placeholder=f"or set {common.suite_env_var(ss['prune_w_suite'])}")
+    st.caption(f"Needs: {suite_info.needs}")
+root = (ss["prune_w_root"] or None) if suite_info.needs_root else None
+with c3:
+    names: list[str] | None
+    try:
+        names = common.task_names(ss["prune_w_suite"], root)
+    except common.USER_ERRORS as exc:
+        names = None
+        common.show_error(exc)
+    if names:
+        if ss["prune_w_source"] >= len(names):
+            ss["prune_w_source"] = 0
+        st.selectbox("Source task (pruning and fine-tuning see only this one)", list(range(len(names))),
+                     key="prune_w_source", format_func=lambda k: names[k])
+        st.caption("Transfer tasks: " + ", ".join(n for k, n in enumerate(names) if k != ss["prune_w_source"]))
+
+
+def _levels() -> list[float]:
+    if ss["prune_w_sparsity_mode"] == "custom":
+        return [round(ss["prune_w_custom"] / 100.0, 6)]
+    return sorted(ss["prune_w_levels"])
+
+
+def _submit() -> None:
+    """Queue the job (the form's values are in session state when this runs)."""
+    if ss["prune_job"] is not None:
+        return  # a run is in progress: a second click must not start another one
+    try:
+        if not ss["prune_w_scores"]:
+            raise ValueError("choose at least one pruning score")
+        if not _levels():
+            raise ValueError("choose at least one sparsity level")
+        ft = ss["prune_w_finetune"]
+        specs = [
+            ExperimentSpec(model=ss["prune_w_model"], suite=ss["prune_w_suite"], source=int(ss["prune_w_source"]),
+                           score=score, sparsity=q, images_per_class=int(ss["prune_w_ipc"]),
+                           finetune=None if ft == common.OFF else ft, holdout=bool(ss["prune_w_holdout"]),
+                           data_root=root, checkpoint=(ss["prune_w_checkpoint"] or None) if not entry.offline else None,
+                           device=ss["prune_w_device"])
+            for q in _levels() for score in ss["prune_w_scores"]
+        ]
+    except ValueError as exc:
+        ss["prune_error"] = common.error_record(exc)
+        return
+    ss["prune_error"] = None
+    ss["prune_job"] = {"specs": specs, "task_names": names, "started": time.time()}
+
+
+def _cancel() -> None:
+    ss["prune_job"] = None
+
+
+running = ss["prune_job"] is not None
+with st.form("prune_form"):
+    f1, f2, f3 = st.columns(3)
+    with f1:
+        st.multiselect("Pruning scores (computed on the source task)", scores.available(), key="prune_w_scores",
+                       format_func=figures.score_label)
+        st.selectbox("Fine-tuning on the source task", common.schedule_choices(), key="prune_w_finetune",
+                     format_func=common.schedule_caption,
+                     help="The paper fine-tunes for 90 epochs (a GPU job). 'short' and 'smoke' keep its optimiser "
+                          "with fewer epochs and a larger step, for CPUs; every result records its schedule.")
+    with f2:
+        st.radio("Sparsity levels", ["paper", "custom"], key="prune_w_sparsity_mode", horizontal=True,
+                 format_func={"paper": "the paper's levels", "custom": "one custom level"}.get)
+        st.multiselect("The paper's levels (% of weights removed)", PAPER_LEVELS, key="prune_w_levels",
+                       format_func=figures.sparsity_label)
+        st.slider("Custom level (% of weights removed; used with 'one custom level')", 1.0, 99.0, step=0.5,
+                  key="prune_w_custom")
+    with f3:
+        st.number_input("Images per class", min_value=2, max_value=1000, step=5, key="prune_w_ipc",
+                        help="The paper uses 50 per class. Fewer is faster: features, scores and evaluation all "
+                             "scale with it.")
+        st.checkbox("Held-out evaluation (deviation from the paper)", key="prune_w_holdout",
+                    help="The paper fits the heads and measures accuracy on the same images. With this on, heads "
+                         "are fitted on one half of each task and accuracy is measured on the other half.")
+        st.selectbox("Device", ["auto", "cpu", "cuda"], key="prune_w_device",
+                     help=f"auto uses: {common.device_text()}")
+    st.form_submit_button("Running…" if running else "Run", type="primary", on_click=_submit,
+                          disabled=running or not names)
+
+common.show_error(ss["prune_error"])
+
+# -- the run: resumes after an interruption (finished stages are cached), until it ends or is cancelled --
+job = ss["prune_job"]
+if job is not None:
+    st.button("Cancel", key="btn_prune_cancel", on_click=_cancel,
+              help="Stops after the current step; finished stages stay cached.")
+    st.caption(common.describe_specs(job["specs"]) + ". Leaving this page pauses the run; it picks up where it "
+               "stopped when you come back.")
+    panel = common.ProgressPanel(st, runs=len(job["specs"]))
+    results = []
+    try:
+        for i, spec in enumerate(job["specs"]):
+            panel.start_run(i, figures.run_label(spec, job["task_names"]))
+            results.append(experiment.run(spec, panel))
+        panel.finish(f"{len(results)} run(s) finished")
+    except Exception as exc:  # user errors are explained; anything else is shown as a bug with details
+        ss["prune_error"] = common.error_record(exc)
+    else:
+        ss["prune_output"] = {"results": results, "task_names": job["task_names"]}
+        ss["overlap_output"] = None
+        ss["overlap_error"] = None
+    ss["prune_job"] = None
+    st.rerun()  # redraw with the Run button enabled and the new results
+
+out = ss["prune_output"]
+if out is None:
+    st.info("Choose settings and press **Run**. The defaults (EfficientNet-Lite0 on digits, magnitude and "
+            "diagonal-Hessian scores, two sparsities) take about a minute on a CPU; repeating a run is instant.")
+    st.stop()
+
+results = out["results"]
+keys = tuple(r.spec.key() for r in results)
+first = results[0].spec
+task_names = out["task_names"] or []
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _fig3(keys: tuple[str, ...], _results):
+    return figures.fig3_figure(_results)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _tables(keys: tuple[str, ...], _results):
+    return figures.tasks_frame(_results), figures.layer_sparsity_frame(_results)
+
+
+st.subheader("Source and transfer accuracy")
+ft_text = ("no fine-tuning (zero-shot only)" if first.finetune is None
+           else common.schedule_caption(first.finetune))
+cached = sum(r.cached for r in results)
+st.caption(
+    f"{first.model} on {first.suite}; source task **{task_names[first.source] if task_names else first.source}**; "
+    f"{first.images_per_class} images per class; fine-tuning: **{ft_text}**"
+    + ("; **held-out evaluation (deviation from the paper)**" if first.holdout else "")
+    + f"; ran on {results[0].device}; {cached} of {len(results)} run(s) from the cache."
+)
+fig = _fig3(keys, results)
+st.plotly_chart(fig, key="prune_fig3")
+st.caption("Top: the source task; bottom: mean over the transfer tasks. Solid: zero-shot accuracy of the pruned "
+           "encoder; hatched: after fine-tuning on the source; dashed line: the dense encoder. PNG: camera icon in "
+           "the figure's toolbar.")
+st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(fig), file_name="fig3_prune.html",
+                   mime="text/html", on_click="ignore", key="btn_prune_fig3_html")
+notes = sorted({n for r in results for n in r.notes if not n.startswith("layer collapse")})
+for note in notes:
+    st.caption(f"Note: {note}")
+
+task_df, layer_df = _tables(keys, results)
+with st.expander("Accuracy per task (%)", expanded=False):
+    st.dataframe(task_df, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.1f") for c in task_df.columns if task_df[c].dtype.kind == "f"})
+
+st.subheader("Per-layer sparsity of each mask")
+st.caption("A global threshold can empty whole layers (layer collapse): the network then computes nothing "
+           "past that layer, whatever the other weights.")
+for r in results:
+    if r.collapsed_layers:
+        st.warning(f"**Layer collapse** with {figures.score_label(r.spec.score)} at "
+                   f"{figures.sparsity_label(r.spec.sparsity)}: {len(r.collapsed_layers)} layer(s) lost every "
+                   f"weight, e.g. {', '.join(r.collapsed_layers[:3])}.", icon="⚠️")
+if len(layer_df):
+    st.plotly_chart(figures.layer_sparsity_figure(layer_df), key="prune_layers")
+
+st.subheader("Mask overlap: a direct look at P1")
+st.markdown(
+    "P1 says the weights a score removes for the source task are the ones the other tasks do not need either. "
+    "A direct check the paper does not show: compute the masks on **different source tasks** and measure how much "
+    "they overlap (Jaccard index of the removed weights; 1 = identical). High overlap across sources means the "
+    "score picks task-independent weights. Different scores on one source show how much the criteria agree."
+)
+levels = sorted({r.spec.sparsity for r in results})
+used_scores = list(dict.fromkeys(r.spec.score for r in results))
+src_opts = list(range(len(task_names))) if task_names else [first.source]
+# Defaults through session state (valid for the current results), never through `default=`.
+if ss.get("prune_w_overlap_q") not in levels:
+    ss["prune_w_overlap_q"] = levels[0]
+ss["prune_w_overlap_scores"] = [s for s in ss.get("prune_w_overlap_scores", used_scores) if s in used_scores] \
+    or used_scores
+ss["prune_w_overlap_sources"] = [k for k in ss.get("prune_w_overlap_sources", src_opts) if k in src_opts] \
+    or src_opts
+with st.form("overlap_form"):
+    o1, o2, o3 = st.columns(3)
+    q = o1.selectbox("Sparsity", levels, format_func=figures.sparsity_label, key="prune_w_overlap_q")
+    sel_scores = o2.multiselect("Scores", used_scores, format_func=figures.score_label, key="prune_w_overlap_scores")
+    sel_sources = o3.multiselect("Masks computed on source tasks", src_opts,
+                                 format_func=lambda k: task_names[k] if task_names else str(k),
+                                 key="prune_w_overlap_sources",
+                                 help="Other sources need their own scores: computed once, then cached.")
+    go_overlap = st.form_submit_button("Compare masks")
+if go_overlap:
+    specs = {f"{figures.score_label(s)} · {task_names[k] if task_names else k}": first.replace(score=s, source=k,
+                                                                                               sparsity=q)
+             for s in sel_scores for k in sel_sources}
+    if len(specs) < 2:
+        ss["overlap_error"] = common.error_record(ValueError("choose at least two masks to compare"))
+    else:
+        panel = common.ProgressPanel(st, runs=len(specs))
+        try:
+            sets = {}
+            for i, (label, spec) in enumerate(specs.items()):
+                panel.start_run(i, f"masks: {label}")
+                sets[label] = common.mask_set(spec.to_json(), panel)
+            ss["overlap_output"] = {"matrix": figures.jaccard_matrix(sets),
+                                    "title": f"Overlap of removed weights at {figures.sparsity_label(q)}"}
+            ss["overlap_error"] = None
+        except Exception as exc:
+            ss["overlap_error"] = common.error_record(exc)
+        st.rerun()
+if ss["overlap_output"] is None and ss["overlap_error"] is None and len(used_scores) >= 2:
+    # The run's own masks are in the cache already: compare its scores on its source right away.
+    try:
+        sets = {figures.score_label(s): common.mask_set(first.replace(score=s, sparsity=levels[0]).to_json())
+                for s in used_scores}
+        ss["overlap_output"] = {"matrix": figures.jaccard_matrix(sets),
+                                "title": f"Scores compared on the source task at {figures.sparsity_label(levels[0])}"}
+    except Exception as exc:
+        ss["overlap_error"] = common.error_record(exc)
+common.show_error(ss["overlap_error"])
+if ss["overlap_output"] is not None:
+    ov = ss["overlap_output"]
+    st.plotly_chart(figures.jaccard_figure(ov["matrix"], title=ov["title"]), key="prune_overlap", width="content")

@@ -1,0 +1,217 @@
+"""AppTest smoke tests for the entry point and pages 2–4 (the toy page has tests/test_page_toy.py).
+
+Each test gets an empty cache folder (``PAI_CACHE_DIR``), so what a page shows is what it computed.
+The Prune page runs a real, tiny experiment end to end (EfficientNet-Lite0 on digits, 10 images per
+class, magnitude at one sparsity, the 2-epoch "smoke" fine-tuning) and must draw its bars.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pai_core import experiment, masks
+from pai_core.experiment import ExperimentSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+PRUNE = ROOT / "pages" / "2_Prune_and_evaluate.py"
+LANDSCAPE = ROOT / "pages" / "3_Loss_landscape.py"
+RESULTS = ROOT / "pages" / "4_Results.py"
+
+# Generous: the first real run extracts features and fine-tunes on 2 CPU cores.
+TIMEOUT = 300
+TINY_LEVEL = float(masks.PAPER_SPARSITIES[0])
+
+
+@pytest.fixture(autouse=True)
+def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("PAI_CACHE_DIR", str(path))
+    monkeypatch.delenv("PAI_RESULTS_DB", raising=False)
+    monkeypatch.delenv("PAI_IMAGENET10_ROOT", raising=False)
+    return path
+
+
+def _app(path: Path) -> AppTest:
+    at = AppTest.from_file(str(path), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _charts(at: AppTest) -> dict[str, dict]:
+    """Plotly charts on the page by their element key suffix → figure spec."""
+    return {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def _chart(at: AppTest, key: str) -> dict:
+    found = [spec for cid, spec in _charts(at).items() if key in cid]
+    assert found, f"no chart {key!r} among {list(_charts(at))}"
+    return found[0]
+
+
+def _shape(z) -> tuple[int, ...]:
+    """Shape of plotly array data, plain nested lists or plotly's typed-array form."""
+    if isinstance(z, dict) and "shape" in z:
+        return tuple(int(n) for n in str(z["shape"]).split(","))
+    return (len(z), len(z[0]))
+
+
+def _button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def _errors(at: AppTest) -> str:
+    return " ".join(e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------- overview
+
+
+def test_overview_renders_device_cache_models_and_suites() -> None:
+    at = _app(APP)
+    assert "PaI Explorer" in at.title[0].value
+    text = " ".join(m.value for m in at.markdown)
+    assert "P1" in text and "P2" in text
+    assert "Device in use" in text and ("CPU" in text or "cuda" in text)
+    assert "PAI_IMAGENET10_ROOT" in text
+    frames = [d.value for d in at.dataframe]
+    models_df = next(f for f in frames if "model" in f.columns)
+    suites_df = next(f for f in frames if "suite" in f.columns)
+    assert models_df.loc[models_df["model"] == "efficientnet_lite0", "works offline here"].item()
+    assert not models_df.loc[models_df["model"] == "resnet50", "works offline here"].item()
+    assert "needs" in suites_df.columns and "imagenet10" in set(suites_df["suite"])
+    assert not at.error
+
+
+# ----------------------------------------------------------------------------- prune & evaluate
+
+
+def test_prune_page_renders_defaults() -> None:
+    at = _app(PRUNE)
+    assert at.title[0].value.startswith("Prune & evaluate")
+    assert at.selectbox(key="prune_w_model").value == "efficientnet_lite0"
+    assert at.selectbox(key="prune_w_suite").value == "digits"
+    assert len(at.multiselect(key="prune_w_scores").value) == 2
+    assert len(at.multiselect(key="prune_w_levels").value) == 2
+    assert not _button(at, "Run").disabled
+    assert not at.error
+
+
+def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:
+    at = _app(PRUNE)
+    at.multiselect(key="prune_w_scores").set_value(["magnitude"])
+    at.multiselect(key="prune_w_levels").set_value([TINY_LEVEL])
+    at.number_input(key="prune_w_ipc").set_value(10)
+    at.selectbox(key="prune_w_finetune").set_value("smoke")
+    _button(at, "Run").click()
+    at.run(timeout=TIMEOUT)
+    assert not at.exception, at.exception
+    assert not at.error, _errors(at)
+    spec = _chart(at, "prune_fig3")
+    bars = [t for t in spec["data"] if t["type"] == "bar"]
+    assert len(bars) == 4  # magnitude x (zero-shot, fine-tuned) x (source, transfer)
+    assert any(t.get("marker", {}).get("pattern", {}).get("shape") == "/" for t in bars)
+    assert all(0.0 <= y <= 100.0 for t in bars for y in t["y"])
+    assert "accuracy (%)" in spec["layout"]["yaxis"]["title"]["text"]
+    # The per-task table and the per-layer sparsity chart come with it; the result persists.
+    assert _chart(at, "prune_layers")["data"]
+    assert len(at.session_state["prune_output"]["results"]) == 1
+    assert at.session_state["prune_job"] is None  # finished: Run is enabled again
+    assert not _button(at, "Run").disabled
+    # A rerun (any widget change) keeps the figure without running again.
+    at.run()
+    assert _chart(at, "prune_fig3")
+
+
+def test_prune_page_explains_missing_weights_without_traceback() -> None:
+    at = _app(PRUNE)
+    at.selectbox(key="prune_w_model").set_value("resnet50").run()
+    at.text_input(key="prune_w_checkpoint").input("/nonexistent/resnet50.pth").run()
+    _button(at, "Run").click().run()
+    assert not at.exception
+    assert "not available" in _errors(at) and "/nonexistent/resnet50.pth" in _errors(at)
+    assert not at.get("plotly_chart")
+    assert at.session_state["prune_job"] is None
+
+
+def test_prune_page_explains_missing_data_folder() -> None:
+    at = _app(PRUNE)
+    at.selectbox(key="prune_w_suite").set_value("imagenet10").run()
+    assert not at.exception
+    assert "data" in _errors(at).lower()
+    at.text_input(key="prune_w_root").input("/nonexistent/imagenet/val").run()
+    assert not at.exception
+    assert "/nonexistent/imagenet/val" in _errors(at)
+    assert _button(at, "Run").disabled
+
+
+def test_prune_page_refuses_empty_score_list() -> None:
+    at = _app(PRUNE)
+    at.multiselect(key="prune_w_scores").set_value([])
+    _button(at, "Run").click().run()
+    assert not at.exception
+    assert "at least one pruning score" in _errors(at)
+
+
+# ----------------------------------------------------------------------------- loss landscape
+
+
+def test_landscape_page_renders_defaults() -> None:
+    at = _app(LANDSCAPE)
+    assert at.title[0].value.startswith("Loss landscape")
+    assert at.selectbox(key="land_w_source").value != at.selectbox(key="land_w_transfer").value
+    assert not _button(at, "Compute landscape").disabled
+    assert not at.error
+
+
+@pytest.mark.slow
+def test_landscape_page_computes_a_small_grid() -> None:
+    at = _app(LANDSCAPE)
+    # timm's tiny test_resnet (random weights) keeps this a wiring test, not a 2-CPU-minute one.
+    at.selectbox(key="land_w_model").set_value("test_resnet").run()
+    at.number_input(key="land_w_ipc").set_value(5)
+    at.number_input(key="land_w_images").set_value(5)
+    at.select_slider(key="land_w_grid").set_value(5)
+    at.selectbox(key="land_w_finetune").set_value("smoke")
+    _button(at, "Compute landscape").click()
+    at.run(timeout=TIMEOUT)
+    assert not at.exception, at.exception
+    assert not at.error, _errors(at)
+    spec = _chart(at, "land_fig")
+    contours = [t for t in spec["data"] if t["type"] == "contour"]
+    assert len(contours) == 2
+    assert _shape(contours[0]["z"]) == (5, 5)
+    names = {t["name"] for t in spec["data"] if t["type"] == "scatter"}
+    assert any(n.startswith("θ̃ₛ*") for n in names) and any(n.startswith("θ̃₀") for n in names)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def test_results_page_without_runs_says_so() -> None:
+    at = _app(RESULTS)
+    assert any("No finished runs" in i.value for i in at.info)
+
+
+def test_results_page_lists_runs_draws_grid_and_offers_downloads() -> None:
+    spec = ExperimentSpec(model="test_resnet", score="magnitude", sparsity=TINY_LEVEL, images_per_class=5)
+    experiment.run(spec)
+    experiment.run(spec.replace(score="random"))
+    at = _app(RESULTS)
+    table = next(d.value for d in at.dataframe if "score" in d.value.columns)
+    assert set(table["score"]) == {"magnitude", "random"}
+    bars = [t for t in _chart(at, "results_fig3")["data"] if t["type"] == "bar"]
+    assert len(bars) == 4  # 2 scores x (source, transfer); no fine-tuning: solid only
+    labels = {b.proto.label for b in at.get("download_button")}
+    assert {"Download table (CSV)", "Download runs (JSON)", "Download figure (HTML)"} <= labels
+    _button(at, "Prepare masks file").click().run()
+    assert not at.exception, at.exception
+    blob = at.session_state["results_masks"]
+    assert blob is not None and blob["bytes"][:8] and len(blob["bytes"]) > 100
