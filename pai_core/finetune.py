@@ -174,7 +174,7 @@ def _train(model, head, inputs, labels, masks, config, batch_size, model_name, d
                 with torch.no_grad():
                     for nme, m in dev_masks.items():
                         params[nme].mul_(m)
-                running += float(loss) * len(idx)
+                running += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 step += 1
                 if progress:
