@@ -1,0 +1,643 @@
+"""Scores against brute force in float64 (per-example loops, torch.func.hessian, explicit kron)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from pai_core import masks as M
+from pai_core import scores as S
+
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core box, OpenMP threads that lose their core to
+    another process spin at barriers and make autograd 20-50x slower (measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------
+# Tiny networks
+# --------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 6)
+        self.act = nn.ReLU(inplace=True)  # in-place right after a scored layer
+        self.norm = nn.LayerNorm(6)
+        self.fc2 = nn.Linear(6, 4)
+        self.fc3 = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc3(torch.tanh(self.fc2(self.norm(self.act(self.fc1(x))))))
+
+
+class ResCNN(nn.Module):
+    """Conv-BN-ReLU, a residual block, a strided conv, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()  # shared by three call sites
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.conv3 = nn.Conv2d(4, 3, 2, stride=2)
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.relu(self.bn1(self.conv1(x)))
+        h = self.relu(h + self.bn2(self.conv2(h)))
+        h = self.relu(self.conv3(h))
+        return self.head(h.mean((2, 3)))
+
+
+class GroupNet(nn.Module):
+    """Grouped conv, depthwise conv (reflect padding, stride 2), pointwise conv, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.grouped = nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, padding_mode="reflect")
+        self.pw = nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.relu6(self.bn(self.grouped(x)))
+        h = F.relu(self.dw(h))
+        h = self.pw(h)
+        return self.head(h.mean((2, 3)))
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
+
+def make(name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    torch.manual_seed(0)
+    if name == "mlp":
+        model, shape = MLP(), (5,)
+    elif name == "cnn":
+        model, shape = ResCNN(), (2, 6, 6)
+    else:
+        model, shape = GroupNet(), (4, 6, 6)
+    model = model.to(DT)
+    _randomise_bn(model)
+    model.eval()
+    g = torch.Generator().manual_seed(2)
+    # Uneven batches: the data loss must weight examples, not batches.
+    data = [(torch.randn(n, *shape, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g))
+            for n in (4, 3)]
+    return model, data
+
+
+NETS = ["mlp", "cnn", "grouped"]
+
+
+# --------------------------------------------------------------------------------------
+# Brute-force references
+# --------------------------------------------------------------------------------------
+
+
+def loop_grads(model, data, names, loss="mse"):
+    """Per-example gradients by a Python loop: list of {name: grad}."""
+    named = dict(model.named_parameters())
+    out = []
+    for x, y in data:
+        for i in range(len(x)):
+            li = S.per_example_loss(model(x[i:i + 1]), y[i:i + 1], loss).sum()
+            out.append(dict(zip(names, torch.autograd.grad(li, [named[n] for n in names]))))
+    return out
+
+
+def full_loss_fn(model, data, names, loss="mse"):
+    """L(flat θ) = mean_i ℓ_i as a function of the flattened scored parameters."""
+    named = dict(model.named_parameters())
+    shapes = [named[n].shape for n in names]
+    sizes = [math.prod(s) for s in shapes]
+    n_total = sum(len(x) for x, _ in data)
+
+    def f(flat):
+        parts = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes))))
+        return sum(S.per_example_loss(functional_call(model, parts, (x,)), y, loss).sum() for x, y in data) / n_total
+
+    flat = torch.cat([named[n].detach().reshape(-1) for n in names])
+    return f, flat, sizes, shapes
+
+
+def hessian(f, flat):
+    """Exact Hessian: double backward against every unit vector (vmapped: fast on tiny nets)."""
+    x = flat.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+    eye = torch.eye(len(g), dtype=g.dtype)
+    return torch.autograd.grad(g, x, grad_outputs=eye, is_grads_batched=True)[0]
+
+
+@functools.cache
+def exact(net: str, loss: str = "mse"):
+    """(flat θ, g = ∇L, H = ∇²L) of the full-data loss w.r.t. the default scored params."""
+    model, data = make(net)
+    f, flat, _, _ = full_loss_fn(model, data, S.default_params(model), loss)
+    x = flat.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x), x)
+    return flat, g, hessian(f, flat)
+
+
+def unflatten(vec, names, sizes, shapes):
+    return {n: t.view(s) for n, t, s in zip(names, vec.split(sizes), shapes)}
+
+
+def close(a, b, rtol=1e-9, atol=1e-12):
+    return torch.allclose(a, b, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------
+# diag, fisher_taylor, snip, grasp, hutchinson
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_diag_equals_per_example_loop(net, loss):
+    model, data = make(net)
+    names = S.default_params(model)
+    got = S.compute("diag", model, data, loss=loss)
+    grads = loop_grads(model, data, names, loss)
+    named = dict(model.named_parameters())
+    for n in names:
+        ref = named[n].detach() ** 2 * torch.stack([g[n] ** 2 for g in grads]).mean(0)
+        assert close(got[n], ref), n
+
+
+def test_diag_not_square_of_mean_gradient():
+    model, data = make("mlp")
+    n = "fc1.weight"
+    grads = loop_grads(model, data, [n])
+    mean_sq = torch.stack([g[n] ** 2 for g in grads]).mean(0)
+    sq_mean = torch.stack([g[n] for g in grads]).mean(0) ** 2
+    got = S.compute("diag", model, data, params=[n])[n] / model.fc1.weight.detach() ** 2
+    assert close(got, mean_sq) and not close(got, sq_mean)
+
+
+def test_diag_covers_non_layer_params_and_biases():
+    """LayerNorm affine and biases go through the generic (torch.func) / bias paths."""
+    model, data = make("mlp")
+    names = [n for n, _ in model.named_parameters()]
+    got = S.compute("diag", model, data, params=names)
+    grads = loop_grads(model, data, names)
+    named = dict(model.named_parameters())
+    for n in names:
+        ref = named[n].detach() ** 2 * torch.stack([g[n] ** 2 for g in grads]).mean(0)
+        assert close(got[n], ref), n
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_fisher_taylor_formula(net):
+    model, data = make(net)
+    names = S.default_params(model)
+    grads = loop_grads(model, data, names)
+    named = dict(model.named_parameters())
+    got = S.compute("fisher_taylor", model, data)
+    for n in names:
+        th = named[n].detach()
+        g = torch.stack([x[n] for x in grads])
+        assert close(got[n], (th * g.mean(0) + 0.5 * th**2 * (g**2).mean(0)).abs()), n
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_snip_is_gradient_wrt_mask(net):
+    model, data = make(net)
+    names = S.default_params(model)
+    f, flat, sizes, shapes = full_loss_fn(model, data, names)
+    g = unflatten(torch.func.grad(f)(flat), names, sizes, shapes)
+    got = S.compute("snip", model, data)
+    named = dict(model.named_parameters())
+    for n in names:
+        assert close(got[n], (named[n].detach() * g[n]).abs()), n
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_grasp_matches_exact_hessian(net):
+    model, data = make(net)
+    names = S.default_params(model)
+    _, _, sizes, shapes = full_loss_fn(model, data, names)
+    flat, g, H = exact(net)
+    ref = unflatten(flat * (H @ g), names, sizes, shapes)
+    got = S.compute("grasp", model, data)
+    for n in names:
+        assert close(got[n], ref[n]), n
+
+
+def test_grasp_sign_keeps_large_positive_theta_hg():
+    """GraSP removes the largest −θ⊙Hg, i.e. keeps the largest θ⊙Hg."""
+    model, data = make("mlp")
+    names = S.default_params(model)
+    flat, g, H = exact("mlp")
+    thg = flat * (H @ g)
+    keep = M.global_topk(S.compute("grasp", model, data), 0.5)
+    keep_flat = torch.cat([keep[n].reshape(-1) for n in names])
+    assert thg[thg.argmax()] > 0
+    assert keep_flat[thg.argmax()] and not keep_flat[thg.argmin()]
+    # the kept half is exactly the larger half of θ⊙Hg
+    assert thg[keep_flat].min() >= thg[~keep_flat].max()
+
+
+def test_hutchinson_converges_to_exact_diagonal():
+    model, data = make("mlp")
+    names = S.default_params(model)
+    flat, _, H = exact("mlp")
+    target = flat**2 * torch.diagonal(H)
+
+    def err(probes, seed=0):
+        got = S.compute("hutchinson", model, data, probes=probes, seed=seed)
+        est = torch.cat([got[n].reshape(-1) for n in names])
+        return float((est - target).norm() / target.norm())
+
+    e10, e2000 = err(10), err(2000)
+    assert e2000 < 0.1 and e2000 < e10 / 5, (e10, e2000)
+
+
+@pytest.mark.parametrize("net", ["cnn", "grouped"])
+def test_hutchinson_is_mean_of_z_hz(net, monkeypatch):
+    """On CNNs: the estimate is exactly (1/K) Σ_k z_k ⊙ H z_k for the probes it drew, H exact."""
+    model, data = make(net)
+    names = S.default_params(model)
+    flat, _, H = exact(net)
+    drawn = []
+    real = S._rademacher
+
+    def spy(params, seed):
+        z = real(params, seed)
+        drawn.append(torch.cat([t.reshape(-1) for t in z]))
+        return z
+
+    monkeypatch.setattr(S, "_rademacher", spy)
+    got = S.compute("hutchinson", model, data, probes=3, seed=3)
+    assert len(drawn) == 3 and all(set(z.unique().tolist()) <= {-1.0, 1.0} for z in drawn)
+    ref = flat**2 * torch.stack([z * (H @ z) for z in drawn]).mean(0)
+    assert close(torch.cat([got[n].reshape(-1) for n in names]), ref)
+
+
+def test_hutchinson_seeded():
+    model, data = make("mlp")
+    a = S.compute("hutchinson", model, data, probes=3, seed=1)
+    b = S.compute("hutchinson", model, data, probes=3, seed=1)
+    c = S.compute("hutchinson", model, data, probes=3, seed=2)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+# --------------------------------------------------------------------------------------
+# K-FAC
+# --------------------------------------------------------------------------------------
+
+
+def brute_factors(model, data, name):
+    """A and B of Eq. (5) by explicit patch extraction and per-example autograd loops."""
+    layer = model.get_submodule(name.rsplit(".", 1)[0])
+    captured = {}
+
+    def hook(mod, args, out):
+        captured["x"] = args[0].detach()
+        out.retain_grad()
+        captured["z"] = out
+        return out.clone()  # downstream in-place ops (ReLU(inplace=True)) modify the clone
+
+    h = layer.register_forward_hook(hook)
+    acts, grads = [], []
+    try:
+        for x, y in data:
+            for i in range(len(x)):
+                li = S.per_example_loss(model(x[i:i + 1]), y[i:i + 1]).sum()
+                li.backward()
+                acts.append(captured["x"][0])
+                grads.append(captured["z"].grad[0].detach())
+    finally:
+        h.remove()
+        model.zero_grad(set_to_none=True)
+    n_ex = len(acts)
+    if isinstance(layer, nn.Linear):
+        a = torch.stack(acts)
+        g = torch.stack(grads)
+        return (a.T @ a / n_ex)[None], (g.T @ g / n_ex)[None]
+    G = layer.groups
+    kh, kw = layer.kernel_size
+    sh, sw = layer.stride
+    cin, cout = layer.in_channels // G, layer.out_channels // G
+    A = torch.zeros(G, cin * kh * kw, cin * kh * kw, dtype=DT)
+    B = torch.zeros(G, cout, cout, dtype=DT)
+    count = 0
+    for xa, ga in zip(acts, grads):
+        if layer.padding_mode != "zeros":
+            xp = F.pad(xa[None], layer._reversed_padding_repeated_twice, mode=layer.padding_mode)[0]
+        else:
+            ph, pw = layer.padding
+            xp = F.pad(xa, (pw, pw, ph, ph))
+        for i in range(ga.shape[1]):
+            for j in range(ga.shape[2]):
+                count += 1
+                patch = xp[:, i * sh:i * sh + kh, j * sw:j * sw + kw]  # (Cin, kh, kw)
+                for gi in range(G):
+                    a = patch[gi * cin:(gi + 1) * cin].reshape(-1)
+                    A[gi] += torch.outer(a, a)
+                    gv = ga[gi * cout:(gi + 1) * cout, i, j]
+                    B[gi] += torch.outer(gv, gv)
+    return A / count, B / n_ex
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_kfac_factors_brute_force(net):
+    model, data = make(net)
+    factors = S.kfac_factors(model, data)
+    assert set(factors) == set(S.default_params(model))
+    for name, f in factors.items():
+        A, B = brute_factors(model, data, name)
+        assert close(f.A, A), name
+        assert close(f.B, B), name
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_kfac_score_matches_explicit_kron(net):
+    model, data = make(net)
+    damping = 1e-2
+    factors = S.kfac_factors(model, data)
+    got = S.compute("kfac", model, data, damping=damping)
+    for name, f in factors.items():
+        w = model.get_parameter(name).detach()
+        rows = w.shape[0] // f.groups
+        for g in range(f.groups):
+            A, B = f.A[g], f.B[g]
+            # λ = damping·tr/d; a dead channel (zero factor) gets the implementation's 1e-30 floor
+            lam_a = max(damping * float(torch.trace(A)) / A.shape[0], 1e-30)
+            lam_b = max(damping * float(torch.trace(B)) / B.shape[0], 1e-30)
+            Ad = A + lam_a * torch.eye(A.shape[0], dtype=DT)
+            Bd = B + lam_b * torch.eye(B.shape[0], dtype=DT)
+            H = torch.kron(Bd, Ad)  # row-major vec of the (out, in) weight block of this group
+            theta = w[g * rows:(g + 1) * rows].reshape(-1)
+            ref = theta**2 / torch.diagonal(torch.linalg.inv(H))
+            assert close(got[name][g * rows:(g + 1) * rows].reshape(-1), ref, rtol=1e-8), (name, g)
+
+
+def test_kfac_grouped_blocks_are_per_group():
+    model, data = make("grouped")
+    f = S.kfac_factors(model, data)
+    assert f["grouped.weight"].A.shape == (2, 2 * 9, 2 * 9)
+    assert f["grouped.weight"].B.shape == (2, 3, 3)
+    assert f["dw.weight"].A.shape == (6, 9, 9) and f["dw.weight"].B.shape == (6, 1, 1)
+    assert f["pw.weight"].A.shape == (1, 6, 6) and f["pw.weight"].B.shape == (1, 4, 4)
+
+
+def test_kfac_token_linear_averages_over_tokens():
+    """A Linear on (B, T, D) tokens: A averaged over examples and tokens, B summed over tokens."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Flatten(), nn.Linear(8, 2)).to(DT)
+    x = torch.randn(5, 2, 3, dtype=DT)
+    y = torch.randint(0, 2, (5,))
+    f = S.kfac_factors(model, [(x, y)], params=["0.weight"])["0.weight"]
+    a = x.reshape(-1, 3)
+    assert close(f.A[0], a.T @ a / 10)
+    zs = []
+    for i in range(5):
+        z = model[0](x[i:i + 1]).detach().requires_grad_(True)
+        li = S.per_example_loss(model[3](model[2](model[1](z))), y[i:i + 1]).sum()
+        zs.append(torch.autograd.grad(li, z)[0][0])
+    g = torch.stack(zs).reshape(-1, 4)
+    assert close(f.B[0], g.T @ g / 5)
+
+
+def test_kfac_rejects_non_layer_params():
+    model, data = make("mlp")
+    with pytest.raises(ValueError, match="norm.weight"):
+        S.compute("kfac", model, data, params=["fc1.weight", "norm.weight"])
+
+
+# --------------------------------------------------------------------------------------
+# PX
+# --------------------------------------------------------------------------------------
+
+
+def test_px_matches_direct_formula_on_relu_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2)).to(DT)
+    x = torch.randn(6, 4, dtype=DT)
+    data = [(x[:4], torch.zeros(4, dtype=torch.long)), (x[4:], torch.zeros(2, dtype=torch.long))]
+    W = [model[i].weight.detach() for i in (0, 2, 4)]
+    b = [model[i].bias.detach() for i in (0, 2, 4)]
+    # z1: weights := 1, gates of the real network, input x²
+    h1 = x @ W[0].T + b[0]
+    h2 = torch.relu(h1) @ W[1].T + b[1]
+    g1, g2 = (h1 > 0).to(DT), (h2 > 0).to(DT)
+    one = [torch.ones_like(w) for w in W]
+    z1 = (((x**2 @ one[0].T + b[0]) * g1) @ one[1].T + b[1]) * g2 @ one[2].T + b[2]
+    # z2: weights := θ² (leaves), identity activations, input 1
+    sq = [(w**2).clone().requires_grad_(True) for w in W]
+    z2 = ((torch.ones(1, 4, dtype=DT) @ sq[0].T + b[0]) @ sq[1].T + b[1]) @ sq[2].T + b[2]
+    R = (z1.sum(0) * z2[0]).sum()
+    grads = torch.autograd.grad(R, sq)
+    got = S.compute("px", model, data)
+    for i, name in enumerate(["0.weight", "2.weight", "4.weight"]):
+        assert close(got[name], W[i] ** 2 * grads[i].abs()), name
+
+
+def test_px_refuses_attention():
+    model = nn.Sequential(nn.Linear(4, 4))
+    model.attn = nn.MultiheadAttention(4, 1)
+    with pytest.raises(ValueError, match="self-attention"):
+        S.compute("px", model, [(torch.randn(2, 4), torch.tensor([0, 1]))])
+
+
+# --------------------------------------------------------------------------------------
+# Model state, options, registry
+# --------------------------------------------------------------------------------------
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "buffers": {n: b.clone() for n, b in model.named_buffers()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "hooks": {n: (len(m._forward_hooks), len(m._backward_hooks), len(m._forward_pre_hooks),
+                      len(m._backward_pre_hooks)) for n, m in model.named_modules()},
+        "param_hooks": {n: len(p._backward_hooks or {}) for n, p in model.named_parameters()},
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["requires_grad"] == b["requires_grad"]
+    assert a["training"] == b["training"]
+    assert a["hooks"] == b["hooks"] and a["param_hooks"] == b["param_hooks"]
+    for kind in ("params", "buffers"):
+        for n in a[kind]:
+            assert torch.equal(a[kind][n], b[kind][n]), (kind, n)
+    for n, g in a["grads"].items():
+        h = b["grads"][n]
+        assert (g is None) == (h is None), n
+        assert g is None or torch.equal(g, h), n
+
+
+def _dirty(model: nn.Module) -> None:
+    """Awkward but legal state: mixed grads, a frozen layer, train mode, a user hook."""
+    model.train()
+    params = list(model.named_parameters())
+    params[0][1].grad = torch.full_like(params[0][1], 0.5)
+    params[1][1].grad = torch.zeros_like(params[1][1])
+    params[-1][1].requires_grad_(False)
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d))
+    first.register_forward_hook(lambda *a: None)
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("name", S.available())
+def test_model_left_exactly_as_found(net, name):
+    model, data = make(net)
+    _dirty(model)
+    before = snapshot(model)
+    opts = {"probes": 2} if name == "hutchinson" else {}
+    S.compute(name, model, data, **opts)
+    assert_same(before, snapshot(model))
+
+
+def test_bn_warmup_changes_stats_only_when_asked():
+    model, data = make("cnn")
+    before = snapshot(model)
+    S.compute("diag", model, data)
+    assert_same(before, snapshot(model))
+    S.compute("diag", model, data, bn_warmup=1)
+    after = snapshot(model)
+    assert after["training"] == before["training"]
+    assert model.bn1.momentum == 0.1
+    # cumulative average of the per-batch means of conv1's output
+    with torch.no_grad():
+        means = [model.conv1(x).mean((0, 2, 3)) for x, _ in data]
+    assert close(model.bn1.running_mean, torch.stack(means).mean(0))
+    assert int(model.bn1.num_batches_tracked) == len(data)
+    for n in before["params"]:
+        assert torch.equal(before["params"][n], after["params"][n])
+
+
+def test_bn_warmup_keeps_dropout_off():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.9), nn.Linear(4, 2)).to(DT).eval()
+    data = [(torch.randn(8, 3, dtype=DT), torch.zeros(8, dtype=torch.long))]
+    S.warmup_batchnorm(model, data)
+    with torch.no_grad():
+        h = model[0](data[0][0])
+    assert close(model[1].running_mean, h.mean(0))
+    assert not any(m.training for m in model.modules())
+
+
+def test_registry_and_errors():
+    model, data = make("mlp")
+    assert set(S.available()) >= {"magnitude", "diag", "kfac", "snip", "grasp", "px", "hutchinson",
+                                  "fisher_taylor", "random"}
+    with pytest.raises(ValueError, match="valid: magnitude"):
+        S.compute("nope", model, data)
+    with pytest.raises(ValueError, match="fc1.weight"):
+        S.compute("diag", model, data, params=["fc9.weight"])
+    with pytest.raises(ValueError, match="probes"):
+        S.compute("diag", model, data, probes=3)
+    with pytest.raises(ValueError, match="mse"):
+        S.compute("diag", model, data, loss="hinge")
+
+
+def test_magnitude_random_progress():
+    model, data = make("cnn")
+    names = S.default_params(model)
+    mag = S.compute("magnitude", model, None)
+    assert all(torch.equal(mag[n], model.get_parameter(n).detach() ** 2) for n in names)
+    r1, r2 = S.compute("random", model, None, seed=4), S.compute("random", model, None, seed=4)
+    assert all(torch.equal(r1[n], r2[n]) for n in names)
+    calls = []
+    S.compute("snip", model, data, progress=lambda d, t, m: calls.append((d, t)))
+    assert calls == [(1, 2), (2, 2)]
+    calls.clear()
+    S.compute("grasp", model, data, progress=lambda d, t, m: calls.append((d, t)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_scores_keyed_by_name_with_shapes():
+    model, data = make("grouped")
+    for name in S.available():
+        opts = {"probes": 1} if name == "hutchinson" else {}
+        s = S.compute(name, model, data, **opts)
+        assert list(s) == S.default_params(model)
+        for n, t in s.items():
+            assert t.shape == model.get_parameter(n).shape and t.dtype == DT and torch.isfinite(t).all()
+
+
+# --------------------------------------------------------------------------------------
+# Real architectures (timm, random init, tiny inputs)
+# --------------------------------------------------------------------------------------
+
+timm = pytest.importorskip("timm")
+
+
+def _timm_case(arch: str):
+    torch.manual_seed(0)
+    if arch == "tf_efficientnet_lite0":
+        model = nn.Sequential(timm.create_model(arch, pretrained=False, num_classes=0), nn.Linear(1280, 5))
+        size = 64
+    else:
+        model = timm.create_model(arch, pretrained=False, num_classes=5)
+        size = 64
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, 3, size, size, generator=g), torch.tensor([0, 4])),
+            (torch.randn(1, 3, size, size, generator=g), torch.tensor([2]))]
+    return model, data
+
+
+@pytest.fixture(scope="module", params=["tf_efficientnet_lite0", "test_resnet", "test_vit"])
+def timm_case(request):
+    return request.param, *_timm_case(request.param)
+
+
+@pytest.mark.parametrize("name", S.available())
+def test_every_score_runs_on_timm_models(timm_case, name):
+    arch, model, data = timm_case
+    before = snapshot(model)
+    opts = {"probes": 2} if name == "hutchinson" else {}
+    if name == "px" and arch == "test_vit":
+        with pytest.raises(ValueError, match="self-attention"):
+            S.compute(name, model, data)
+        return
+    s = S.compute(name, model, data, **opts)
+    assert list(s) == S.default_params(model)
+    for n, t in s.items():
+        assert t.shape == model.get_parameter(n).shape and torch.isfinite(t).all(), n
+    if name not in ("random", "magnitude", "grasp", "hutchinson"):  # hutchinson: H is indefinite
+        assert all((t >= 0).all() for t in s.values())
+    assert_same(before, snapshot(model))
+
+
+def test_diag_on_efficientnet_matches_loop(timm_case):
+    """Covers timm's Conv2dSame (asymmetric dynamic padding), depthwise convs, BatchNormAct."""
+    arch, model, data = timm_case
+    names = S.default_params(model)
+    got = S.compute("diag", model, data)
+    grads = loop_grads(model, data, names)
+    for n in names:
+        ref = model.get_parameter(n).detach() ** 2 * torch.stack([g[n] ** 2 for g in grads]).mean(0)
+        assert torch.allclose(got[n], ref, rtol=1e-3, atol=1e-6 * float(ref.abs().max())), (arch, n)
