@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import common
 from pai_core import cache, models, scores, tasks
 
-st.set_page_config(page_title="PaI Explorer", page_icon="✂️", layout="wide")
+st.set_page_config(page_title="PaI Explorer", page_icon=":material/content_cut:", layout="wide")
 common.init_state()
 
 
@@ -139,10 +139,10 @@ installed) always works offline and is the default.
 
 
 pages = [
-    st.Page(overview, title="Overview", icon="🏠", default=True),
-    st.Page("pages/1_Toy_landscapes.py", title="Toy landscapes", icon="🧸"),
-    st.Page("pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon="✂️"),
-    st.Page("pages/3_Loss_landscape.py", title="Loss landscape", icon="🗺️"),
-    st.Page("pages/4_Results.py", title="Results", icon="📊"),
+    st.Page(overview, title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/1_Toy_landscapes.py", title="Toy landscapes", icon=":material/toys:"),
+    st.Page("pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon=":material/content_cut:"),
+    st.Page("pages/3_Loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
+    st.Page("pages/4_Results.py", title="Results", icon=":material/table_chart:"),
 ]
 st.navigation(pages).run()

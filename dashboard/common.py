@@ -108,14 +108,17 @@ def schedule_choices(*, allow_off: bool = True) -> list[str]:
     return ([OFF] if allow_off else []) + list(SCHEDULES)
 
 
-def schedule_caption(name: str) -> str:
-    """What a fine-tuning choice means, in words (epochs, step size, whether it is the paper's)."""
-    if name == OFF:
-        return "off: zero-shot only (no hatched bars)"
+def schedule_caption(name: str | None, *, long: bool = False) -> str:
+    """What a fine-tuning choice means: short for selectboxes, ``long=True`` for captions under results."""
+    if name in (None, OFF):
+        return "off: zero-shot only" + (" (no fine-tuning, no hatched bars)" if long else "")
     cfg = SCHEDULES[name]
-    lr = "5e-5 (1e-4 for ViT-B/16 DINO)" if cfg.lr is None else f"{cfg.lr:g}"
-    what = "the paper's recipe" if name == "paper" else "shortened for CPUs: a deviation from the paper"
-    return f"{name}: {cfg.epochs} epochs of SGD, lr {lr} ({what})"
+    if name == "paper":
+        lr = "5e-5 (1e-4 for ViT-B/16 DINO)" if cfg.lr is None else f"{cfg.lr:g}"
+        return f"paper: {cfg.epochs} epochs, lr {lr}" + (" — the paper's recipe" if long else "")
+    lr = "paper's" if cfg.lr is None else f"{cfg.lr:g}"
+    return (f"{name}: {cfg.epochs} epochs, lr {lr}" +
+            (" — shortened for CPUs, a deviation from the paper's 90 epochs" if long else " (CPU)"))
 
 
 def default_schedule(*, allow_off: bool = True) -> str:
@@ -330,19 +333,19 @@ def show_error(err: BaseException | dict | None) -> None:
     rec = error_record(err) if isinstance(err, BaseException) else err
     kind, msg = rec["kind"], rec["message"]
     if kind == "model":
-        st.error(f"**The model's weights are not available here.** {msg}", icon="🚫")
+        st.error(f"**The model's weights are not available here.** {msg}", icon=":material/block:")
     elif kind == "data":
         st.error(f"**The data for this suite was not found or is unusable.** {msg}\n\n"
                  "Give the folder in the *data folder* field, or set the suite's environment variable "
-                 "before starting the app (see the Overview page).", icon="📂")
+                 "before starting the app (see the Overview page).", icon=":material/folder_off:")
     elif kind == "oom":
         st.error("**The GPU ran out of memory.** Use fewer images per class, a smaller model, or choose "
-                 f"device *cpu*. ({msg})", icon="💾")
+                 f"device *cpu*. ({msg})", icon=":material/memory:")
     elif kind == "settings":
-        st.error(f"**These settings cannot run.** {msg}", icon="⚠️")
+        st.error(f"**These settings cannot run.** {msg}", icon=":material/tune:")
     else:
         st.error(f"**Unexpected error** ({rec['type']}): {msg}. This is a bug; the details below help "
-                 "to report it.", icon="🐞")
+                 "to report it.", icon=":material/bug_report:")
         if rec.get("traceback"):
             with st.expander("Details for a bug report"):
                 st.code(rec["traceback"], language="text")
@@ -359,7 +362,7 @@ def spec_jsons(specs: Iterable[ExperimentSpec]) -> list[str]:
 def describe_specs(specs: Sequence[ExperimentSpec]) -> str:
     """One sentence of what a job will run."""
     s = specs[0]
-    ft = "no fine-tuning" if s.finetune is None else schedule_caption(s.finetune)
+    ft = "no fine-tuning" if s.finetune is None else "fine-tuning " + schedule_caption(s.finetune, long=True)
     return (f"{len(specs)} run(s) of {s.model} on {s.suite} (source task {s.source}), "
             f"{s.images_per_class} images per class, {ft}, device {s.device}")
 

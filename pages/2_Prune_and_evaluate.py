@@ -131,13 +131,14 @@ with st.form("prune_form"):
         st.number_input("Images per class", min_value=2, max_value=1000, step=5, key="prune_w_ipc",
                         help="The paper uses 50 per class. Fewer is faster: features, scores and evaluation all "
                              "scale with it.")
-        st.checkbox("Held-out evaluation (deviation from the paper)", key="prune_w_holdout",
-                    help="The paper fits the heads and measures accuracy on the same images. With this on, heads "
-                         "are fitted on one half of each task and accuracy is measured on the other half.")
         st.selectbox("Device", ["auto", "cpu", "cuda"], key="prune_w_device",
                      help=f"auto uses: {common.device_text()}")
-    st.form_submit_button("Running…" if running else "Run", type="primary", on_click=_submit,
-                          disabled=running or not names)
+    st.checkbox("Held-out evaluation — a deviation from the paper: heads fitted on one half of each task, accuracy "
+                "measured on the other half", key="prune_w_holdout",
+                help="The paper fits the heads and measures accuracy on the same images (its protocol, the default).")
+    # One keyed button whose `disabled` follows the job: a second click while a run is going cannot start another.
+    st.form_submit_button("Run", type="primary", on_click=_submit, disabled=running or not names,
+                          key="btn_prune_run", help="Running…" if running else None)
 
 common.show_error(ss["prune_error"])
 
@@ -187,8 +188,7 @@ def _tables(keys: tuple[str, ...], _results):
 
 
 st.subheader("Source and transfer accuracy")
-ft_text = ("no fine-tuning (zero-shot only)" if first.finetune is None
-           else common.schedule_caption(first.finetune))
+ft_text = common.schedule_caption(first.finetune, long=True)
 cached = sum(r.cached for r in results)
 st.caption(
     f"{first.model} on {first.suite}; source task **{task_names[first.source] if task_names else first.source}**; "
@@ -199,8 +199,8 @@ st.caption(
 fig = _fig3(keys, results)
 st.plotly_chart(fig, key="prune_fig3")
 st.caption("Top: the source task; bottom: mean over the transfer tasks. Solid: zero-shot accuracy of the pruned "
-           "encoder; hatched: after fine-tuning on the source; dashed line: the dense encoder. PNG: camera icon in "
-           "the figure's toolbar.")
+           "encoder; " + ("hatched: after fine-tuning on the source; " if first.finetune else "") +
+           "dashed line: the dense encoder. PNG: camera icon in the figure's toolbar.")
 st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(fig), file_name="fig3_prune.html",
                    mime="text/html", on_click="ignore", key="btn_prune_fig3_html")
 notes = sorted({n for r in results for n in r.notes if not n.startswith("layer collapse")})
@@ -219,7 +219,7 @@ for r in results:
     if r.collapsed_layers:
         st.warning(f"**Layer collapse** with {figures.score_label(r.spec.score)} at "
                    f"{figures.sparsity_label(r.spec.sparsity)}: {len(r.collapsed_layers)} layer(s) lost every "
-                   f"weight, e.g. {', '.join(r.collapsed_layers[:3])}.", icon="⚠️")
+                   f"weight, e.g. {', '.join(r.collapsed_layers[:3])}.", icon=":material/warning:")
 if len(layer_df):
     st.plotly_chart(figures.layer_sparsity_figure(layer_df), key="prune_layers")
 

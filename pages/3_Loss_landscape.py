@@ -21,7 +21,7 @@ common.page_defaults({
     "land_w_suite": "digits",
     "land_w_root": "",
     "land_w_source": 0,
-    "land_w_transfer": 1,
+    "land_w_transfer": -1,  # set below to the last task, as the paper pairs task 1 with task 10
     "land_w_score": "magnitude",
     # The paper: ResNets at 66.42 %, ViTs at 47.52 %; start from the level closest to the former.
     "land_w_sparsity": min(PAPER_LEVELS, key=lambda q: abs(q - 0.6642)),
@@ -70,7 +70,7 @@ with c3:
     if names:
         if ss["land_w_source"] >= len(names):
             ss["land_w_source"] = 0
-        if ss["land_w_transfer"] >= len(names) or ss["land_w_transfer"] == ss["land_w_source"]:
+        if not 0 <= ss["land_w_transfer"] < len(names) or ss["land_w_transfer"] == ss["land_w_source"]:
             # The paper pairs task 1 with task 10: default to the last task that is not the source.
             ss["land_w_transfer"] = next(k for k in reversed(range(len(names))) if k != ss["land_w_source"]) \
                 if len(names) > 1 else 0
@@ -124,8 +124,8 @@ with st.form("land_form"):
         st.checkbox("Colour by log₁₀ of the loss", key="land_w_log",
                     help="Losses of pruned weights span decades; a log scale keeps the valley visible.")
         st.selectbox("Device", ["auto", "cpu", "cuda"], key="land_w_device", help=f"auto uses: {common.device_text()}")
-    st.form_submit_button("Computing…" if running else "Compute landscape", type="primary", on_click=_submit,
-                          disabled=running or not names or len(names) < 2)
+    st.form_submit_button("Compute landscape", type="primary", on_click=_submit, key="btn_land_run",
+                          disabled=running or not names or len(names) < 2, help="Computing…" if running else None)
 
 common.show_error(ss["land_error"])
 
@@ -164,7 +164,8 @@ def _figure(key: str, log_scale: bool, _land):
 key = f"{spec.to_json()}|{out['job']['transfer']}|{out['job']['grid']}|{out['job']['extent']}|{out['job']['images']}"
 fig = _figure(key, bool(ss["land_w_log"]), land)
 st.caption(f"{spec.model}, {figures.score_label(spec.score)} at {figures.sparsity_label(spec.sparsity)}, "
-           f"fine-tuned with **{common.schedule_caption(spec.finetune)}**; {spec.images_per_class} images per class.")
+           f"fine-tuned with **{common.schedule_caption(spec.finetune, long=True)}**; {spec.images_per_class} images "
+           "per class.")
 st.plotly_chart(fig, key="land_fig")
 st.caption("Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source); "
            "the arrow is fine-tuning. PNG: camera icon in the figure's toolbar.")

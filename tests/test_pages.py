@@ -128,6 +128,15 @@ def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:
     # A rerun (any widget change) keeps the figure without running again.
     at.run()
     assert _chart(at, "prune_fig3")
+    # Mask overlap across two source tasks: magnitude ignores the data, so its masks coincide (Jaccard 1).
+    at.multiselect(key="prune_w_overlap_sources").set_value([0, 1])
+    _button(at, "Compare masks").click()
+    at.run(timeout=TIMEOUT)
+    assert not at.exception, at.exception
+    assert not at.error, _errors(at)
+    heat = _chart(at, "prune_overlap")["data"][0]
+    assert heat["type"] == "heatmap" and len(heat["x"]) == 2
+    assert at.session_state["overlap_output"]["matrix"].to_numpy().min() == pytest.approx(1.0)
 
 
 def test_prune_page_explains_missing_weights_without_traceback() -> None:
