@@ -115,8 +115,8 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
         info = tasks.info(name)
         env = common.suite_env_var(name)
         srows.append({"suite": name, "works offline here": info.offline, "needs a data folder": info.needs_root,
-                      "environment variable": env, "set now": os.environ.get(env, ""),
-                      "needs": info.needs, "description": info.description})
+                      "needs": info.needs, "environment variable": env, "set now": os.environ.get(env, ""),
+                      "description": info.description})
     st.dataframe(pd.DataFrame(srows), hide_index=True, width="stretch")
     st.markdown(
         """

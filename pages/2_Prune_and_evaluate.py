@@ -158,7 +158,7 @@ if job is not None:
         panel.finish(f"{len(results)} run(s) finished")
     except Exception as exc:  # user errors are explained; anything else is shown as a bug with details
         ss["prune_error"] = common.error_record(exc)
-    else:
+    if results:  # after an error, the runs that did finish are still worth showing
         ss["prune_output"] = {"results": results, "task_names": job["task_names"]}
         ss["overlap_output"] = None
         ss["overlap_error"] = None
@@ -221,7 +221,10 @@ for r in results:
                    f"{figures.sparsity_label(r.spec.sparsity)}: {len(r.collapsed_layers)} layer(s) lost every "
                    f"weight, e.g. {', '.join(r.collapsed_layers[:3])}.", icon=":material/warning:")
 if len(layer_df):
-    st.plotly_chart(figures.layer_sparsity_figure(layer_df), key="prune_layers")
+    layer_fig = figures.layer_sparsity_figure(layer_df)
+    st.plotly_chart(layer_fig, key="prune_layers")
+    st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(layer_fig),
+                       file_name="layer_sparsity.html", mime="text/html", on_click="ignore", key="btn_prune_layers_html")
 
 st.subheader("Mask overlap: a direct look at P1")
 st.markdown(
@@ -280,4 +283,7 @@ if ss["overlap_output"] is None and ss["overlap_error"] is None and len(used_sco
 common.show_error(ss["overlap_error"])
 if ss["overlap_output"] is not None:
     ov = ss["overlap_output"]
-    st.plotly_chart(figures.jaccard_figure(ov["matrix"], title=ov["title"]), key="prune_overlap", width="content")
+    overlap_fig = figures.jaccard_figure(ov["matrix"], title=ov["title"])
+    st.plotly_chart(overlap_fig, key="prune_overlap", width="content")
+    st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(overlap_fig),
+                       file_name="mask_overlap.html", mime="text/html", on_click="ignore", key="btn_prune_overlap_html")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from pai_core import experiment, masks
@@ -159,6 +160,15 @@ def test_prune_page_explains_missing_data_folder() -> None:
     assert not at.exception
     assert "/nonexistent/imagenet/val" in _errors(at)
     assert _button(at, "Run").disabled
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for 'cuda' on a machine without a GPU")
+def test_prune_page_explains_cuda_without_gpu() -> None:
+    at = _app(PRUNE)
+    at.selectbox(key="prune_w_device").set_value("cuda")
+    _button(at, "Run").click().run()
+    assert not at.exception
+    assert "no GPU" in _errors(at)
 
 
 def test_prune_page_refuses_empty_score_list() -> None:
