@@ -320,8 +320,8 @@ def _conv_call(m: nn.modules.conv._ConvNd, x: Tensor) -> _ConvCall:
         x, pad = F.pad(x, pads), (0, 0)
     elif pad == "valid":
         pad = (0, 0)
-    if pad[0] or pad[1]:  # pad once here rather than in every cache-sized chunk of patches
-        x, pad = F.pad(x, (pad[1], pad[1], pad[0], pad[0])), (0, 0)
+    # Symmetric zero padding stays symbolic: conv-backward takes it as an argument and patches()
+    # pads cache-sized chunks; padding the whole input would allocate a fresh copy per layer.
     return _ConvCall(x, k, s, tuple(pad), d, m.groups)
 
 
