@@ -454,8 +454,9 @@ class _HookEngine:
         # than one big unfold on CPU).
         k = (x.shape[1] // groups) * call.kernel[0] * call.kernel[1]
         per_group = k * t
-        g_step = groups if per_group * groups <= _CACHE_ELEMS else max(1, _CACHE_ELEMS // per_group)
-        b_step = max(1, _CACHE_ELEMS // (per_group * g_step))
+        budget = _CACHE_ELEMS if x.device.type == "cpu" else _CHUNK_ELEMS * 8  # GPUs want big launches
+        g_step = groups if per_group * groups <= budget else max(1, budget // per_group)
+        b_step = max(1, budget // (per_group * g_step))
         a_fac = x.new_zeros(groups, k, k)
         for lo in range(0, b, b_step):
             part = call.rows(slice(lo, lo + b_step))

@@ -15,6 +15,8 @@ from pai_core import masks as M
 from pai_core import scores as S
 
 DT = torch.float64
+# torch warns that padding='same' with an even kernel copies the input; that case is on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,6 +85,28 @@ class GroupNet(nn.Module):
         return self.head(h.mean((2, 3)))
 
 
+class OddConvNet(nn.Module):
+    """Conv variants with their own padding rules: 'same' with an even kernel (asymmetric),
+    dilation, circular padding, Conv1d, and timm's TF-'same' conv (dynamic, asymmetric)."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import Conv2dSame
+
+        self.same_even = nn.Conv2d(2, 3, (2, 4), padding="same", dilation=(1, 2))
+        self.circ = nn.Conv2d(3, 4, 3, padding=2, dilation=2, padding_mode="circular", groups=1)
+        self.tf_same = Conv2dSame(4, 4, 3, stride=2, groups=2)
+        self.c1d = nn.Conv1d(4, 3, 2, padding="same")
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.same_even(x))
+        h = torch.tanh(self.circ(h))
+        h = torch.tanh(self.tf_same(h))
+        h = torch.tanh(self.c1d(h.flatten(2)))
+        return self.head(h.mean(-1))
+
+
 def _randomise_bn(model: nn.Module) -> None:
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
@@ -99,6 +123,8 @@ def make(name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]
         model, shape = MLP(), (5,)
     elif name == "cnn":
         model, shape = ResCNN(), (2, 6, 6)
+    elif name == "odd":
+        model, shape = OddConvNet(), (2, 7, 6)
     else:
         model, shape = GroupNet(), (4, 6, 6)
     model = model.to(DT)
@@ -176,7 +202,7 @@ def close(a, b, rtol=1e-9, atol=1e-12):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", NETS + ["odd"])
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_diag_equals_per_example_loop(net, loss):
     model, data = make(net)
@@ -340,23 +366,32 @@ def brute_factors(model, data, name):
         a = torch.stack(acts)
         g = torch.stack(grads)
         return (a.T @ a / n_ex)[None], (g.T @ g / n_ex)[None]
+    one_d = isinstance(layer, nn.Conv1d)
     G = layer.groups
-    kh, kw = layer.kernel_size
-    sh, sw = layer.stride
+    kh, kw = (1, *layer.kernel_size) if one_d else layer.kernel_size
+    sh, sw = (1, *layer.stride) if one_d else layer.stride
+    dh, dw = (1, *layer.dilation) if one_d else layer.dilation
     cin, cout = layer.in_channels // G, layer.out_channels // G
     A = torch.zeros(G, cin * kh * kw, cin * kh * kw, dtype=DT)
     B = torch.zeros(G, cout, cout, dtype=DT)
     count = 0
     for xa, ga in zip(acts, grads):
-        if layer.padding_mode != "zeros":
-            xp = F.pad(xa[None], layer._reversed_padding_repeated_twice, mode=layer.padding_mode)[0]
-        else:
-            ph, pw = layer.padding
-            xp = F.pad(xa, (pw, pw, ph, ph))
+        if one_d:
+            xa, ga = xa.unsqueeze(1), ga.unsqueeze(1)
+        if type(layer).__name__ == "Conv2dSame":  # TF 'same': pad total = needed, extra on the right
+            pads = []
+            for size, k, s, d in ((xa.shape[2], kw, sw, dw), (xa.shape[1], kh, sh, dh)):
+                total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                pads += [total // 2, total - total // 2]
+            xp = F.pad(xa, pads)
+        else:  # torch keeps the (possibly asymmetric) amounts it pads with in this attribute
+            pads = list(layer._reversed_padding_repeated_twice) + ([0, 0] if one_d else [])
+            mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+            xp = F.pad(xa[None], pads, mode=mode)[0]
         for i in range(ga.shape[1]):
             for j in range(ga.shape[2]):
                 count += 1
-                patch = xp[:, i * sh:i * sh + kh, j * sw:j * sw + kw]  # (Cin, kh, kw)
+                patch = xp[:, i * sh:i * sh + dh * (kh - 1) + 1:dh, j * sw:j * sw + dw * (kw - 1) + 1:dw]
                 for gi in range(G):
                     a = patch[gi * cin:(gi + 1) * cin].reshape(-1)
                     A[gi] += torch.outer(a, a)
@@ -365,7 +400,7 @@ def brute_factors(model, data, name):
     return A / count, B / n_ex
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", NETS + ["odd"])
 def test_kfac_factors_brute_force(net):
     model, data = make(net)
     factors = S.kfac_factors(model, data)
