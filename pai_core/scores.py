@@ -358,8 +358,8 @@ class _HookEngine:
         ``a_sum/a_count/b_sum[name]``: K-FAC factor sums (see :func:`kfac_factors`).
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], *, moments: bool, kfac: bool):
-        self.model, self.moments, self.kfac = model, moments, kfac
+    def __init__(self, model: nn.Module, names: Sequence[str], *, moments: bool, kfac: bool, sums: bool = True):
+        self.model, self.moments, self.kfac, self.sums = model, moments, kfac, sums
         pname = {id(p): n for n, p in model.named_parameters()}
         wanted = set(names)
         self.taps: list[_Tap] = []
@@ -490,10 +490,12 @@ class _HookEngine:
                 # No token axis: Σ_i (g_i a_iᵀ)² = (g²)ᵀ(a²), no per-example tensor needed.
                 if tap.weight:
                     self._add(self.sq, tap.weight, (g * g).T @ (xin * xin))
-                    self._add(self.sum, tap.weight, g.T @ xin)
+                    if self.sums:
+                        self._add(self.sum, tap.weight, g.T @ xin)
                 if tap.bias:
                     self._add(self.sq, tap.bias, (g * g).sum(0))
-                    self._add(self.sum, tap.bias, g.sum(0))
+                    if self.sums:
+                        self._add(self.sum, tap.bias, g.sum(0))
                 return
             step = self._chunk(tap, xin, g)
             for lo in range(0, g.shape[0], step):
@@ -503,7 +505,8 @@ class _HookEngine:
                         continue
                     if uses[name] == 1:
                         self._add(self.sq, name, (pe * pe).sum(0))
-                        self._add(self.sum, name, pe.sum(0))
+                        if self.sums:
+                            self._add(self.sum, name, pe.sum(0))
                     else:  # shared weight: sum the per-example contributions before squaring
                         buf = pending.setdefault(name, torch.zeros(g.shape[0], *pe.shape[1:], dtype=pe.dtype,
                                                                    device=pe.device))
@@ -562,8 +565,8 @@ def _vmap_moments(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor,
 
 
 def _hooked_pass(model: nn.Module, batches: Batches, names: Sequence[str], loss: str, *, moments: bool,
-                 kfac: bool, progress: Progress | None, label: str) -> _HookEngine:
-    engine = _HookEngine(model, names, moments=moments, kfac=kfac)
+                 kfac: bool, progress: Progress | None, label: str, sums: bool = True) -> _HookEngine:
+    engine = _HookEngine(model, names, moments=moments, kfac=kfac, sums=sums)
     total = _num_batches(batches)
     for i, (x, y) in enumerate(_batches(batches, model)):
         engine.run(x, y, loss)
@@ -694,7 +697,7 @@ def _random(model, batches, named, loss, progress, *, seed: int = 0):
 def _diag(model, batches, named, loss, progress):
     """``θ² · (1/N) Σ_i (∂ℓ_i/∂θ)²`` (diagonal empirical Fisher, per-example gradients)."""
     with _scoring_state(model):
-        eng = _hooked_pass(model, batches, list(named), loss, moments=True, kfac=False,
+        eng = _hooked_pass(model, batches, list(named), loss, moments=True, kfac=False, sums=False,
                            progress=progress, label="diag: per-example gradients")
     return {n: p.detach() ** 2 * _get(eng.sq, n, p) / eng.n for n, p in named.items()}
 
