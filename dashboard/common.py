@@ -72,8 +72,28 @@ STATE_DEFAULTS: dict[str, Any] = {
 _PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_")
 
 
+def _route_through_entry_point() -> None:
+    """Make a page opened by a deep link after a server start run under ``app.py``'s navigation.
+
+    Streamlit starts in its legacy "pages/ folder" mode whenever a ``pages/`` folder exists, and only
+    leaves it when the entry point calls ``st.navigation``.  A first visit straight to ``/Results``
+    would therefore run the page alone: no wide layout, the folder's file names in the sidebar.  Leave
+    that mode and rerun, so the entry point runs and routes to the same page.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # a future Streamlit without the legacy mode
+        return
+    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None \
+            and Path(get_script_run_ctx().main_script_path).name == "app.py":
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def init_state() -> None:
     """Create the shared session state once; keep every page's widget values across page switches."""
+    _route_through_entry_point()
     for key, value in STATE_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     for key in list(st.session_state.keys()):

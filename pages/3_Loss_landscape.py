@@ -26,9 +26,9 @@ common.page_defaults({
     # The paper: ResNets at 66.42 %, ViTs at 47.52 %; start from the level closest to the former.
     "land_w_sparsity": min(PAPER_LEVELS, key=lambda q: abs(q - 0.6642)),
     "land_w_finetune": common.default_schedule(allow_off=False),
-    "land_w_grid": 9 if common.gpu_available() else 7,
+    "land_w_grid": 9 if common.gpu_available() else 5,  # every grid point is a forward pass over two tasks
     "land_w_extent": 1.5,
-    "land_w_images": 50 if common.gpu_available() else 30,
+    "land_w_images": 50 if common.gpu_available() else 20,
     "land_w_ipc": common.default_images_per_class(),
     "land_w_log": True,
     "land_w_device": "auto",
@@ -149,8 +149,9 @@ if job is not None:
 
 out = ss["land_output"]
 if out is None:
-    st.info("Choose settings and press **Compute landscape**. On a CPU the defaults take a minute or two "
-            "(fine-tuning plus one forward pass per grid point); results are cached.")
+    st.info("Choose settings and press **Compute landscape**. On a 2-core CPU the defaults take a few minutes "
+            "(fine-tuning, then one forward pass of both tasks per grid point); a finer grid costs its square. "
+            "Results are cached.")
     st.stop()
 
 land, spec = out["landscape"], out["job"]["spec"]

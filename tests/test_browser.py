@@ -130,6 +130,17 @@ def _no_exception(page) -> None:
         '[data-testid="stException"]').first.inner_text()
 
 
+def test_deep_link_on_a_fresh_server_gets_the_apps_navigation(page, server: str) -> None:
+    # First visit of this server, straight to a page: it must still run under app.py's navigation
+    # (titles from st.Page, wide layout), not Streamlit's legacy pages/-folder mode.
+    _open(page, f"{server}/Results")
+    page.get_by_text("No finished runs yet").wait_for()
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_text("Overview").wait_for(timeout=20_000)
+    assert "Prune & evaluate" in nav.inner_text()
+    _no_exception(page)
+
+
 def test_overview(page, server: str) -> None:
     _open(page, server)
     page.get_by_text("PaI Explorer: pruning pre-trained encoders").wait_for()
