@@ -169,7 +169,7 @@ st.caption(f"{spec.model}, {figures.score_label(spec.score)} at {figures.sparsit
            "per class.")
 st.plotly_chart(fig, key="land_fig")
 st.caption("Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source); "
-           "the arrow is fine-tuning. PNG: camera icon in the figure's toolbar.")
+           "the arrow is fine-tuning. " + figures.landscape_note(land) + " PNG: camera icon in the figure's toolbar.")
 st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(fig), file_name="fig4_landscape.html",
                    mime="text/html", on_click="ignore", key="btn_land_html")
 pl = getattr(land, "point_losses", None) or {}

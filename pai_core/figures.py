@@ -50,6 +50,7 @@ __all__ = [
     "layer_sparsity_figure",
     "jaccard_figure",
     "landscape_figure",
+    "landscape_note",
     "figure_html",
 ]
 
@@ -477,8 +478,13 @@ def landscape_figure(landscape: Any, *, log_scale: bool = True, n_levels: int = 
     ev = np.atleast_1d(np.asarray(getattr(landscape, "explained_variance", [np.nan, np.nan]), dtype=float))
     panels = [("source", landscape.source_name, np.asarray(landscape.source_loss)),
               ("transfer", landscape.transfer_name, np.asarray(landscape.transfer_loss))]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+    spacing = 0.16
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=spacing, shared_yaxes=False,
                         subplot_titles=[f"source: {panels[0][1]}", f"transfer (unseen): {panels[1][1]}"])
+    # Draw the fine-tuned point first and the pruned one last: a short fine-tuning step leaves them on top
+    # of each other at the plane's scale, and a small ✕ over a large ★ keeps both visible.
+    order = sorted(landscape.points.items(), key=lambda kv: {"star": 0, "circle": 1}.get(_point_style(kv[0])[0], 2))
+    ranks = {label: i for i, label in enumerate(landscape.points)}
     for ci, (role, _, z) in enumerate(panels, start=1):
         zz = np.log10(np.maximum(z, 1e-12)) if log_scale else z
         fig.add_trace(go.Contour(
@@ -486,13 +492,14 @@ def landscape_figure(landscape: Any, *, log_scale: bool = True, n_levels: int = 
             ncontours=n_levels, contours=dict(coloring="fill", showlines=True),
             line=dict(width=0.5, color="rgba(0,0,0,0.3)"), showlegend=False,
             colorbar=dict(title=dict(text=("log₁₀ " if log_scale else "") + f"{role} loss", side="right"),
-                          x=0.43 if ci == 1 else 1.0, len=0.85, thickness=14),
+                          x=(1 - spacing) / 2 + 0.005 if ci == 1 else 1.0, len=0.85, thickness=14),
             customdata=z, hovertemplate="PC1 %{x:.2f}, PC2 %{y:.2f}<br>loss %{customdata:.4g}<extra></extra>",
         ), row=1, col=ci)
-        for label, (px, py) in landscape.points.items():
+        for label, (px, py) in order:
             symbol, size, colour = _point_style(label)
             fig.add_trace(go.Scatter(
                 x=[px], y=[py], mode="markers", name=label, legendgroup=label, showlegend=ci == 1,
+                legendrank=1000 + ranks[label],
                 marker=dict(symbol=symbol, size=size, color=colour, line=dict(color=_BLACK, width=1.5)),
                 hovertemplate=f"<b>{label}</b><br>PC1 %{{x:.3f}}, PC2 %{{y:.3f}}<extra></extra>",
             ), row=1, col=ci)
@@ -507,13 +514,32 @@ def landscape_figure(landscape: Any, *, log_scale: bool = True, n_levels: int = 
         pc1 = f"PC 1 ({100 * ev[0]:.0f}% of variance)" if len(ev) > 0 and np.isfinite(ev[0]) else "PC 1"
         pc2 = f"PC 2 ({100 * ev[1]:.0f}% of variance)" if len(ev) > 1 and np.isfinite(ev[1]) else "PC 2"
         fig.update_xaxes(title_text=pc1, row=1, col=ci)
-        fig.update_yaxes(title_text=pc2, row=1, col=ci)
+        # Both panels show the same plane: one y title is enough, and a second one would sit under the
+        # left panel's colour bar.
+        fig.update_yaxes(title_text=pc2 if ci == 1 else None, row=1, col=ci)
     fig.update_layout(
         title=dict(text=title or "Loss landscapes over the plane of θ₀, θ̃₀ and θ̃ₛ* (PCA)", font_size=15),
         template="plotly_white", height=520, margin=dict(l=60, r=30, t=80, b=90),
         legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="center", x=0.5),
     )
     return fig
+
+
+def landscape_note(landscape: Any) -> str:
+    """One sentence on the scale of the plane: how far pruning and fine-tuning moved the weights in it."""
+    pts = landscape.points
+    dense = next((v for k, v in pts.items() if k.startswith("θ₀")), None)
+    pruned = next((v for k, v in pts.items() if k.startswith("θ̃₀")), None)
+    tuned = next((v for k, v in pts.items() if k.startswith("θ̃ₛ*")), None)
+    if dense is None or pruned is None or tuned is None:
+        return ""
+    prune_step = float(np.hypot(pruned[0] - dense[0], pruned[1] - dense[1]))
+    tune_step = float(np.hypot(tuned[0] - pruned[0], tuned[1] - pruned[1]))
+    text = (f"In this plane pruning moved the weights by {prune_step:.3g} and fine-tuning by {tune_step:.3g} "
+            "(Euclidean distance in weight space).")
+    if prune_step > 0 and tune_step < 0.02 * prune_step:
+        text += " At this scale θ̃₀ and θ̃ₛ* overlap: the table below gives their losses."
+    return text
 
 
 # ----------------------------------------------------------------------------- export

@@ -163,6 +163,9 @@ def test_landscape_figure_two_panels_with_points() -> None:
     assert "80%" in fig.layout.xaxis.title.text
     titles = [a.text for a in fig.layout.annotations if a.text]
     assert any("digits 0-4" in t for t in titles) and any("fashion 5-9" in t for t in titles)
+    # Drawn so the small ✕ (pruned) lies on top of the ★ (fine-tuned); the legend keeps the landscape's order.
+    assert [m.marker.symbol for m in markers[:3]] == ["star", "circle", "x"]
+    assert "fine-tuning by" in figures.landscape_note(land)
     lin = figures.landscape_figure(land, log_scale=False)
     assert np.allclose([t for t in lin.data if t.type == "contour"][0].z, z)
 
