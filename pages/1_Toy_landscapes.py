@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import common
 from pai_core.toy import (
     ToySpec,
     available_presets,
@@ -17,6 +18,8 @@ from pai_core.toy import (
     scenario_from_spec,
 )
 from pai_core.toy_figures import toy_figure
+
+common.init_state()  # a deep link opened first still runs under app.py's navigation
 
 CUSTOM = "custom"
 PRESET_LABELS = {

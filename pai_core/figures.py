@@ -538,7 +538,8 @@ def landscape_note(landscape: Any) -> str:
     text = (f"In this plane pruning moved the weights by {prune_step:.3g} and fine-tuning by {tune_step:.3g} "
             "(Euclidean distance in weight space).")
     if prune_step > 0 and tune_step < 0.02 * prune_step:
-        text += " At this scale θ̃₀ and θ̃ₛ* overlap: the table below gives their losses."
+        text += (" The two axes are scaled separately (the grid spans each direction's own range), so the "
+                 "short fine-tuning step stays visible: compare distances along one axis only.")
     return text
 
 

@@ -115,8 +115,9 @@ def compute(spec: ExperimentSpec, transfer: int, *, grid: int = 9, extent: float
             (``spec.finetune`` None means the "short" schedule).
         transfer: Index of the transfer task.
         grid: Points per axis.
-        extent: Half-width of the grid in units of the largest |coordinate| of
-            the three points (1.0 = just enclosing them).
+        extent: Half-width of the grid along each direction, in units of the
+            largest |coordinate| of the three points along it (1.0 = just enclosing
+            them); the two axes are scaled separately, so read their units.
         images_per_task: Images per task used for each loss evaluation (speed).
         progress: ``progress(stage, done, total, message)``, one call per grid row.
 
@@ -151,9 +152,11 @@ def compute(spec: ExperimentSpec, transfer: int, *, grid: int = 9, extent: float
         mean, basis, coords = pca_plane(np.stack([theta0, theta_pruned, theta_tuned]))
         pca_var = np.var(coords, axis=0)
         ev = pca_var / pca_var.sum() if pca_var.sum() > 0 else np.zeros(2)
-        half = extent * max(float(np.abs(coords).max()), 1e-12)
-        xs = np.linspace(-half, half, grid)
-        ys = np.linspace(-half, half, grid)
+        # One half-width per axis: the pruning step (first direction) is often orders of
+        # magnitude longer than the fine-tuning step (second), which a square grid would hide.
+        half = extent * np.maximum(np.abs(coords).max(axis=0), 1e-12)
+        xs = np.linspace(-half[0], half[0], grid)
+        ys = np.linspace(-half[1], half[1], grid)
         data = {}
         for role, k in (("source", spec.source), ("transfer", transfer)):
             x, y = task_inputs(suite.tasks[k], enc, _image_size(spec, suite))
