@@ -22,6 +22,16 @@ Conventions shared by all data-driven scores
   is the point of the option.  Without it, a score leaves the model exactly as it found it
   (parameters, ``.grad``, ``requires_grad``, train/eval flag of every module, buffers, hooks).
 
+Scope of the fast paths
+-----------------------
+Per-example gradients (``diag``, ``fisher_taylor``) and K-FAC factors come from hooks on
+``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and timm's TF-"same" convs (any padding mode,
+groups, dilation, token sequences).  Other parameters (LayerNorm/BatchNorm affine, position
+embeddings, ``Conv3d``, subclasses that transform their weight in ``forward``) get exact
+per-example gradients from ``torch.func`` (vmap of grad), slower; ``kfac`` rejects them.
+Double-backward scores (``grasp``, ``hutchinson``) force PyTorch's math attention kernel,
+as the fused ones have no second derivative.
+
 Example:
     >>> import torch
     >>> from torch import nn

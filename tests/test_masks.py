@@ -249,3 +249,10 @@ def test_cached_masks_and_scores_recompute_after_truncation(fresh_cache):
     # the stored masks are bit-packed
     stored, _ = cache.load_tensors(cache.cache_dir() / "masks" / f"{cache.spec_key('masks', spec)}.safetensors")
     assert stored["fc.weight"].dtype == torch.uint8
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(M)
+    assert result.attempted >= 2 and result.failed == 0

@@ -676,3 +676,11 @@ def test_diag_on_efficientnet_matches_loop(timm_case):
     for n in names:
         ref = model.get_parameter(n).detach() ** 2 * torch.stack([g[n] ** 2 for g in grads]).mean(0)
         assert torch.allclose(got[n], ref, rtol=1e-3, atol=1e-6 * float(ref.abs().max())), (arch, n)
+
+
+def test_docstring_examples():
+    """The module's examples run, including GraSP's worked sign example (θ ⊙ Hg = 8 is kept)."""
+    import doctest
+
+    result = doctest.testmod(S, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 5 and result.failed == 0
