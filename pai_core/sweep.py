@@ -383,9 +383,9 @@ def run_sweep(config: SweepConfig | Sequence[ExperimentSpec], *, store: ResultsS
     Args:
         config: A sweep config, or explicit specs.
         store: Where results go (and what counts as done); default :class:`ResultsStore` ().
-        ray: None → in-process; ``"auto"`` → the running Ray cluster; ``"local"`` → start Ray on this
-            machine; else a cluster address (``"ray://head:10001"`` or ``"head:6379"``).  An already
-            initialised Ray session is used as it is.
+        ray: None → in-process, unless this process has already called ``ray.init`` (then that
+            session is used as it is); ``"auto"`` → the running Ray cluster; ``"local"`` → start Ray
+            on this machine; else a cluster address (``"ray://head:10001"`` or ``"head:6379"``).
         retries: Extra attempts for a failed spec (not for bad names or missing data/weights).
         gpus_per_task: GPUs each Ray task asks for when the cluster has GPUs (0.5 packs two small specs
             per GPU).
@@ -410,7 +410,9 @@ def run_sweep(config: SweepConfig | Sequence[ExperimentSpec], *, store: ResultsS
     t0 = time.perf_counter()
     bar = _Progress(len(specs), rep.skipped, progress, "sweep")
     try:
-        if ray is None and not _ray_initialized():
+        if not todo:
+            pass  # nothing to do: do not start Ray for it
+        elif ray is None and not _ray_initialized():
             _run_local(todo, store, retries, bar, rep)
         else:
             _run_ray(todo, store, ray, retries, gpus_per_task, bar, rep, log)

@@ -162,7 +162,6 @@ def killed_and_resumed(tmp_path_factory):
            "PYTHONPATH": str(REPO)}
     env.pop("PAI_RESULTS_DB", None)
     cmd = [sys.executable, "-m", "pai_core", "sweep", str(cfg), "--no-progress"]
-    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -177,11 +176,9 @@ def killed_and_resumed(tmp_path_factory):
         proc.kill()
         proc.communicate()
     before = ResultsStore(db).frame()
-    t_kill = time.perf_counter() - t0
     again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    return {"before": before, "after": ResultsStore(db).frame(), "stdout": again.stdout, "db": db,
-            "seconds": (t_kill, time.perf_counter() - t0)}
+    return {"before": before, "after": ResultsStore(db).frame(), "stdout": again.stdout, "db": db}
 
 
 @pytest.mark.slow
@@ -238,6 +235,7 @@ def test_ray_matches_in_process_and_reports_failures(killed_and_resumed, tmp_pat
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("PAI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray gives a 1-CPU task anyway, unless already set
     specs = expand(SweepConfig.from_dict(DEMO))
     bad = ExperimentSpec(model="test_resnet", source=9, images_per_class=5, image_size=32)
     real_execute = sweep_mod._ray_execute
@@ -255,14 +253,12 @@ def test_ray_matches_in_process_and_reports_failures(killed_and_resumed, tmp_pat
         return real_execute(spec_json)
 
     monkeypatch.setattr(sweep_mod, "_ray_execute", flaky)
-    t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         store = ResultsStore(tmp_path / "ray.sqlite")
         rep = run_sweep([*specs, bad], store=store, progress=False)
     finally:
         ray.shutdown()
-    seconds = time.perf_counter() - t0
     assert rep.backend.startswith("ray") and "CPU" in rep.backend
     assert list(rep.failed) == [bad.key()] and "out of range" in rep.failed[bad.key()]
     assert (tmp_path / "cache" / "flaky-once").exists()  # the injected failure happened …
@@ -274,4 +270,4 @@ def test_ray_matches_in_process_and_reports_failures(killed_and_resumed, tmp_pat
     assert sorted(ray_rows.index) == sorted(local_rows.index)
     for key in local_rows.index:
         assert json.loads(ray_rows.loc[key, "tasks"]) == json.loads(local_rows.loc[key, "tasks"]), key
-    assert seconds < 150, f"Ray sweep took {seconds:.0f} s"
+    assert set(ray_rows["host"]) == set(local_rows["host"])  # one machine here; the column names it
