@@ -226,9 +226,12 @@ def masks_file(spec_json: str) -> bytes:
 
 def results_signature() -> tuple:
     """Changes whenever a run finishes (store file or result files): the key of :func:`all_results`."""
+    from pai_core.store import default_path
+
     root = cache.cache_dir()
-    sig: list = []
-    for path in (root / "results.sqlite", root / "results.sqlite-wal"):
+    db = default_path()
+    sig: list = [str(db)]
+    for path in (db, db.with_name(db.name + "-wal")):
         if path.exists():
             st_ = path.stat()
             sig.append((path.name, st_.st_mtime_ns, st_.st_size))

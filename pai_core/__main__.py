@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from . import experiment, masks, models, scores, tasks
+from . import experiment, masks, models, scores, sweep, tasks
 from .evaluate import evaluate_dense
 from .features import device_label, pick_device
 
@@ -195,12 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extent", type=float, default=1.5)
     p.set_defaults(fn=_cmd_landscape)
 
-    try:
-        from . import sweep
-    except ImportError:
-        sweep = None
-    if sweep is not None and hasattr(sweep, "add_cli"):
-        sweep.add_cli(sub)
+    sweep.add_cli(sub)
 
     args = parser.parse_args(argv)
     try:
