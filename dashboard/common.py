@@ -407,3 +407,46 @@ def results_json(results: Sequence[ExperimentResult]) -> str:
 
 def cache_root() -> Path:
     return cache.cache_dir()
+
+
+def model_and_data_pickers(prefix: str, source_label: str) -> tuple[str | None, list[str] | None, str | None, Any]:
+    """The model / suite / source-task row shared by the run pages.
+
+    Widgets are keyed ``{prefix}_w_model``, ``_checkpoint``, ``_suite``, ``_root``, ``_source``.
+
+    Returns:
+        ``(data root or None, task names or None when the suite cannot be read, checkpoint file or
+        None, third column)``; the caller may add more widgets (e.g. a transfer task) to the column.
+    """
+    ss = st.session_state
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.selectbox("Model", models.available(), key=f"{prefix}_w_model", format_func=model_caption)
+        entry = next(e for e in models.entries() if e.name == ss[f"{prefix}_w_model"])
+        if not entry.offline:
+            st.text_input("Checkpoint file (optional)", key=f"{prefix}_w_checkpoint",
+                          help="A local weights file, for machines without internet access to the model's hub. "
+                               f"Weights come from: {entry.source}.")
+    with c2:
+        suite = st.selectbox("Task suite", tasks.available(), key=f"{prefix}_w_suite")
+        suite_info = tasks.info(suite)
+        if suite_info.needs_root:
+            if not ss[f"{prefix}_w_root"]:
+                ss[f"{prefix}_w_root"] = data_root_default(suite)
+            st.text_input("Data folder", key=f"{prefix}_w_root", help=suite_info.needs,
+                          placeholder=f"or set {suite_env_var(suite)}")
+        st.caption(f"Needs: {suite_info.needs}")
+    root = (ss[f"{prefix}_w_root"] or None) if suite_info.needs_root else None
+    checkpoint = (ss[f"{prefix}_w_checkpoint"] or None) if not entry.offline else None
+    names: list[str] | None = None
+    with c3:
+        try:
+            names = task_names(suite, root)
+        except USER_ERRORS as exc:
+            show_error(exc)
+        if names:
+            if ss[f"{prefix}_w_source"] >= len(names):
+                ss[f"{prefix}_w_source"] = 0
+            st.selectbox(source_label, list(range(len(names))), key=f"{prefix}_w_source",
+                         format_func=lambda k: names[k])
+    return root, names, checkpoint, c3

@@ -11,7 +11,7 @@ import time
 import streamlit as st
 
 from dashboard import common
-from pai_core import experiment, figures, masks, models, scores, tasks
+from pai_core import experiment, figures, masks, models, scores
 from pai_core.experiment import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
@@ -42,36 +42,9 @@ st.markdown(
 )
 
 # -- model and data: outside the form, because the source-task list depends on the suite ---------
-c1, c2, c3 = st.columns(3)
-with c1:
-    st.selectbox("Model", models.available(), key="prune_w_model", format_func=common.model_caption)
-    entry = next(e for e in models.entries() if e.name == ss["prune_w_model"])
-    if not entry.offline:
-        st.text_input("Checkpoint file (optional)", key="prune_w_checkpoint",
-                      help="A local weights file, for machines without internet access to the model's hub. "
-                           f"Weights come from: {entry.source}.")
-with c2:
-    st.selectbox("Task suite", tasks.available(), key="prune_w_suite")
-    suite_info = tasks.info(ss["prune_w_suite"])
-    if suite_info.needs_root:
-        if not ss["prune_w_root"]:
-            ss["prune_w_root"] = common.data_root_default(ss["prune_w_suite"])
-        st.text_input("Data folder", key="prune_w_root", help=suite_info.needs,
-                      placeholder=f"or set {common.suite_env_var(ss['prune_w_suite'])}")
-    st.caption(f"Needs: {suite_info.needs}")
-root = (ss["prune_w_root"] or None) if suite_info.needs_root else None
-with c3:
-    names: list[str] | None
-    try:
-        names = common.task_names(ss["prune_w_suite"], root)
-    except common.USER_ERRORS as exc:
-        names = None
-        common.show_error(exc)
-    if names:
-        if ss["prune_w_source"] >= len(names):
-            ss["prune_w_source"] = 0
-        st.selectbox("Source task (pruning and fine-tuning see only this one)", list(range(len(names))),
-                     key="prune_w_source", format_func=lambda k: names[k])
+root, names, checkpoint, c3 = common.model_and_data_pickers("prune", "Source task (pruning and fine-tuning see only this one)")
+if names:
+    with c3:
         st.caption("Transfer tasks: " + ", ".join(n for k, n in enumerate(names) if k != ss["prune_w_source"]))
 
 
@@ -95,7 +68,7 @@ def _submit() -> None:
             ExperimentSpec(model=ss["prune_w_model"], suite=ss["prune_w_suite"], source=int(ss["prune_w_source"]),
                            score=score, sparsity=q, images_per_class=int(ss["prune_w_ipc"]),
                            finetune=None if ft == common.OFF else ft, holdout=bool(ss["prune_w_holdout"]),
-                           data_root=root, checkpoint=(ss["prune_w_checkpoint"] or None) if not entry.offline else None,
+                           data_root=root, checkpoint=checkpoint,
                            device=ss["prune_w_device"])
             for q in _levels() for score in ss["prune_w_scores"]
         ]

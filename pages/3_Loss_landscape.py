@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import common
-from pai_core import figures, masks, models, scores, tasks
+from pai_core import figures, masks, models, scores
 from pai_core.experiment import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
@@ -43,38 +43,13 @@ st.markdown(
     "its own frozen head. If fine-tuning moves θ̃₀ downhill in *both* panels, the landscapes are aligned (**P2**)."
 )
 
-c1, c2, c3 = st.columns(3)
-with c1:
-    st.selectbox("Model", models.available(), key="land_w_model", format_func=common.model_caption)
-    entry = next(e for e in models.entries() if e.name == ss["land_w_model"])
-    if not entry.offline:
-        st.text_input("Checkpoint file (optional)", key="land_w_checkpoint",
-                      help=f"A local weights file, for machines without internet. Weights come from: {entry.source}.")
-with c2:
-    st.selectbox("Task suite", tasks.available(), key="land_w_suite")
-    suite_info = tasks.info(ss["land_w_suite"])
-    if suite_info.needs_root:
-        if not ss["land_w_root"]:
-            ss["land_w_root"] = common.data_root_default(ss["land_w_suite"])
-        st.text_input("Data folder", key="land_w_root", help=suite_info.needs,
-                      placeholder=f"or set {common.suite_env_var(ss['land_w_suite'])}")
-    st.caption(f"Needs: {suite_info.needs}")
-root = (ss["land_w_root"] or None) if suite_info.needs_root else None
-with c3:
-    names: list[str] | None
-    try:
-        names = common.task_names(ss["land_w_suite"], root)
-    except common.USER_ERRORS as exc:
-        names = None
-        common.show_error(exc)
-    if names:
-        if ss["land_w_source"] >= len(names):
-            ss["land_w_source"] = 0
+root, names, checkpoint, c3 = common.model_and_data_pickers("land", "Source task")
+if names:
+    with c3:
         if not 0 <= ss["land_w_transfer"] < len(names) or ss["land_w_transfer"] == ss["land_w_source"]:
             # The paper pairs task 1 with task 10: default to the last task that is not the source.
             ss["land_w_transfer"] = next(k for k in reversed(range(len(names))) if k != ss["land_w_source"]) \
                 if len(names) > 1 else 0
-        st.selectbox("Source task", list(range(len(names))), key="land_w_source", format_func=lambda k: names[k])
         st.selectbox("Transfer task (never seen by pruning or fine-tuning)", list(range(len(names))),
                      key="land_w_transfer", format_func=lambda k: names[k])
 
@@ -89,7 +64,7 @@ def _submit() -> None:
                               score=ss["land_w_score"], sparsity=float(ss["land_w_sparsity"]),
                               images_per_class=int(ss["land_w_ipc"]), finetune=ss["land_w_finetune"],
                               data_root=root, device=ss["land_w_device"],
-                              checkpoint=(ss["land_w_checkpoint"] or None) if not entry.offline else None)
+                              checkpoint=checkpoint)
     except ValueError as exc:
         ss["land_error"] = common.error_record(exc)
         return
