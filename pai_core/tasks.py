@@ -72,6 +72,7 @@ class ImageSet:
         self.arrays = arrays
         self.paths = list(paths) if paths is not None else None
         self.unreadable: list[str] = []
+        self._array_id: str | None = None
 
     def __len__(self) -> int:
         return len(self.arrays) if self.arrays is not None else len(self.paths)
@@ -97,16 +98,17 @@ class ImageSet:
         """Cheap fingerprint for cache keys (file names and sizes, or array bytes)."""
         import hashlib
 
-        h = hashlib.sha256()
         if self.arrays is not None:
-            h.update(np.ascontiguousarray(self.arrays).tobytes())
-        else:
-            for p in self.paths:
-                h.update(str(p).encode())
-                try:
-                    h.update(str(os.stat(p).st_size).encode())
-                except OSError:
-                    h.update(b"missing")
+            if self._array_id is None:  # in-memory images never change: hash them once
+                self._array_id = hashlib.sha256(np.ascontiguousarray(self.arrays).tobytes()).hexdigest()[:16]
+            return self._array_id
+        h = hashlib.sha256()
+        for p in self.paths:
+            h.update(str(p).encode())
+            try:
+                h.update(str(os.stat(p).st_size).encode())
+            except OSError:
+                h.update(b"missing")
         return h.hexdigest()[:16]
 
 
