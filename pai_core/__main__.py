@@ -14,7 +14,6 @@ import sys
 import time
 
 from . import experiment, masks, models, scores, sweep, tasks
-from .evaluate import evaluate_dense
 from .features import device_label, pick_device
 
 __all__ = ["main"]
@@ -81,7 +80,7 @@ def _cmd_evaluate(args) -> int:
     print(f"model {enc.name} ({enc.weights_id}), suite {suite.name}, device {device_label(device)}"
           f"{', held-out split' if spec.holdout else ', fit = evaluate images (as the paper)'}")
     heads = experiment.get_heads(spec, enc, suite, device, lambda *a: bar("features", *a))
-    accs = evaluate_dense(enc, suite, heads, image_size=spec.image_size or suite.image_size, device=device)
+    accs = heads.dense
     print(f"{'task':28} {'images':>6} {'dense acc %':>11}")
     for t, a in zip(suite.tasks, accs, strict=True):
         print(f"{t.name:28} {len(t):6d} {_fmt(a):>11}")

@@ -57,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bump when the meaning or layout of any cached artefact changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CacheCorrupt(RuntimeError):

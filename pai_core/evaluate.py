@@ -9,7 +9,7 @@ evaluates on the other (a deviation from the paper, labelled as such in the UI).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,6 +47,8 @@ class Heads:
     holdout: bool
     seed: int
     alpha: float
+    #: Dense accuracy per task, measured while fitting (the features are at hand then).
+    dense: list[float] = field(default_factory=list)
 
     def module(self, task_index: int) -> nn.Module:
         """The head of one task as a frozen bias-free ``nn.Linear`` (h → C)."""
@@ -62,12 +64,13 @@ def fit_heads(encoder: Encoder, suite: TaskSuite, *, alpha: float = 1.0, holdout
               image_size: int | None = None, device: torch.device | str = "cpu",
               progress: Progress | None = None) -> Heads:
     """Fit ξ_k on the dense encoder's features for every task k (Eq. 7)."""
-    xis = []
+    xis, dense = [], []
     for k, task in enumerate(suite.tasks):
         phi, y = dense_features(encoder, suite, k, image_size=image_size, device=device, progress=progress)
-        fit_idx, _ = split_indices(y, holdout, seed)
+        fit_idx, eval_idx = split_indices(y, holdout, seed)
         xis.append(ridge.fit(phi[fit_idx], y[fit_idx], task.num_classes, alpha=alpha))
-    return Heads(xis, holdout, seed, alpha)
+        dense.append(ridge.accuracy(phi[eval_idx], y[eval_idx], xis[-1]))
+    return Heads(xis, holdout, seed, alpha, dense)
 
 
 def evaluate(model: nn.Module, encoder: Encoder, suite: TaskSuite, heads: Heads, *,

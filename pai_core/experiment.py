@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cache, masks, scores
-from .evaluate import Heads, evaluate, evaluate_dense, fit_heads, split_indices
+from .evaluate import Heads, evaluate, fit_heads, split_indices
 from .features import pick_device, task_inputs
 from .finetune import SCHEDULES, finetune, schedule
 from .models import DEFAULT_MODEL, Encoder, load_encoder
@@ -255,10 +255,11 @@ def get_heads(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, device, prog
     def compute() -> dict[str, Tensor]:
         h = fit_heads(enc, suite, alpha=spec.alpha, holdout=spec.holdout, seed=spec.seed,
                       image_size=_image_size(spec, suite), device=device, progress=progress)
-        return {str(k): xi for k, xi in enumerate(h.xi)}
+        return {**{str(k): xi for k, xi in enumerate(h.xi)}, "dense": torch.tensor(h.dense, dtype=torch.float64)}
 
     xi = cache.cached_tensors("heads", key, compute)
-    return Heads([xi[str(k)] for k in range(len(suite.tasks))], spec.holdout, spec.seed, spec.alpha)
+    return Heads([xi[str(k)] for k in range(len(suite.tasks))], spec.holdout, spec.seed, spec.alpha,
+                 xi["dense"].tolist())
 
 
 class _EncoderWithHead(nn.Module):
@@ -434,7 +435,7 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
     tick("load")
 
     heads = get_heads(spec, enc, suite, device, stage("features"))
-    dense = evaluate_dense(enc, suite, heads, image_size=_image_size(spec, suite), device=device)
+    dense = heads.dense
     tick("features+heads")
 
     mask = get_masks(spec, enc, suite, heads, device, stage("scores"))

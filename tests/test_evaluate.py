@@ -25,6 +25,7 @@ def test_offline_default_dense_accuracy_at_least_95_percent():
     accs = evaluate.evaluate_dense(enc, suite, heads, image_size=suite.image_size)
     assert len(accs) == len(suite.tasks) >= 2
     assert min(accs) >= 0.95, accs
+    assert heads.dense == accs  # measured while fitting, from the same features
     # evaluating the dense encoder itself (not the cached features) gives the same numbers
     sub = evaluate.evaluate(enc.model, enc, suite, heads, image_size=suite.image_size, tasks=[0])
     assert sub[0] == accs[0]
