@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 lint: setup
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 clean-cache:

@@ -45,18 +45,29 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
     st.subheader("Pages")
     cols = st.columns(4)
     page_text = [
-        ("pages/1_Toy_landscapes.py", "Toy landscapes (Fig. 1–2)",
-         "Two weights, two quadratic losses: move sliders and watch pruning and retraining on the "
-         "source act on an aligned or misaligned transfer task. Instant."),
-        ("pages/2_Prune_and_evaluate.py", "Prune & evaluate (Fig. 3)",
-         "Prune a real encoder with several scores and sparsities, optionally fine-tune on the source, "
-         "and compare source and transfer accuracy; per-layer sparsity and mask overlap (P1)."),
-        ("pages/3_Loss_landscape.py", "Loss landscape (Fig. 4)",
-         "Source and transfer loss over the plane through the pre-trained, pruned and fine-tuned "
-         "weights."),
-        ("pages/4_Results.py", "Results",
-         "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, "
-         "masks)."),
+        (
+            "pages/1_Toy_landscapes.py",
+            "Toy landscapes (Fig. 1–2)",
+            "Two weights, two quadratic losses: move sliders and watch pruning and retraining on the "
+            "source act on an aligned or misaligned transfer task. Instant.",
+        ),
+        (
+            "pages/2_Prune_and_evaluate.py",
+            "Prune & evaluate (Fig. 3)",
+            "Prune a real encoder with several scores and sparsities, optionally fine-tune on the source, "
+            "and compare source and transfer accuracy; per-layer sparsity and mask overlap (P1).",
+        ),
+        (
+            "pages/3_Loss_landscape.py",
+            "Loss landscape (Fig. 4)",
+            "Source and transfer loss over the plane through the pre-trained, pruned and fine-tuned weights.",
+        ),
+        (
+            "pages/4_Results.py",
+            "Results",
+            "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, "
+            "masks).",
+        ),
     ]
     for col, (path, title, text) in zip(cols, page_text, strict=True):
         with col:
@@ -67,7 +78,9 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
     c1, c2 = st.columns(2)
     with c1:
         gpu = common.gpu_available()
-        st.markdown(f"**Device in use:** {common.device_text()}" + ("" if gpu else " — no GPU visible to PyTorch."))
+        st.markdown(
+            f"**Device in use:** {common.device_text()}" + ("" if gpu else " — no GPU visible to PyTorch.")
+        )
         st.caption(
             "On a GPU the pages default to the paper's fine-tuning schedule and 50 images per class; on a "
             "CPU to no fine-tuning and 20 images per class, so a first run takes about a minute. Every "
@@ -75,22 +88,37 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
         )
     with c2:
         usage = cache.usage()
-        st.markdown(f"**Cache** (`{cache.cache_dir()}`, set `PAI_CACHE_DIR` to move it): every stage — dense "
-                    "features, heads, scores, masks, fine-tuned weights, results, landscapes — is stored "
-                    "by what determines it, so repeating or extending a run is fast.")
+        st.markdown(
+            f"**Cache** (`{cache.cache_dir()}`, set `PAI_CACHE_DIR` to move it): every stage — dense "
+            "features, heads, scores, masks, fine-tuned weights, results, landscapes — is stored "
+            "by what determines it, so repeating or extending a run is fast."
+        )
         if usage:
             st.dataframe(
-                pd.DataFrame([{"artefact": k, "entries": v["entries"], "MB": v["bytes"] / 2**20}
-                              for k, v in usage.items()]),
-                hide_index=True, column_config={"MB": st.column_config.NumberColumn(format="%.1f")},
+                pd.DataFrame(
+                    [
+                        {"artefact": k, "entries": v["entries"], "MB": v["bytes"] / 2**20}
+                        for k, v in usage.items()
+                    ]
+                ),
+                hide_index=True,
+                column_config={"MB": st.column_config.NumberColumn(format="%.1f")},
             )
         else:
             st.caption("The cache is empty.")
 
     st.subheader("Models")
-    rows = [{"model": e.name, "family": e.family.upper(), "in the paper's Fig. 3": e.paper,
-             "works offline here": e.offline, "weights": ("random (tests only)" if e.random_weights else e.source),
-             "description": e.description} for e in models.entries()]
+    rows = [
+        {
+            "model": e.name,
+            "family": e.family.upper(),
+            "in the paper's Fig. 3": e.paper,
+            "works offline here": e.offline,
+            "weights": ("random (tests only)" if e.random_weights else e.source),
+            "description": e.description,
+        }
+        for e in models.entries()
+    ]
     checks = st.session_state.get("overview_checks") or {}
     if checks:
         for row in rows:
@@ -103,10 +131,15 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
         "checkpoint file on the run pages, or put it at `$PAI_CHECKPOINT_DIR/<model>.pth`. Any timm or "
         "open_clip model also works by name (`timm:<name>`, `open_clip:<arch>/<tag>`)."
     )
-    if st.button("Check which models load here", key="btn_overview_check",
-                 help="Tries to load each model (offline ones load in seconds; the others fail fast without internet)."):
+    if st.button(
+        "Check which models load here",
+        key="btn_overview_check",
+        help="Tries to load each model (offline ones load in seconds; the others fail fast without internet).",
+    ):
         with st.spinner("Loading each model once…"):
-            st.session_state["overview_checks"] = {e.name: common.model_check(e.name) for e in models.entries()}
+            st.session_state["overview_checks"] = {
+                e.name: common.model_check(e.name) for e in models.entries()
+            }
         st.rerun()
 
     st.subheader("Task suites and data")
@@ -114,9 +147,17 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
     for name in tasks.available():
         info = tasks.info(name)
         env = common.suite_env_var(name)
-        srows.append({"suite": name, "works offline here": info.offline, "needs a data folder": info.needs_root,
-                      "needs": info.needs, "environment variable": env, "set now": os.environ.get(env, ""),
-                      "description": info.description})
+        srows.append(
+            {
+                "suite": name,
+                "works offline here": info.offline,
+                "needs a data folder": info.needs_root,
+                "needs": info.needs,
+                "environment variable": env,
+                "set now": os.environ.get(env, ""),
+                "description": info.description,
+            }
+        )
     st.dataframe(pd.DataFrame(srows), hide_index=True, width="stretch")
     st.markdown(
         """

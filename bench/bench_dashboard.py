@@ -81,8 +81,10 @@ def main() -> None:
         os.environ.pop("PAI_RESULTS_DB", None)
         from dashboard import common
 
-        settings = (f"images/class {args.images_per_class or common.default_images_per_class()}, fine-tuning "
-                    f"{args.finetune or common.default_schedule()}, device {common.device_text()}")
+        settings = (
+            f"images/class {args.images_per_class or common.default_images_per_class()}, fine-tuning "
+            f"{args.finetune or common.default_schedule()}, device {common.device_text()}"
+        )
         cold, bars = _run_prune(args.images_per_class, args.finetune)
         warm, _ = _run_prune(args.images_per_class, args.finetune)
     toy = _toy_moves(args.moves)

@@ -36,9 +36,15 @@ def main() -> None:
     from pai_core import experiment
     from pai_core.features import device_label, extract, pick_device, task_inputs
 
-    spec = experiment.ExperimentSpec(model=args.model, suite=args.suite, score=args.score, sparsity=args.sparsity,
-                                     finetune=args.finetune, images_per_class=args.images_per_class,
-                                     device=args.device)
+    spec = experiment.ExperimentSpec(
+        model=args.model,
+        suite=args.suite,
+        score=args.score,
+        sparsity=args.sparsity,
+        finetune=args.finetune,
+        images_per_class=args.images_per_class,
+        device=args.device,
+    )
     device = pick_device(args.device)
     enc = experiment.get_encoder(spec.model)
     suite = experiment.get_suite(spec.suite, None, spec.images_per_class, spec.seed)
@@ -63,15 +69,19 @@ def main() -> None:
     experiment.run(spec.replace(sparsity=0.738))
     other_sparsity = time.perf_counter() - t
 
-    print(f"device: {device_label(device)}; {spec.model} + {spec.suite} ({len(x)} source images, "
-          f"{sum(len(t) for t in suite.tasks)} in all), score {spec.score}, fine-tuning {spec.finetune}")
+    print(
+        f"device: {device_label(device)}; {spec.model} + {spec.suite} ({len(x)} source images, "
+        f"{sum(len(t) for t in suite.tasks)} in all), score {spec.score}, fine-tuning {spec.finetune}"
+    )
     print(f"unit: one forward pass over the source task = {fwd:.2f} s\n")
     print("| stage | seconds | ratio to one forward pass |\n| --- | ---: | ---: |")
     for stage, sec in cold.timings.items():
         print(f"| {stage} | {sec:.2f} | {sec / fwd:.1f} |")
     print(f"| **whole run, cold cache** | {cold_total:.2f} | {cold_total / fwd:.1f} |")
     print(f"| whole run, warm cache (same spec) | {warm_total:.3f} | {warm_total / fwd:.2f} |")
-    print(f"| another sparsity (scores reused, fine-tuning redone) | {other_sparsity:.2f} | {other_sparsity / fwd:.1f} |")
+    print(
+        f"| another sparsity (scores reused, fine-tuning redone) | {other_sparsity:.2f} | {other_sparsity / fwd:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def load_data(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
 def ridge_head(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> nn.Linear:
     """ξ = (ΦᵀΦ + I)⁻¹ΦᵀY (Eq. (7)), as a bias-free Linear."""
     with torch.no_grad():
-        phi = torch.cat([encoder(x[i:i + bs]) for i in range(0, len(x), bs)]).double()
+        phi = torch.cat([encoder(x[i : i + bs]) for i in range(0, len(x), bs)]).double()
         target = nn.functional.one_hot(y, 5).double()
         xi = torch.linalg.solve(phi.T @ phi + torch.eye(phi.shape[1], dtype=phi.dtype), phi.T @ target)
     head = nn.Linear(phi.shape[1], 5, bias=False)
@@ -85,7 +85,7 @@ def naive_diag(model: nn.Module, batches, names) -> None:
     acc = [torch.zeros_like(p) for p in params]
     for x, y in batches:
         for i in range(len(x)):
-            gs = torch.autograd.grad(scores.per_example_loss(model(x[i:i + 1]), y[i:i + 1]).sum(), params)
+            gs = torch.autograd.grad(scores.per_example_loss(model(x[i : i + 1]), y[i : i + 1]).sum(), params)
             for a, g in zip(acc, gs):
                 a += g * g
 
@@ -109,8 +109,12 @@ def main() -> None:
     ap.add_argument("--scores", default=",".join(scores.available()))
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--no-naive", action="store_true", help="skip the per-example loop")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: this process's CPU time (with --threads 1, immune to other jobs on a shared box)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this process's CPU time (with --threads 1, immune to other jobs on a shared box)",
+    )
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -125,10 +129,13 @@ def main() -> None:
     for p in model.parameters():  # load_encoder freezes them; the baseline must form every gradient
         p.requires_grad_(True)
     names = [f"0.{n}" for n in scores.default_params(encoder)]
-    batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
-    print(f"model: {weights} + ridge head (5 classes), {sum(model.get_parameter(n).numel() for n in names):,} "
-          f"scored weights; data: {data}, n={len(x)}, {args.size}px, batch {bs}; "
-          f"threads {torch.get_num_threads()}; {args.clock} clock, min of {args.repeats} runs\n", flush=True)
+    batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+    print(
+        f"model: {weights} + ridge head (5 classes), {sum(model.get_parameter(n).numel() for n in names):,} "
+        f"scored weights; data: {data}, n={len(x)}, {args.size}px, batch {bs}; "
+        f"threads {torch.get_num_threads()}; {args.clock} clock, min of {args.repeats} runs\n",
+        flush=True,
+    )
 
     fwd_bwd(model, batches[:1])  # warm-up
     base: list[float] = []
@@ -138,12 +145,16 @@ def main() -> None:
         t_score = float("inf")
         for _ in range(args.repeats):
             base.append(timed(lambda: fwd_bwd(model, batches)))  # interleaved: same conditions
-            t_score = min(t_score, timed(lambda n=name, o=opts: scores.compute(n, model, batches, params=names, **o)))
+            t_score = min(
+                t_score, timed(lambda n=name, o=opts: scores.compute(n, model, batches, params=names, **o))
+            )
         rows.append((name + (f" ({args.probes} probes)" if name == "hutchinson" else ""), t_score, name))
         print(f"  {rows[-1][0]}: {t_score:.2f}s", file=sys.stderr, flush=True)
     if not args.no_naive:
         base.append(timed(lambda: fwd_bwd(model, batches)))
-        rows.append(("diag, naive per-example loop", timed(lambda: naive_diag(model, batches, names)), "naive"))
+        rows.append(
+            ("diag, naive per-example loop", timed(lambda: naive_diag(model, batches, names)), "naive")
+        )
     unit = min(base)
 
     print(f"one batched forward+backward over the {len(x)} images: {unit:.2f}s\n")

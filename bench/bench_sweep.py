@@ -59,13 +59,23 @@ def offline(scores: list[str], images_per_class: int, device: str) -> dict:
     x, _ = task_inputs(suite.tasks[base.source], enc, suite.image_size)
     model = enc.copy().model.to(dev)
     extract(model, x, device=dev)  # warm-up
+
     def forward() -> float:
         return _best(lambda: extract(model, x, device=dev), 3)
 
     fwd_before = forward()
     n_all = sum(len(t) for t in suite.tasks)
-    out = {"device": device_label(dev), "model": base.model, "suite": base.suite, "image_size": suite.image_size,
-           "source_images": len(x), "all_images": n_all, "tasks": len(suite.tasks), "stages": {}, "scores": {}}
+    out = {
+        "device": device_label(dev),
+        "model": base.model,
+        "suite": base.suite,
+        "image_size": suite.image_size,
+        "source_images": len(x),
+        "all_images": n_all,
+        "tasks": len(suite.tasks),
+        "stages": {},
+        "scores": {},
+    }
     for score in scores:
         res = experiment.run(base.replace(score=score))
         t = res.timings
@@ -85,10 +95,14 @@ def offline(scores: list[str], images_per_class: int, device: str) -> dict:
 
 def _print_offline(o: dict) -> None:
     fwd = o["forward_s"]
-    print(f"### Offline default: {o['model']} + {o['suite']} ({o['tasks']} tasks, {o['source_images']} source "
-          f"images, {o['all_images']} in all, {o['image_size']} px), {o['device']}\n")
-    print(f"Unit: one forward pass over the source task = {fwd:.3f} s (before/after: "
-          f"{', '.join(f'{v:.3f}' for v in o['forward_s_before_after'])})\n")
+    print(
+        f"### Offline default: {o['model']} + {o['suite']} ({o['tasks']} tasks, {o['source_images']} source "
+        f"images, {o['all_images']} in all, {o['image_size']} px), {o['device']}\n"
+    )
+    print(
+        f"Unit: one forward pass over the source task = {fwd:.3f} s (before/after: "
+        f"{', '.join(f'{v:.3f}' for v in o['forward_s_before_after'])})\n"
+    )
     print("| stage | seconds | ratio to one forward pass |\n| --- | ---: | ---: |")
     for stage, vals in o["stages"].items():
         s = min(vals)  # first run includes the cold features; later ones are cache hits
@@ -108,8 +122,11 @@ def arch(scores: list[str], sizes: tuple[int, int], archs: list[str], device: st
 
     dev = pick_device(device)
     torch.manual_seed(0)
-    return {"device": device_label(dev), "sizes": list(sizes),
-            "archs": {name: _arch_one(name, scores, sizes, dev) for name in archs}}
+    return {
+        "device": device_label(dev),
+        "sizes": list(sizes),
+        "archs": {name: _arch_one(name, scores, sizes, dev) for name in archs},
+    }
 
 
 def _arch_one(name: str, scores: list[str], sizes: tuple[int, int], dev) -> dict:
@@ -134,15 +151,19 @@ def _arch_one(name: str, scores: list[str], sizes: tuple[int, int], dev) -> dict
     tuned = timm.create_model(timm_name, pretrained=False, num_classes=0).eval()
     finetune(tuned, head, x[:32], y[:32], {}, FinetuneConfig(name="warm-up", epochs=1, lr=1e-4), device=dev)
     steps = 3
-    t = _best(lambda: finetune(tuned, head, x[:32], y[:32], {}, FinetuneConfig(name="bench", epochs=steps, lr=1e-4),
-                               device=dev), 2)
+    t = _best(
+        lambda: finetune(
+            tuned, head, x[:32], y[:32], {}, FinetuneConfig(name="bench", epochs=steps, lr=1e-4), device=dev
+        ),
+        2,
+    )
     # finetune() also evaluates the loss once before training: one forward pass to subtract.
     res["train_per_image"] = (t - 32 * res["forward_per_image"]) / (steps * 32)
     model = _EncoderWithHead(enc, head).to(dev)
     names = [f"encoder.{p}" for p in _scored_names(enc)]
 
     def batches(n: int) -> list:
-        return [(x[i:min(i + 32, n)].to(dev), y[i:min(i + 32, n)].to(dev)) for i in range(0, n, 32)]
+        return [(x[i : min(i + 32, n)].to(dev), y[i : min(i + 32, n)].to(dev)) for i in range(0, n, 32)]
 
     for score in scores:
         if score == "px" and name.startswith("vit"):
@@ -166,27 +187,37 @@ def _split(t: dict, n1: int, n2: int) -> tuple[float, float]:
 def _print_arch(o: dict, n_source: int = 500) -> None:
     n1, n2 = o["sizes"]
     print(f"### Paper architectures (random weights, 224 px, synthetic images), {o['device']}\n")
-    print("Forward pass and fine-tuning step at batch 32 (least of several calls after a warm-up); "
-          f"each score timed at {n1} and {n2} images, split as fixed + per-image cost, extrapolated to a "
-          f"{n_source}-image source task and divided by a forward pass over those {n_source} images.\n")
+    print(
+        "Forward pass and fine-tuning step at batch 32 (least of several calls after a warm-up); "
+        f"each score timed at {n1} and {n2} images, split as fixed + per-image cost, extrapolated to a "
+        f"{n_source}-image source task and divided by a forward pass over those {n_source} images.\n"
+    )
     print("| architecture | item | fixed (s) | per image (s) | ratio to one forward pass over 500 images |")
     print("| --- | --- | ---: | ---: | ---: |")
     for name, r in o["archs"].items():
         f = r["forward_per_image"]
         fwd500 = f * n_source
         print(f"| {name} | forward pass | – | {f:.3f} | 1.0 |")
-        print(f"| {name} | fine-tuning epoch (fwd + bwd + SGD) | – | {r['train_per_image']:.3f} | "
-              f"{r['train_per_image'] / f:.1f} |")
+        print(
+            f"| {name} | fine-tuning epoch (fwd + bwd + SGD) | – | {r['train_per_image']:.3f} | "
+            f"{r['train_per_image'] / f:.1f} |"
+        )
         for score, t in r["scores"].items():
             s0, sper = _split(t, n1, n2)
-            print(f"| {name} | score {score} | {s0:.2f} | {sper:.3f} | {(s0 + sper * n_source) / fwd500:.1f} |")
+            print(
+                f"| {name} | score {score} | {s0:.2f} | {sper:.3f} | {(s0 + sper * n_source) / fwd500:.1f} |"
+            )
     print()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", default="offline", choices=["offline", "arch", "both"],
-                    help="offline: ~7 min on 2 cores (what make bench runs); arch: ~20 min more")
+    ap.add_argument(
+        "--part",
+        default="offline",
+        choices=["offline", "arch", "both"],
+        help="offline: ~7 min on 2 cores (what make bench runs); arch: ~20 min more",
+    )
     ap.add_argument("--scores", default=",".join(PAPER_SCORES))
     ap.add_argument("--images-per-class", type=int, default=50)
     ap.add_argument("--archs", default="resnet50,vit_b16")
@@ -209,8 +240,10 @@ def main() -> None:
         raw["arch"] = arch(scores, (n1, n2), args.archs.split(","), args.device)
         _print_arch(raw["arch"])
     raw["load_average_after"] = os.getloadavg()
-    print(f"load average before/after: {raw['load_average']} / {raw['load_average_after']} "
-          f"on {raw['cpus']} CPUs (a shared machine inflates every number)")
+    print(
+        f"load average before/after: {raw['load_average']} / {raw['load_average_after']} "
+        f"on {raw['cpus']} CPUs (a shared machine inflates every number)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
 

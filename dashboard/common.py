@@ -85,8 +85,11 @@ def _route_through_entry_point() -> None:
         from streamlit.runtime.scriptrunner import get_script_run_ctx
     except ImportError:  # a future Streamlit without the legacy mode
         return
-    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None \
-            and Path(get_script_run_ctx().main_script_path).name == "app.py":
+    if (
+        PagesManager.uses_pages_directory
+        and get_script_run_ctx() is not None
+        and Path(get_script_run_ctx().main_script_path).name == "app.py"
+    ):
         PagesManager.uses_pages_directory = False
         st.rerun()
 
@@ -137,8 +140,9 @@ def schedule_caption(name: str | None, *, long: bool = False) -> str:
         lr = "5e-5 (1e-4 for ViT-B/16 DINO)" if cfg.lr is None else f"{cfg.lr:g}"
         return f"paper: {cfg.epochs} epochs, lr {lr}" + (" — the paper's recipe" if long else "")
     lr = "paper's" if cfg.lr is None else f"{cfg.lr:g}"
-    return (f"{name}: {cfg.epochs} epochs, lr {lr}" +
-            (" — shortened for CPUs, a deviation from the paper's 90 epochs" if long else " (CPU)"))
+    return f"{name}: {cfg.epochs} epochs, lr {lr}" + (
+        " — shortened for CPUs, a deviation from the paper's 90 epochs" if long else " (CPU)"
+    )
 
 
 def default_schedule(*, allow_off: bool = True) -> str:
@@ -220,8 +224,14 @@ def masks_file(spec_json: str) -> bytes:
     from pai_core import masks
 
     packed = masks.pack(mask_set(spec_json))
-    return save(packed, metadata={"spec": spec_json, "format": "pai_core.masks.pack",
-                                  "read_with": "pai_core.masks.unpack(safetensors.torch.load(data)); True = kept"})
+    return save(
+        packed,
+        metadata={
+            "spec": spec_json,
+            "format": "pai_core.masks.pack",
+            "read_with": "pai_core.masks.unpack(safetensors.torch.load(data)); True = kept",
+        },
+    )
 
 
 def results_signature() -> tuple:
@@ -334,19 +344,33 @@ class ProgressPanel:
 
 #: Errors that are the user's situation (no weights, no data, bad settings, GPU too small), shown
 #: as a message saying what to do, never as a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (models.ModelUnavailable, tasks.DataError, ValueError,
-                                                torch.cuda.OutOfMemoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    models.ModelUnavailable,
+    tasks.DataError,
+    ValueError,
+    torch.cuda.OutOfMemoryError,
+)
 
 
 def error_record(exc: BaseException) -> dict[str, str | None]:
     """What :func:`show_error` needs, in a form that survives ``st.rerun`` in session state."""
     user = isinstance(exc, USER_ERRORS)
-    return {"type": type(exc).__name__, "message": str(exc),
-            "kind": ("oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else
-                     "model" if isinstance(exc, models.ModelUnavailable) else
-                     "data" if isinstance(exc, tasks.DataError) else
-                     "settings" if isinstance(exc, ValueError) else "bug"),
-            "traceback": None if user else "".join(traceback.format_exception(exc))}
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "kind": (
+            "oom"
+            if isinstance(exc, torch.cuda.OutOfMemoryError)
+            else "model"
+            if isinstance(exc, models.ModelUnavailable)
+            else "data"
+            if isinstance(exc, tasks.DataError)
+            else "settings"
+            if isinstance(exc, ValueError)
+            else "bug"
+        ),
+        "traceback": None if user else "".join(traceback.format_exception(exc)),
+    }
 
 
 def show_error(err: BaseException | dict | None) -> None:
@@ -358,17 +382,26 @@ def show_error(err: BaseException | dict | None) -> None:
     if kind == "model":
         st.error(f"**The model's weights are not available here.** {msg}", icon=":material/block:")
     elif kind == "data":
-        st.error(f"**The data for this suite was not found or is unusable.** {msg}\n\n"
-                 "Give the folder in the *data folder* field, or set the suite's environment variable "
-                 "before starting the app (see the Overview page).", icon=":material/folder_off:")
+        st.error(
+            f"**The data for this suite was not found or is unusable.** {msg}\n\n"
+            "Give the folder in the *data folder* field, or set the suite's environment variable "
+            "before starting the app (see the Overview page).",
+            icon=":material/folder_off:",
+        )
     elif kind == "oom":
-        st.error("**The GPU ran out of memory.** Use fewer images per class, a smaller model, or choose "
-                 f"device *cpu*. ({msg})", icon=":material/memory:")
+        st.error(
+            "**The GPU ran out of memory.** Use fewer images per class, a smaller model, or choose "
+            f"device *cpu*. ({msg})",
+            icon=":material/memory:",
+        )
     elif kind == "settings":
         st.error(f"**These settings cannot run.** {msg}", icon=":material/tune:")
     else:
-        st.error(f"**Unexpected error** ({rec['type']}): {msg}. This is a bug; the details below help "
-                 "to report it.", icon=":material/bug_report:")
+        st.error(
+            f"**Unexpected error** ({rec['type']}): {msg}. This is a bug; the details below help "
+            "to report it.",
+            icon=":material/bug_report:",
+        )
         if rec.get("traceback"):
             with st.expander("Details for a bug report"):
                 st.code(rec["traceback"], language="text")
@@ -386,8 +419,10 @@ def describe_specs(specs: Sequence[ExperimentSpec]) -> str:
     """One sentence of what a job will run."""
     s = specs[0]
     ft = "no fine-tuning" if s.finetune is None else "fine-tuning " + schedule_caption(s.finetune, long=True)
-    return (f"{len(specs)} run(s) of {s.model} on {s.suite} (source task {s.source}), "
-            f"{s.images_per_class} images per class, {ft}, device {s.device}")
+    return (
+        f"{len(specs)} run(s) of {s.model} on {s.suite} (source task {s.source}), "
+        f"{s.images_per_class} images per class, {ft}, device {s.device}"
+    )
 
 
 def data_root_default(suite: str) -> str:
@@ -409,7 +444,9 @@ def cache_root() -> Path:
     return cache.cache_dir()
 
 
-def model_and_data_pickers(prefix: str, source_label: str) -> tuple[str | None, list[str] | None, str | None, Any]:
+def model_and_data_pickers(
+    prefix: str, source_label: str
+) -> tuple[str | None, list[str] | None, str | None, Any]:
     """The model / suite / source-task row shared by the run pages.
 
     Widgets are keyed ``{prefix}_w_model``, ``_checkpoint``, ``_suite``, ``_root``, ``_source``.
@@ -424,17 +461,24 @@ def model_and_data_pickers(prefix: str, source_label: str) -> tuple[str | None, 
         st.selectbox("Model", models.available(), key=f"{prefix}_w_model", format_func=model_caption)
         entry = next(e for e in models.entries() if e.name == ss[f"{prefix}_w_model"])
         if not entry.offline:
-            st.text_input("Checkpoint file (optional)", key=f"{prefix}_w_checkpoint",
-                          help="A local weights file, for machines without internet access to the model's hub. "
-                               f"Weights come from: {entry.source}.")
+            st.text_input(
+                "Checkpoint file (optional)",
+                key=f"{prefix}_w_checkpoint",
+                help="A local weights file, for machines without internet access to the model's hub. "
+                f"Weights come from: {entry.source}.",
+            )
     with c2:
         suite = st.selectbox("Task suite", tasks.available(), key=f"{prefix}_w_suite")
         suite_info = tasks.info(suite)
         if suite_info.needs_root:
             if not ss[f"{prefix}_w_root"]:
                 ss[f"{prefix}_w_root"] = data_root_default(suite)
-            st.text_input("Data folder", key=f"{prefix}_w_root", help=suite_info.needs,
-                          placeholder=f"or set {suite_env_var(suite)}")
+            st.text_input(
+                "Data folder",
+                key=f"{prefix}_w_root",
+                help=suite_info.needs,
+                placeholder=f"or set {suite_env_var(suite)}",
+            )
         st.caption(f"Needs: {suite_info.needs}")
     root = (ss[f"{prefix}_w_root"] or None) if suite_info.needs_root else None
     checkpoint = (ss[f"{prefix}_w_checkpoint"] or None) if not entry.offline else None
@@ -447,6 +491,10 @@ def model_and_data_pickers(prefix: str, source_label: str) -> tuple[str | None, 
         if names:
             if ss[f"{prefix}_w_source"] >= len(names):
                 ss[f"{prefix}_w_source"] = 0
-            st.selectbox(source_label, list(range(len(names))), key=f"{prefix}_w_source",
-                         format_func=lambda k: names[k])
+            st.selectbox(
+                source_label,
+                list(range(len(names))),
+                key=f"{prefix}_w_source",
+                format_func=lambda k: names[k],
+            )
     return root, names, checkpoint, c3

@@ -16,21 +16,23 @@ from pai_core.experiment import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
 
-common.page_defaults({
-    "prune_w_model": models.DEFAULT_MODEL,
-    "prune_w_checkpoint": "",
-    "prune_w_suite": "digits",
-    "prune_w_root": "",
-    "prune_w_source": 0,
-    "prune_w_scores": [s for s in ("magnitude", "diag") if s in scores.available()],
-    "prune_w_sparsity_mode": "paper",
-    "prune_w_levels": [PAPER_LEVELS[len(PAPER_LEVELS) // 2], PAPER_LEVELS[-1]],
-    "prune_w_custom": 50.0,
-    "prune_w_finetune": common.default_schedule(),
-    "prune_w_ipc": common.default_images_per_class(),
-    "prune_w_holdout": False,
-    "prune_w_device": "auto",
-})
+common.page_defaults(
+    {
+        "prune_w_model": models.DEFAULT_MODEL,
+        "prune_w_checkpoint": "",
+        "prune_w_suite": "digits",
+        "prune_w_root": "",
+        "prune_w_source": 0,
+        "prune_w_scores": [s for s in ("magnitude", "diag") if s in scores.available()],
+        "prune_w_sparsity_mode": "paper",
+        "prune_w_levels": [PAPER_LEVELS[len(PAPER_LEVELS) // 2], PAPER_LEVELS[-1]],
+        "prune_w_custom": 50.0,
+        "prune_w_finetune": common.default_schedule(),
+        "prune_w_ipc": common.default_images_per_class(),
+        "prune_w_holdout": False,
+        "prune_w_device": "auto",
+    }
+)
 ss = st.session_state
 
 st.title("Prune & evaluate (Fig. 3)")
@@ -42,10 +44,14 @@ st.markdown(
 )
 
 # -- model and data: outside the form, because the source-task list depends on the suite ---------
-root, names, checkpoint, c3 = common.model_and_data_pickers("prune", "Source task (pruning and fine-tuning see only this one)")
+root, names, checkpoint, c3 = common.model_and_data_pickers(
+    "prune", "Source task (pruning and fine-tuning see only this one)"
+)
 if names:
     with c3:
-        st.caption("Transfer tasks: " + ", ".join(n for k, n in enumerate(names) if k != ss["prune_w_source"]))
+        st.caption(
+            "Transfer tasks: " + ", ".join(n for k, n in enumerate(names) if k != ss["prune_w_source"])
+        )
 
 
 def _levels() -> list[float]:
@@ -65,12 +71,21 @@ def _submit() -> None:
             raise ValueError("choose at least one sparsity level")
         ft = ss["prune_w_finetune"]
         specs = [
-            ExperimentSpec(model=ss["prune_w_model"], suite=ss["prune_w_suite"], source=int(ss["prune_w_source"]),
-                           score=score, sparsity=q, images_per_class=int(ss["prune_w_ipc"]),
-                           finetune=None if ft == common.OFF else ft, holdout=bool(ss["prune_w_holdout"]),
-                           data_root=root, checkpoint=checkpoint,
-                           device=ss["prune_w_device"])
-            for q in _levels() for score in ss["prune_w_scores"]
+            ExperimentSpec(
+                model=ss["prune_w_model"],
+                suite=ss["prune_w_suite"],
+                source=int(ss["prune_w_source"]),
+                score=score,
+                sparsity=q,
+                images_per_class=int(ss["prune_w_ipc"]),
+                finetune=None if ft == common.OFF else ft,
+                holdout=bool(ss["prune_w_holdout"]),
+                data_root=root,
+                checkpoint=checkpoint,
+                device=ss["prune_w_device"],
+            )
+            for q in _levels()
+            for score in ss["prune_w_scores"]
         ]
     except ValueError as exc:
         ss["prune_error"] = common.error_record(exc)
@@ -87,41 +102,85 @@ running = ss["prune_job"] is not None
 with st.form("prune_form"):
     f1, f2, f3 = st.columns(3)
     with f1:
-        st.multiselect("Pruning scores (computed on the source task)", scores.available(), key="prune_w_scores",
-                       format_func=figures.score_label)
-        st.selectbox("Fine-tuning on the source task", common.schedule_choices(), key="prune_w_finetune",
-                     format_func=common.schedule_caption,
-                     help="The paper fine-tunes for 90 epochs (a GPU job). 'short' and 'smoke' keep its optimiser "
-                          "with fewer epochs and a larger step, for CPUs; every result records its schedule.")
+        st.multiselect(
+            "Pruning scores (computed on the source task)",
+            scores.available(),
+            key="prune_w_scores",
+            format_func=figures.score_label,
+        )
+        st.selectbox(
+            "Fine-tuning on the source task",
+            common.schedule_choices(),
+            key="prune_w_finetune",
+            format_func=common.schedule_caption,
+            help="The paper fine-tunes for 90 epochs (a GPU job). 'short' and 'smoke' keep its optimiser "
+            "with fewer epochs and a larger step, for CPUs; every result records its schedule.",
+        )
     with f2:
-        st.radio("Sparsity levels", ["paper", "custom"], key="prune_w_sparsity_mode", horizontal=True,
-                 format_func={"paper": "the paper's levels", "custom": "one custom level"}.get)
-        st.multiselect("The paper's levels (% of weights removed)", PAPER_LEVELS, key="prune_w_levels",
-                       format_func=figures.sparsity_label)
-        st.slider("Custom level (% of weights removed; used with 'one custom level')", 1.0, 99.0, step=0.5,
-                  key="prune_w_custom")
+        st.radio(
+            "Sparsity levels",
+            ["paper", "custom"],
+            key="prune_w_sparsity_mode",
+            horizontal=True,
+            format_func={"paper": "the paper's levels", "custom": "one custom level"}.get,
+        )
+        st.multiselect(
+            "The paper's levels (% of weights removed)",
+            PAPER_LEVELS,
+            key="prune_w_levels",
+            format_func=figures.sparsity_label,
+        )
+        st.slider(
+            "Custom level (% of weights removed; used with 'one custom level')",
+            1.0,
+            99.0,
+            step=0.5,
+            key="prune_w_custom",
+        )
     with f3:
-        st.number_input("Images per class", min_value=2, max_value=1000, step=5, key="prune_w_ipc",
-                        help="The paper uses 50 per class. Fewer is faster: features, scores and evaluation all "
-                             "scale with it.")
-        st.selectbox("Device", ["auto", "cpu", "cuda"], key="prune_w_device",
-                     help=f"auto uses: {common.device_text()}")
-    st.checkbox("Held-out evaluation — a deviation from the paper: heads fitted on one half of each task, accuracy "
-                "measured on the other half", key="prune_w_holdout",
-                help="The paper fits the heads and measures accuracy on the same images (its protocol, the default).")
+        st.number_input(
+            "Images per class",
+            min_value=2,
+            max_value=1000,
+            step=5,
+            key="prune_w_ipc",
+            help="The paper uses 50 per class. Fewer is faster: features, scores and evaluation all "
+            "scale with it.",
+        )
+        st.selectbox(
+            "Device", ["auto", "cpu", "cuda"], key="prune_w_device", help=f"auto uses: {common.device_text()}"
+        )
+    st.checkbox(
+        "Held-out evaluation — a deviation from the paper: heads fitted on one half of each task, accuracy "
+        "measured on the other half",
+        key="prune_w_holdout",
+        help="The paper fits the heads and measures accuracy on the same images (its protocol, the default).",
+    )
     # One keyed button whose `disabled` follows the job: a second click while a run is going cannot start another.
-    st.form_submit_button("Run", type="primary", on_click=_submit, disabled=running or not names,
-                          key="btn_prune_run", help="Running…" if running else None)
+    st.form_submit_button(
+        "Run",
+        type="primary",
+        on_click=_submit,
+        disabled=running or not names,
+        key="btn_prune_run",
+        help="Running…" if running else None,
+    )
 
 common.show_error(ss["prune_error"])
 
 # -- the run: resumes after an interruption (finished stages are cached), until it ends or is cancelled --
 job = ss["prune_job"]
 if job is not None:
-    st.button("Cancel", key="btn_prune_cancel", on_click=_cancel,
-              help="Stops after the current step; finished stages stay cached.")
-    st.caption(common.describe_specs(job["specs"]) + ". Leaving this page pauses the run; it picks up where it "
-               "stopped when you come back.")
+    st.button(
+        "Cancel",
+        key="btn_prune_cancel",
+        on_click=_cancel,
+        help="Stops after the current step; finished stages stay cached.",
+    )
+    st.caption(
+        common.describe_specs(job["specs"]) + ". Leaving this page pauses the run; it picks up where it "
+        "stopped when you come back."
+    )
     panel = common.ProgressPanel(st, runs=len(job["specs"]))
     results = []
     try:
@@ -140,8 +199,10 @@ if job is not None:
 
 out = ss["prune_output"]
 if out is None:
-    st.info("Choose settings and press **Run**. The defaults (EfficientNet-Lite0 on digits, magnitude and "
-            "diagonal-Hessian scores, two sparsities) take about a minute on a CPU; repeating a run is instant.")
+    st.info(
+        "Choose settings and press **Run**. The defaults (EfficientNet-Lite0 on digits, magnitude and "
+        "diagonal-Hessian scores, two sparsities) take about a minute on a CPU; repeating a run is instant."
+    )
     st.stop()
 
 results = out["results"]
@@ -171,33 +232,60 @@ st.caption(
 )
 fig = _fig3(keys, results)
 st.plotly_chart(fig, key="prune_fig3")
-st.caption("Top: the source task; bottom: mean over the transfer tasks. Solid: zero-shot accuracy of the pruned "
-           "encoder; " + ("hatched: after fine-tuning on the source; " if first.finetune else "") +
-           "dashed line: the dense encoder. PNG: camera icon in the figure's toolbar.")
-st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(fig), file_name="fig3_prune.html",
-                   mime="text/html", on_click="ignore", key="btn_prune_fig3_html")
+st.caption(
+    "Top: the source task; bottom: mean over the transfer tasks. Solid: zero-shot accuracy of the pruned "
+    "encoder; "
+    + ("hatched: after fine-tuning on the source; " if first.finetune else "")
+    + "dashed line: the dense encoder. PNG: camera icon in the figure's toolbar."
+)
+st.download_button(
+    "Download figure (HTML)",
+    data=lambda: figures.figure_html(fig),
+    file_name="fig3_prune.html",
+    mime="text/html",
+    on_click="ignore",
+    key="btn_prune_fig3_html",
+)
 notes = sorted({n for r in results for n in r.notes if not n.startswith("layer collapse")})
 for note in notes:
     st.caption(f"Note: {note}")
 
 task_df, layer_df = _tables(keys, results)
 with st.expander("Accuracy per task (%)", expanded=False):
-    st.dataframe(task_df, hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="%.1f") for c in task_df.columns if task_df[c].dtype.kind == "f"})
+    st.dataframe(
+        task_df,
+        hide_index=True,
+        column_config={
+            c: st.column_config.NumberColumn(format="%.1f")
+            for c in task_df.columns
+            if task_df[c].dtype.kind == "f"
+        },
+    )
 
 st.subheader("Per-layer sparsity of each mask")
-st.caption("A global threshold can empty whole layers (layer collapse): the network then computes nothing "
-           "past that layer, whatever the other weights.")
+st.caption(
+    "A global threshold can empty whole layers (layer collapse): the network then computes nothing "
+    "past that layer, whatever the other weights."
+)
 for r in results:
     if r.collapsed_layers:
-        st.warning(f"**Layer collapse** with {figures.score_label(r.spec.score)} at "
-                   f"{figures.sparsity_label(r.spec.sparsity)}: {len(r.collapsed_layers)} layer(s) lost every "
-                   f"weight, e.g. {', '.join(r.collapsed_layers[:3])}.", icon=":material/warning:")
+        st.warning(
+            f"**Layer collapse** with {figures.score_label(r.spec.score)} at "
+            f"{figures.sparsity_label(r.spec.sparsity)}: {len(r.collapsed_layers)} layer(s) lost every "
+            f"weight, e.g. {', '.join(r.collapsed_layers[:3])}.",
+            icon=":material/warning:",
+        )
 if len(layer_df):
     layer_fig = figures.layer_sparsity_figure(layer_df)
     st.plotly_chart(layer_fig, key="prune_layers")
-    st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(layer_fig),
-                       file_name="layer_sparsity.html", mime="text/html", on_click="ignore", key="btn_prune_layers_html")
+    st.download_button(
+        "Download figure (HTML)",
+        data=lambda: figures.figure_html(layer_fig),
+        file_name="layer_sparsity.html",
+        mime="text/html",
+        on_click="ignore",
+        key="btn_prune_layers_html",
+    )
 
 st.subheader("Mask overlap: a direct look at P1")
 st.markdown(
@@ -212,23 +300,34 @@ src_opts = list(range(len(task_names))) if task_names else [first.source]
 # Defaults through session state (valid for the current results), never through `default=`.
 if ss.get("prune_w_overlap_q") not in levels:
     ss["prune_w_overlap_q"] = levels[0]
-ss["prune_w_overlap_scores"] = [s for s in ss.get("prune_w_overlap_scores", used_scores) if s in used_scores] \
-    or used_scores
-ss["prune_w_overlap_sources"] = [k for k in ss.get("prune_w_overlap_sources", src_opts) if k in src_opts] \
-    or src_opts
+ss["prune_w_overlap_scores"] = [
+    s for s in ss.get("prune_w_overlap_scores", used_scores) if s in used_scores
+] or used_scores
+ss["prune_w_overlap_sources"] = [
+    k for k in ss.get("prune_w_overlap_sources", src_opts) if k in src_opts
+] or src_opts
 with st.form("overlap_form"):
     o1, o2, o3 = st.columns(3)
     q = o1.selectbox("Sparsity", levels, format_func=figures.sparsity_label, key="prune_w_overlap_q")
-    sel_scores = o2.multiselect("Scores", used_scores, format_func=figures.score_label, key="prune_w_overlap_scores")
-    sel_sources = o3.multiselect("Masks computed on source tasks", src_opts,
-                                 format_func=lambda k: task_names[k] if task_names else str(k),
-                                 key="prune_w_overlap_sources",
-                                 help="Other sources need their own scores: computed once, then cached.")
+    sel_scores = o2.multiselect(
+        "Scores", used_scores, format_func=figures.score_label, key="prune_w_overlap_scores"
+    )
+    sel_sources = o3.multiselect(
+        "Masks computed on source tasks",
+        src_opts,
+        format_func=lambda k: task_names[k] if task_names else str(k),
+        key="prune_w_overlap_sources",
+        help="Other sources need their own scores: computed once, then cached.",
+    )
     go_overlap = st.form_submit_button("Compare masks")
 if go_overlap:
-    specs = {f"{figures.score_label(s)} · {task_names[k] if task_names else k}": first.replace(score=s, source=k,
-                                                                                               sparsity=q)
-             for s in sel_scores for k in sel_sources}
+    specs = {
+        f"{figures.score_label(s)} · {task_names[k] if task_names else k}": first.replace(
+            score=s, source=k, sparsity=q
+        )
+        for s in sel_scores
+        for k in sel_sources
+    }
     if len(specs) < 2:
         ss["overlap_error"] = common.error_record(ValueError("choose at least two masks to compare"))
     else:
@@ -238,8 +337,10 @@ if go_overlap:
             for i, (label, spec) in enumerate(specs.items()):
                 panel.start_run(i, f"masks: {label}")
                 sets[label] = common.mask_set(spec.to_json(), panel)
-            ss["overlap_output"] = {"matrix": figures.jaccard_matrix(sets),
-                                    "title": f"Overlap of removed weights at {figures.sparsity_label(q)}"}
+            ss["overlap_output"] = {
+                "matrix": figures.jaccard_matrix(sets),
+                "title": f"Overlap of removed weights at {figures.sparsity_label(q)}",
+            }
             ss["overlap_error"] = None
         except Exception as exc:
             ss["overlap_error"] = common.error_record(exc)
@@ -247,10 +348,14 @@ if go_overlap:
 if ss["overlap_output"] is None and ss["overlap_error"] is None and len(used_scores) >= 2:
     # The run's own masks are in the cache already: compare its scores on its source right away.
     try:
-        sets = {figures.score_label(s): common.mask_set(first.replace(score=s, sparsity=levels[0]).to_json())
-                for s in used_scores}
-        ss["overlap_output"] = {"matrix": figures.jaccard_matrix(sets),
-                                "title": f"Scores compared on the source task at {figures.sparsity_label(levels[0])}"}
+        sets = {
+            figures.score_label(s): common.mask_set(first.replace(score=s, sparsity=levels[0]).to_json())
+            for s in used_scores
+        }
+        ss["overlap_output"] = {
+            "matrix": figures.jaccard_matrix(sets),
+            "title": f"Scores compared on the source task at {figures.sparsity_label(levels[0])}",
+        }
     except Exception as exc:
         ss["overlap_error"] = common.error_record(exc)
 common.show_error(ss["overlap_error"])
@@ -258,5 +363,11 @@ if ss["overlap_output"] is not None:
     ov = ss["overlap_output"]
     overlap_fig = figures.jaccard_figure(ov["matrix"], title=ov["title"])
     st.plotly_chart(overlap_fig, key="prune_overlap", width="content")
-    st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(overlap_fig),
-                       file_name="mask_overlap.html", mime="text/html", on_click="ignore", key="btn_prune_overlap_html")
+    st.download_button(
+        "Download figure (HTML)",
+        data=lambda: figures.figure_html(overlap_fig),
+        file_name="mask_overlap.html",
+        mime="text/html",
+        on_click="ignore",
+        key="btn_prune_overlap_html",
+    )

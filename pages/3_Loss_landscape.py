@@ -15,24 +15,28 @@ from pai_core.experiment import ExperimentSpec
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
 GRIDS = [5, 7, 9, 11, 15, 21]
 
-common.page_defaults({
-    "land_w_model": models.DEFAULT_MODEL,
-    "land_w_checkpoint": "",
-    "land_w_suite": "digits",
-    "land_w_root": "",
-    "land_w_source": 0,
-    "land_w_transfer": -1,  # set below to the last task, as the paper pairs task 1 with task 10
-    "land_w_score": "magnitude",
-    # The paper: ResNets at 66.42 %, ViTs at 47.52 %; start from the level closest to the former.
-    "land_w_sparsity": min(PAPER_LEVELS, key=lambda q: abs(q - 0.6642)),
-    "land_w_finetune": common.default_schedule(allow_off=False),
-    "land_w_grid": 9 if common.gpu_available() else 5,  # every grid point is a forward pass over two tasks
-    "land_w_extent": 1.5,
-    "land_w_images": 50 if common.gpu_available() else 20,
-    "land_w_ipc": common.default_images_per_class(),
-    "land_w_log": True,
-    "land_w_device": "auto",
-})
+common.page_defaults(
+    {
+        "land_w_model": models.DEFAULT_MODEL,
+        "land_w_checkpoint": "",
+        "land_w_suite": "digits",
+        "land_w_root": "",
+        "land_w_source": 0,
+        "land_w_transfer": -1,  # set below to the last task, as the paper pairs task 1 with task 10
+        "land_w_score": "magnitude",
+        # The paper: ResNets at 66.42 %, ViTs at 47.52 %; start from the level closest to the former.
+        "land_w_sparsity": min(PAPER_LEVELS, key=lambda q: abs(q - 0.6642)),
+        "land_w_finetune": common.default_schedule(allow_off=False),
+        "land_w_grid": 9
+        if common.gpu_available()
+        else 5,  # every grid point is a forward pass over two tasks
+        "land_w_extent": 1.5,
+        "land_w_images": 50 if common.gpu_available() else 20,
+        "land_w_ipc": common.default_images_per_class(),
+        "land_w_log": True,
+        "land_w_device": "auto",
+    }
+)
 ss = st.session_state
 
 st.title("Loss landscape (Fig. 4)")
@@ -48,10 +52,17 @@ if names:
     with c3:
         if not 0 <= ss["land_w_transfer"] < len(names) or ss["land_w_transfer"] == ss["land_w_source"]:
             # The paper pairs task 1 with task 10: default to the last task that is not the source.
-            ss["land_w_transfer"] = next(k for k in reversed(range(len(names))) if k != ss["land_w_source"]) \
-                if len(names) > 1 else 0
-        st.selectbox("Transfer task (never seen by pruning or fine-tuning)", list(range(len(names))),
-                     key="land_w_transfer", format_func=lambda k: names[k])
+            ss["land_w_transfer"] = (
+                next(k for k in reversed(range(len(names))) if k != ss["land_w_source"])
+                if len(names) > 1
+                else 0
+            )
+        st.selectbox(
+            "Transfer task (never seen by pruning or fine-tuning)",
+            list(range(len(names))),
+            key="land_w_transfer",
+            format_func=lambda k: names[k],
+        )
 
 
 def _submit() -> None:
@@ -60,17 +71,29 @@ def _submit() -> None:
     try:
         if ss["land_w_transfer"] == ss["land_w_source"]:
             raise ValueError("the transfer task must differ from the source task")
-        spec = ExperimentSpec(model=ss["land_w_model"], suite=ss["land_w_suite"], source=int(ss["land_w_source"]),
-                              score=ss["land_w_score"], sparsity=float(ss["land_w_sparsity"]),
-                              images_per_class=int(ss["land_w_ipc"]), finetune=ss["land_w_finetune"],
-                              data_root=root, device=ss["land_w_device"],
-                              checkpoint=checkpoint)
+        spec = ExperimentSpec(
+            model=ss["land_w_model"],
+            suite=ss["land_w_suite"],
+            source=int(ss["land_w_source"]),
+            score=ss["land_w_score"],
+            sparsity=float(ss["land_w_sparsity"]),
+            images_per_class=int(ss["land_w_ipc"]),
+            finetune=ss["land_w_finetune"],
+            data_root=root,
+            device=ss["land_w_device"],
+            checkpoint=checkpoint,
+        )
     except ValueError as exc:
         ss["land_error"] = common.error_record(exc)
         return
     ss["land_error"] = None
-    ss["land_job"] = {"spec": spec, "transfer": int(ss["land_w_transfer"]), "grid": int(ss["land_w_grid"]),
-                      "extent": float(ss["land_w_extent"]), "images": int(ss["land_w_images"])}
+    ss["land_job"] = {
+        "spec": spec,
+        "transfer": int(ss["land_w_transfer"]),
+        "grid": int(ss["land_w_grid"]),
+        "extent": float(ss["land_w_extent"]),
+        "images": int(ss["land_w_images"]),
+    }
 
 
 def _cancel() -> None:
@@ -82,25 +105,56 @@ with st.form("land_form"):
     f1, f2, f3 = st.columns(3)
     with f1:
         st.selectbox("Pruning score", scores.available(), key="land_w_score", format_func=figures.score_label)
-        st.selectbox("Sparsity (% of weights removed)", PAPER_LEVELS, key="land_w_sparsity",
-                     format_func=figures.sparsity_label,
-                     help="The paper: 66.42 % for ResNets, 47.52 % for ViTs.")
-        st.selectbox("Fine-tuning on the source (gives θ̃ₛ*)", common.schedule_choices(allow_off=False),
-                     key="land_w_finetune", format_func=common.schedule_caption)
+        st.selectbox(
+            "Sparsity (% of weights removed)",
+            PAPER_LEVELS,
+            key="land_w_sparsity",
+            format_func=figures.sparsity_label,
+            help="The paper: 66.42 % for ResNets, 47.52 % for ViTs.",
+        )
+        st.selectbox(
+            "Fine-tuning on the source (gives θ̃ₛ*)",
+            common.schedule_choices(allow_off=False),
+            key="land_w_finetune",
+            format_func=common.schedule_caption,
+        )
     with f2:
-        st.select_slider("Grid points per axis", GRIDS, key="land_w_grid",
-                         help="Cost grows with its square: every point is a forward pass over both tasks.")
-        st.slider("Extent (× the largest coordinate of the three points)", 1.1, 3.0, step=0.1, key="land_w_extent")
-        st.number_input("Images per task for each loss value", min_value=5, max_value=500, step=5,
-                        key="land_w_images")
+        st.select_slider(
+            "Grid points per axis",
+            GRIDS,
+            key="land_w_grid",
+            help="Cost grows with its square: every point is a forward pass over both tasks.",
+        )
+        st.slider(
+            "Extent (× the largest coordinate of the three points)", 1.1, 3.0, step=0.1, key="land_w_extent"
+        )
+        st.number_input(
+            "Images per task for each loss value", min_value=5, max_value=500, step=5, key="land_w_images"
+        )
     with f3:
-        st.number_input("Images per class (scores, heads, fine-tuning)", min_value=2, max_value=1000, step=5,
-                        key="land_w_ipc")
-        st.checkbox("Colour by log₁₀ of the loss", key="land_w_log",
-                    help="Losses of pruned weights span decades; a log scale keeps the valley visible.")
-        st.selectbox("Device", ["auto", "cpu", "cuda"], key="land_w_device", help=f"auto uses: {common.device_text()}")
-    st.form_submit_button("Compute landscape", type="primary", on_click=_submit, key="btn_land_run",
-                          disabled=running or not names or len(names) < 2, help="Computing…" if running else None)
+        st.number_input(
+            "Images per class (scores, heads, fine-tuning)",
+            min_value=2,
+            max_value=1000,
+            step=5,
+            key="land_w_ipc",
+        )
+        st.checkbox(
+            "Colour by log₁₀ of the loss",
+            key="land_w_log",
+            help="Losses of pruned weights span decades; a log scale keeps the valley visible.",
+        )
+        st.selectbox(
+            "Device", ["auto", "cpu", "cuda"], key="land_w_device", help=f"auto uses: {common.device_text()}"
+        )
+    st.form_submit_button(
+        "Compute landscape",
+        type="primary",
+        on_click=_submit,
+        key="btn_land_run",
+        disabled=running or not names or len(names) < 2,
+        help="Computing…" if running else None,
+    )
 
 common.show_error(ss["land_error"])
 
@@ -109,12 +163,20 @@ if job is not None:
     from pai_core import landscape
 
     st.button("Cancel", key="btn_land_cancel", on_click=_cancel)
-    st.caption(f"{job['grid']}×{job['grid']} grid, {job['images']} images per task per point. Leaving this page "
-               "pauses the computation; finished stages stay cached.")
+    st.caption(
+        f"{job['grid']}×{job['grid']} grid, {job['images']} images per task per point. Leaving this page "
+        "pauses the computation; finished stages stay cached."
+    )
     panel = common.ProgressPanel(st)
     try:
-        land = landscape.compute(job["spec"], job["transfer"], grid=job["grid"], extent=job["extent"],
-                                 images_per_task=job["images"], progress=panel)
+        land = landscape.compute(
+            job["spec"],
+            job["transfer"],
+            grid=job["grid"],
+            extent=job["extent"],
+            images_per_task=job["images"],
+            progress=panel,
+        )
     except Exception as exc:
         ss["land_error"] = common.error_record(exc)
     else:
@@ -124,9 +186,11 @@ if job is not None:
 
 out = ss["land_output"]
 if out is None:
-    st.info("Choose settings and press **Compute landscape**. On a 2-core CPU the defaults take a few minutes "
-            "(fine-tuning, then one forward pass of both tasks per grid point); a finer grid costs its square. "
-            "Results are cached.")
+    st.info(
+        "Choose settings and press **Compute landscape**. On a 2-core CPU the defaults take a few minutes "
+        "(fine-tuning, then one forward pass of both tasks per grid point); a finer grid costs its square. "
+        "Results are cached."
+    )
     st.stop()
 
 land, spec = out["landscape"], out["job"]["spec"]
@@ -139,16 +203,30 @@ def _figure(key: str, log_scale: bool, _land):
 
 key = f"{spec.to_json()}|{out['job']['transfer']}|{out['job']['grid']}|{out['job']['extent']}|{out['job']['images']}"
 fig = _figure(key, bool(ss["land_w_log"]), land)
-st.caption(f"{spec.model}, {figures.score_label(spec.score)} at {figures.sparsity_label(spec.sparsity)}, "
-           f"fine-tuned with **{common.schedule_caption(spec.finetune, long=True)}**; {spec.images_per_class} images "
-           "per class.")
+st.caption(
+    f"{spec.model}, {figures.score_label(spec.score)} at {figures.sparsity_label(spec.sparsity)}, "
+    f"fine-tuned with **{common.schedule_caption(spec.finetune, long=True)}**; {spec.images_per_class} images "
+    "per class."
+)
 st.plotly_chart(fig, key="land_fig")
-st.caption("Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source); "
-           "the arrow is fine-tuning. " + figures.landscape_note(land) + " PNG: camera icon in the figure's toolbar.")
-st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(fig), file_name="fig4_landscape.html",
-                   mime="text/html", on_click="ignore", key="btn_land_html")
+st.caption(
+    "Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source); "
+    "the arrow is fine-tuning. " + figures.landscape_note(land) + " PNG: camera icon in the figure's toolbar."
+)
+st.download_button(
+    "Download figure (HTML)",
+    data=lambda: figures.figure_html(fig),
+    file_name="fig4_landscape.html",
+    mime="text/html",
+    on_click="ignore",
+    key="btn_land_html",
+)
 pl = getattr(land, "point_losses", None) or {}
 if pl:
-    st.dataframe([{"point": k, "source loss": v[0], "transfer loss": v[1]} for k, v in pl.items()], hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("source loss",
-                                                                                          "transfer loss")})
+    st.dataframe(
+        [{"point": k, "source loss": v[0], "transfer loss": v[1]} for k, v in pl.items()],
+        hide_index=True,
+        column_config={
+            c: st.column_config.NumberColumn(format="%.4f") for c in ("source loss", "transfer loss")
+        },
+    )

@@ -15,13 +15,17 @@ common.page_defaults({})
 ss = st.session_state
 
 st.title("Results")
-st.markdown("Every run that finished on this machine (from the Prune page, the command line or a sweep), read from "
-            "the results store in the cache folder.")
+st.markdown(
+    "Every run that finished on this machine (from the Prune page, the command line or a sweep), read from "
+    "the results store in the cache folder."
+)
 
 results = common.all_results(common.results_signature())
 if not results:
-    st.info("No finished runs yet. Run one on the **Prune & evaluate** page (in the sidebar), with "
-            "`python -m pai_core run`, or with a sweep.")
+    st.info(
+        "No finished runs yet. Run one on the **Prune & evaluate** page (in the sidebar), with "
+        "`python -m pai_core run`, or with a sweep."
+    )
     st.stop()
 
 
@@ -49,23 +53,45 @@ view = frame[mask]
 chosen = [r for r, keep in zip(results, mask.tolist(), strict=True) if keep]
 
 st.subheader(f"Runs ({len(view)} of {len(frame)})")
-pct_cols = ["source_dense", "source_zero_shot", "source_finetuned", "transfer_dense", "transfer_zero_shot",
-            "transfer_finetuned"]
+pct_cols = [
+    "source_dense",
+    "source_zero_shot",
+    "source_finetuned",
+    "transfer_dense",
+    "transfer_zero_shot",
+    "transfer_finetuned",
+]
 st.dataframe(
-    view.drop(columns=["key", "sparsity"]), hide_index=True, width="stretch",
+    view.drop(columns=["key", "sparsity"]),
+    hide_index=True,
+    width="stretch",
     column_config={
         **{c: st.column_config.NumberColumn(c.replace("_", " ") + " (%)", format="%.1f") for c in pct_cols},
         "sparsity (%)": st.column_config.NumberColumn(format="%.2f"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     },
 )
-st.caption("Click a column header to sort. Accuracies in %; 'seconds' is the run's compute time (0 for stages read "
-           "from the cache).")
+st.caption(
+    "Click a column header to sort. Accuracies in %; 'seconds' is the run's compute time (0 for stages read "
+    "from the cache)."
+)
 d1, d2, _ = st.columns([1, 1, 3])
-d1.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(), file_name="pai_results.csv",
-                   mime="text/csv", on_click="ignore", key="btn_results_csv")
-d2.download_button("Download runs (JSON)", data=lambda: common.results_json(chosen), file_name="pai_results.json",
-                   mime="application/json", on_click="ignore", key="btn_results_json")
+d1.download_button(
+    "Download table (CSV)",
+    data=view.to_csv(index=False).encode(),
+    file_name="pai_results.csv",
+    mime="text/csv",
+    on_click="ignore",
+    key="btn_results_csv",
+)
+d2.download_button(
+    "Download runs (JSON)",
+    data=lambda: common.results_json(chosen),
+    file_name="pai_results.json",
+    mime="application/json",
+    on_click="ignore",
+    key="btn_results_json",
+)
 
 # -- Fig. 3 across models ------------------------------------------------------------------------
 st.subheader("Fig. 3 across models")
@@ -77,8 +103,9 @@ labels = list(groups)
 if len(labels) > 1:
     if ss.get("results_w_setting") not in labels:
         ss["results_w_setting"] = labels[0]
-    pick = st.selectbox("Runs with these settings (one panel compares like with like)", labels,
-                        key="results_w_setting")
+    pick = st.selectbox(
+        "Runs with these settings (one panel compares like with like)", labels, key="results_w_setting"
+    )
 else:
     pick = labels[0]
 sel = groups[pick]
@@ -96,15 +123,25 @@ except ValueError as exc:
 else:
     n_src = len({r.spec.source for r in sel})
     st.plotly_chart(fig, key="results_fig3")
-    st.caption(f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
-               "sources). PNG: camera icon in the toolbar.")
-    st.download_button("Download figure (HTML)", data=lambda: figures.figure_html(fig), file_name="fig3_grid.html",
-                       mime="text/html", on_click="ignore", key="btn_results_fig_html")
+    st.caption(
+        f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
+        "sources). PNG: camera icon in the toolbar."
+    )
+    st.download_button(
+        "Download figure (HTML)",
+        data=lambda: figures.figure_html(fig),
+        file_name="fig3_grid.html",
+        mime="text/html",
+        on_click="ignore",
+        key="btn_results_fig_html",
+    )
 
 # -- masks of one run ----------------------------------------------------------------------------
 st.subheader("Masks of a run")
-st.caption("The keep-masks (1 = weight kept) of every pruned layer, bit-packed, as a safetensors file; the run's spec "
-           "is in the file's metadata.")
+st.caption(
+    "The keep-masks (1 = weight kept) of every pruned layer, bit-packed, as a safetensors file; the run's spec "
+    "is in the file's metadata."
+)
 run_labels = {r.spec.key(): figures.run_label(r.spec, [t.task for t in r.tasks]) for r in chosen}
 run_key = st.selectbox("Run", list(run_labels), format_func=run_labels.get, key="results_w_mask_run")
 blob = ss["results_masks"]
@@ -117,6 +154,11 @@ if st.button("Prepare masks file", key="btn_results_masks"):
     except Exception as exc:
         common.show_error(exc)
 if blob is not None and blob["key"] == run_key:
-    st.download_button(f"Download masks ({len(blob['bytes']) / 2**20:.2f} MB)", data=blob["bytes"],
-                       file_name=blob["name"], mime="application/octet-stream", on_click="ignore",
-                       key="btn_results_masks_dl")
+    st.download_button(
+        f"Download masks ({len(blob['bytes']) / 2**20:.2f} MB)",
+        data=blob["bytes"],
+        file_name=blob["name"],
+        mime="application/octet-stream",
+        on_click="ignore",
+        key="btn_results_masks_dl",
+    )

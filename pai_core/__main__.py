@@ -34,7 +34,9 @@ class _Bar:
         width = 28
         fill = int(width * done / max(total, 1))
         end = "\n" if done >= total else ""
-        self.stream.write(f"\r[{stage:>10}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} {message[:60]:<60}{end}")
+        self.stream.write(
+            f"\r[{stage:>10}] |{'#' * fill}{'.' * (width - fill)}| {done}/{total} {message[:60]:<60}{end}"
+        )
         self.stream.flush()
 
 
@@ -42,11 +44,18 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=models.DEFAULT_MODEL, help=f"encoder ({', '.join(models.available())})")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for the encoder (works offline)")
     p.add_argument("--suite", default="digits", help=f"task suite ({', '.join(tasks.available())})")
-    p.add_argument("--data-root", default=None, help="data folder for suites that read one (e.g. ImageNet val)")
+    p.add_argument(
+        "--data-root", default=None, help="data folder for suites that read one (e.g. ImageNet val)"
+    )
     p.add_argument("--images-per-class", type=int, default=50, help="data subset per class (paper: 50)")
-    p.add_argument("--holdout", action="store_true",
-                   help="fit heads on one half, evaluate on the other (deviation from the paper)")
-    p.add_argument("--image-size", type=int, default=None, help="encoder input size (default: suite's/model's)")
+    p.add_argument(
+        "--holdout",
+        action="store_true",
+        help="fit heads on one half, evaluate on the other (deviation from the paper)",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="encoder input size (default: suite's/model's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
 
@@ -65,20 +74,32 @@ def _cmd_models(args) -> int:
 def _cmd_suites(args) -> int:
     for name in tasks.available():
         i = tasks.info(name)
-        print(f"{name:24} {'offline' if i.offline else 'needs data':10} {i.description}\n{'':35}needs: {i.needs}")
+        print(
+            f"{name:24} {'offline' if i.offline else 'needs data':10} {i.description}\n{'':35}needs: {i.needs}"
+        )
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    spec = experiment.ExperimentSpec(model=args.model, suite=args.suite, images_per_class=args.images_per_class,
-                                     holdout=args.holdout, seed=args.seed, image_size=args.image_size,
-                                     data_root=args.data_root, checkpoint=args.checkpoint, device=args.device)
+    spec = experiment.ExperimentSpec(
+        model=args.model,
+        suite=args.suite,
+        images_per_class=args.images_per_class,
+        holdout=args.holdout,
+        seed=args.seed,
+        image_size=args.image_size,
+        data_root=args.data_root,
+        checkpoint=args.checkpoint,
+        device=args.device,
+    )
     bar = _Bar()
     enc = experiment.get_encoder(spec.model, spec.checkpoint)
     suite = experiment.get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
     device = pick_device(spec.device)
-    print(f"model {enc.name} ({enc.weights_id}), suite {suite.name}, device {device_label(device)}"
-          f"{', held-out split' if spec.holdout else ', fit = evaluate images (as the paper)'}")
+    print(
+        f"model {enc.name} ({enc.weights_id}), suite {suite.name}, device {device_label(device)}"
+        f"{', held-out split' if spec.holdout else ', fit = evaluate images (as the paper)'}"
+    )
     heads = experiment.get_heads(spec, enc, suite, device, lambda *a: bar("features", *a))
     accs = heads.dense
     print(f"{'task':28} {'images':>6} {'dense acc %':>11}")
@@ -100,16 +121,22 @@ def _parse_sparsities(text: str) -> list[float]:
 
 def _print_result(res: experiment.ExperimentResult) -> None:
     s = res.spec
-    print(f"\n{s.model} / {s.suite} / source {s.source} / {s.score} / sparsity {100 * s.sparsity:.2f}%"
-          f" / fine-tuning: {res.schedule or 'off'}{' (cached)' if res.cached else ''}")
+    print(
+        f"\n{s.model} / {s.suite} / source {s.source} / {s.score} / sparsity {100 * s.sparsity:.2f}%"
+        f" / fine-tuning: {res.schedule or 'off'}{' (cached)' if res.cached else ''}"
+    )
     print(f"{'task':28} {'role':9} {'dense':>7} {'zero-shot':>9} {'fine-tuned':>10}")
     for t in res.tasks:
         print(f"{t.task:28} {t.role:9} {_fmt(t.dense):>7} {_fmt(t.zero_shot):>9} {_fmt(t.finetuned):>10}")
     m = res.summary()
-    print(f"{'mean source':38} {_fmt(m['source_dense']):>7} {_fmt(m['source_zero_shot']):>9} "
-          f"{_fmt(m['source_finetuned']):>10}")
-    print(f"{'mean transfer':38} {_fmt(m['transfer_dense']):>7} {_fmt(m['transfer_zero_shot']):>9} "
-          f"{_fmt(m['transfer_finetuned']):>10}")
+    print(
+        f"{'mean source':38} {_fmt(m['source_dense']):>7} {_fmt(m['source_zero_shot']):>9} "
+        f"{_fmt(m['source_finetuned']):>10}"
+    )
+    print(
+        f"{'mean transfer':38} {_fmt(m['transfer_dense']):>7} {_fmt(m['transfer_zero_shot']):>9} "
+        f"{_fmt(m['transfer_finetuned']):>10}"
+    )
     for note in res.notes:
         print(f"note: {note}")
 
@@ -117,10 +144,22 @@ def _print_result(res: experiment.ExperimentResult) -> None:
 def _cmd_run(args) -> int:
     opts = dict(json.loads(args.score_options)) if args.score_options else {}
     base = experiment.ExperimentSpec(
-        model=args.model, suite=args.suite, source=args.source, score=args.score, score_options=opts,
-        images_per_class=args.images_per_class, finetune=args.finetune, holdout=args.holdout, seed=args.seed,
-        image_size=args.image_size, data_root=args.data_root, checkpoint=args.checkpoint, device=args.device,
-        mask_scope=args.mask_scope, loss=args.loss)
+        model=args.model,
+        suite=args.suite,
+        source=args.source,
+        score=args.score,
+        score_options=opts,
+        images_per_class=args.images_per_class,
+        finetune=args.finetune,
+        holdout=args.holdout,
+        seed=args.seed,
+        image_size=args.image_size,
+        data_root=args.data_root,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        mask_scope=args.mask_scope,
+        loss=args.loss,
+    )
     bar = _Bar()
     results = []
     for q in _parse_sparsities(args.sparsity):
@@ -130,8 +169,10 @@ def _cmd_run(args) -> int:
             for r in runs:
                 _print_result(r)
             avg = experiment.average_over_sources(runs)
-            print(f"\naverage over {len(runs)} sources at {100 * q:.2f}%: "
-                  + ", ".join(f"{k} {_fmt(v).strip()}" for k, v in avg.items()))
+            print(
+                f"\naverage over {len(runs)} sources at {100 * q:.2f}%: "
+                + ", ".join(f"{k} {_fmt(v).strip()}" for k, v in avg.items())
+            )
             results += runs
         else:
             res = experiment.run(spec, bar)
@@ -146,10 +187,19 @@ def _cmd_run(args) -> int:
 def _cmd_landscape(args) -> int:
     from . import landscape
 
-    spec = experiment.ExperimentSpec(model=args.model, suite=args.suite, source=args.source, score=args.score,
-                                     sparsity=_parse_sparsities(args.sparsity)[0], finetune=args.finetune,
-                                     images_per_class=args.images_per_class, seed=args.seed,
-                                     data_root=args.data_root, checkpoint=args.checkpoint, device=args.device)
+    spec = experiment.ExperimentSpec(
+        model=args.model,
+        suite=args.suite,
+        source=args.source,
+        score=args.score,
+        sparsity=_parse_sparsities(args.sparsity)[0],
+        finetune=args.finetune,
+        images_per_class=args.images_per_class,
+        seed=args.seed,
+        data_root=args.data_root,
+        checkpoint=args.checkpoint,
+        device=args.device,
+    )
     ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
     print(f"PCA plane: explained variance {ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}")
     for label, (x, y) in ls.points.items():
@@ -169,17 +219,26 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_args(p)
     p.set_defaults(fn=_cmd_evaluate)
 
-    p = sub.add_parser("run", help="prune on a source task, evaluate zero-shot (and fine-tuned) on every task")
+    p = sub.add_parser(
+        "run", help="prune on a source task, evaluate zero-shot (and fine-tuned) on every task"
+    )
     _add_data_args(p)
     p.add_argument("--source", type=int, default=0, help="index of the source task")
-    p.add_argument("--all-sources", action="store_true", help="each task the source once (the paper's average)")
+    p.add_argument(
+        "--all-sources", action="store_true", help="each task the source once (the paper's average)"
+    )
     p.add_argument("--score", default="magnitude", help=f"pruning score ({', '.join(scores.available())})")
-    p.add_argument("--score-options", default=None, help='JSON, e.g. \'{"probes": 20}\'')
+    p.add_argument("--score-options", default=None, help="JSON, e.g. '{\"probes\": 20}'")
     p.add_argument("--sparsity", default="0.5904", help="fraction or percent, comma-separated, or 'paper'")
     p.add_argument("--mask-scope", default="global", choices=["global", "layerwise"])
     p.add_argument("--loss", default="mse", choices=["mse", "ce"])
-    p.add_argument("--finetune", nargs="?", const="short", default=None,
-                   help="fine-tune on the source: schedule paper|short|smoke (flag alone: short)")
+    p.add_argument(
+        "--finetune",
+        nargs="?",
+        const="short",
+        default=None,
+        help="fine-tune on the source: schedule paper|short|smoke (flag alone: short)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(fn=_cmd_run)
 

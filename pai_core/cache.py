@@ -197,8 +197,13 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _cached(path: Path, load: Callable[[Path], Any], save: Callable[[Path, Any], None],
-            compute: Callable[[], Any], enabled: bool) -> Any:
+def _cached(
+    path: Path,
+    load: Callable[[Path], Any],
+    save: Callable[[Path, Any], None],
+    compute: Callable[[], Any],
+    enabled: bool,
+) -> Any:
     if not enabled:
         return compute()
 
@@ -225,8 +230,9 @@ def _cached(path: Path, load: Callable[[Path], Any], save: Callable[[Path, Any],
         return value
 
 
-def cached_tensors(kind: str, spec: Any, compute: Callable[[], dict[str, torch.Tensor]],
-                   *, enabled: bool = True) -> dict[str, torch.Tensor]:
+def cached_tensors(
+    kind: str, spec: Any, compute: Callable[[], dict[str, torch.Tensor]], *, enabled: bool = True
+) -> dict[str, torch.Tensor]:
     """Return the tensors for ``spec`` from the cache, computing and storing them on a miss."""
     path = cache_dir() / kind / f"{spec_key(kind, spec)}.safetensors"
     return _cached(

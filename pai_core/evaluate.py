@@ -60,9 +60,17 @@ class Heads:
         return lin
 
 
-def fit_heads(encoder: Encoder, suite: TaskSuite, *, alpha: float = 1.0, holdout: bool = False, seed: int = 0,
-              image_size: int | None = None, device: torch.device | str = "cpu",
-              progress: Progress | None = None) -> Heads:
+def fit_heads(
+    encoder: Encoder,
+    suite: TaskSuite,
+    *,
+    alpha: float = 1.0,
+    holdout: bool = False,
+    seed: int = 0,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> Heads:
     """Fit ξ_k on the dense encoder's features for every task k (Eq. 7)."""
     xis, dense = [], []
     for k, task in enumerate(suite.tasks):
@@ -73,9 +81,18 @@ def fit_heads(encoder: Encoder, suite: TaskSuite, *, alpha: float = 1.0, holdout
     return Heads(xis, holdout, seed, alpha, dense)
 
 
-def evaluate(model: nn.Module, encoder: Encoder, suite: TaskSuite, heads: Heads, *,
-             image_size: int | None = None, device: torch.device | str = "cpu", batch_size: int = 64,
-             progress: Progress | None = None, tasks: list[int] | None = None) -> list[float]:
+def evaluate(
+    model: nn.Module,
+    encoder: Encoder,
+    suite: TaskSuite,
+    heads: Heads,
+    *,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    tasks: list[int] | None = None,
+) -> list[float]:
     """Accuracy of ``model`` (an encoder φ, possibly pruned) with the frozen heads on each task.
 
     Args:
@@ -93,14 +110,27 @@ def evaluate(model: nn.Module, encoder: Encoder, suite: TaskSuite, heads: Heads,
     for k in tasks if tasks is not None else range(len(suite.tasks)):
         x, y = task_inputs(suite.tasks[k], encoder, image_size, progress)
         _, eval_idx = split_indices(y, heads.holdout, heads.seed)
-        phi = extract(model, x[eval_idx], batch_size=batch_size, device=device, progress=progress,
-                      message=f"evaluating on {suite.tasks[k].name}")
+        phi = extract(
+            model,
+            x[eval_idx],
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            message=f"evaluating on {suite.tasks[k].name}",
+        )
         accs.append(ridge.accuracy(phi, y[eval_idx], heads.xi[k]))
     return accs
 
 
-def evaluate_dense(encoder: Encoder, suite: TaskSuite, heads: Heads, *, image_size: int | None = None,
-                   device: torch.device | str = "cpu", progress: Progress | None = None) -> list[float]:
+def evaluate_dense(
+    encoder: Encoder,
+    suite: TaskSuite,
+    heads: Heads,
+    *,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> list[float]:
     """Dense accuracy per task from the cached dense features (no forward pass on a cache hit)."""
     accs = []
     for k in range(len(suite.tasks)):

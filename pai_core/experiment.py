@@ -194,8 +194,11 @@ class ExperimentResult:
 
     def summary(self) -> dict[str, float | None]:
         """The six means (source/transfer × dense/zero-shot/fine-tuned)."""
-        return {f"{role}_{kind}": self._mean(role, kind) for role in ("source", "transfer")
-                for kind in ("dense", "zero_shot", "finetuned")}
+        return {
+            f"{role}_{kind}": self._mean(role, kind)
+            for role in ("source", "transfer")
+            for kind in ("dense", "zero_shot", "finetuned")
+        }
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -229,7 +232,9 @@ def get_encoder(name: str, checkpoint: str | None = None) -> Encoder:
     return _ENCODERS[key]
 
 
-def get_suite(name: str, data_root: str | None = None, images_per_class: int | None = 50, seed: int = 0) -> TaskSuite:
+def get_suite(
+    name: str, data_root: str | None = None, images_per_class: int | None = 50, seed: int = 0
+) -> TaskSuite:
     """Build (once per process) a task suite."""
     key = (name, data_root, images_per_class, seed)
     if key not in _SUITES:
@@ -244,8 +249,15 @@ def _image_size(spec: ExperimentSpec, suite: TaskSuite) -> int | None:
 
 
 def _data_spec(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite) -> dict:
-    return {"model": spec.model, "weights": enc.weights_id, "data": suite.identity(),
-            "image_size": _image_size(spec, suite), "holdout": spec.holdout, "alpha": spec.alpha, "seed": spec.seed}
+    return {
+        "model": spec.model,
+        "weights": enc.weights_id,
+        "data": suite.identity(),
+        "image_size": _image_size(spec, suite),
+        "holdout": spec.holdout,
+        "alpha": spec.alpha,
+        "seed": spec.seed,
+    }
 
 
 def get_heads(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, device, progress=None) -> Heads:
@@ -253,13 +265,29 @@ def get_heads(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, device, prog
     key = {**_data_spec(spec, enc, suite)}
 
     def compute() -> dict[str, Tensor]:
-        h = fit_heads(enc, suite, alpha=spec.alpha, holdout=spec.holdout, seed=spec.seed,
-                      image_size=_image_size(spec, suite), device=device, progress=progress)
-        return {**{str(k): xi for k, xi in enumerate(h.xi)}, "dense": torch.tensor(h.dense, dtype=torch.float64)}
+        h = fit_heads(
+            enc,
+            suite,
+            alpha=spec.alpha,
+            holdout=spec.holdout,
+            seed=spec.seed,
+            image_size=_image_size(spec, suite),
+            device=device,
+            progress=progress,
+        )
+        return {
+            **{str(k): xi for k, xi in enumerate(h.xi)},
+            "dense": torch.tensor(h.dense, dtype=torch.float64),
+        }
 
     xi = cache.cached_tensors("heads", key, compute)
-    return Heads([xi[str(k)] for k in range(len(suite.tasks))], spec.holdout, spec.seed, spec.alpha,
-                 xi["dense"].tolist())
+    return Heads(
+        [xi[str(k)] for k in range(len(suite.tasks))],
+        spec.holdout,
+        spec.seed,
+        spec.alpha,
+        xi["dense"].tolist(),
+    )
 
 
 class _EncoderWithHead(nn.Module):
@@ -278,7 +306,10 @@ def _scored_names(model: nn.Module) -> list[str]:
     """Every weight of a Conv or Linear layer of the encoder (the paper prunes W, never ξ)."""
     names = []
     for mname, mod in model.named_modules():
-        if isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) and getattr(mod, "weight", None) is not None:
+        if (
+            isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
+            and getattr(mod, "weight", None) is not None
+        ):
             names.append(f"{mname}.weight" if mname else "weight")
     return names
 
@@ -287,16 +318,22 @@ def _source_batches(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, batch_
     x, y = task_inputs(suite.tasks[spec.source], enc, _image_size(spec, suite))
     fit_idx, _ = split_indices(y, spec.holdout, spec.seed)
     x, y = x[fit_idx], y[fit_idx]
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def _score_spec(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite) -> dict:
-    return {**_data_spec(spec, enc, suite), "source": spec.source, "score": spec.score,
-            "options": list(spec.score_options), "loss": spec.loss}
+    return {
+        **_data_spec(spec, enc, suite),
+        "source": spec.source,
+        "score": spec.score,
+        "options": list(spec.score_options),
+        "loss": spec.loss,
+    }
 
 
-def get_scores(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, device,
-               progress=None) -> dict[str, Tensor]:
+def get_scores(
+    spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, device, progress=None
+) -> dict[str, Tensor]:
     """Scores of the encoder's weights on the source task (cached; independent of the sparsity)."""
 
     def compute() -> dict[str, Tensor]:
@@ -306,14 +343,17 @@ def get_scores(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Head
         opts = dict(spec.score_options)
         if spec.score in ("random", "hutchinson"):
             opts.setdefault("seed", spec.seed)
-        out = scores.compute(spec.score, model, batches, params=names, loss=spec.loss, progress=progress, **opts)
+        out = scores.compute(
+            spec.score, model, batches, params=names, loss=spec.loss, progress=progress, **opts
+        )
         return {k.removeprefix("encoder."): v.detach().float().cpu() for k, v in out.items()}
 
     return masks.cached_scores(_score_spec(spec, enc, suite), compute)
 
 
-def get_masks(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, device,
-              progress=None) -> dict[str, Tensor]:
+def get_masks(
+    spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, device, progress=None
+) -> dict[str, Tensor]:
     """Keep-masks of the encoder's scored weights at the spec's sparsity (cached)."""
     mspec = {**_score_spec(spec, enc, suite), "sparsity": spec.sparsity, "scope": spec.mask_scope}
 
@@ -327,11 +367,22 @@ def get_masks(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads
     return masks.cached_masks(mspec, compute)
 
 
-def get_finetuned(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, mask: dict[str, Tensor],
-                  device, progress=None) -> tuple[dict[str, Tensor], dict]:
+def get_finetuned(
+    spec: ExperimentSpec,
+    enc: Encoder,
+    suite: TaskSuite,
+    heads: Heads,
+    mask: dict[str, Tensor],
+    device,
+    progress=None,
+) -> tuple[dict[str, Tensor], dict]:
     """State dict of the pruned encoder after fine-tuning on the source task (cached) and its log."""
-    fspec = {**_score_spec(spec, enc, suite), "sparsity": spec.sparsity, "scope": spec.mask_scope,
-             "finetune": dataclasses.asdict(schedule(spec.finetune))}
+    fspec = {
+        **_score_spec(spec, enc, suite),
+        "sparsity": spec.sparsity,
+        "scope": spec.mask_scope,
+        "finetune": dataclasses.asdict(schedule(spec.finetune)),
+    }
     log: dict = {}
 
     def compute() -> dict[str, Tensor]:
@@ -339,8 +390,20 @@ def get_finetuned(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: H
         masks.prune_(model, mask)
         x, y = task_inputs(suite.tasks[spec.source], enc, _image_size(spec, suite))
         fit_idx, _ = split_indices(y, spec.holdout, spec.seed)
-        log.update(finetune(model, heads.module(spec.source), x[fit_idx], y[fit_idx], mask, schedule(spec.finetune),
-                            model_name=spec.model, device=device, seed=spec.seed, progress=progress))
+        log.update(
+            finetune(
+                model,
+                heads.module(spec.source),
+                x[fit_idx],
+                y[fit_idx],
+                mask,
+                schedule(spec.finetune),
+                model_name=spec.model,
+                device=device,
+                seed=spec.seed,
+                progress=progress,
+            )
+        )
         state = dict(model.state_dict())
         state["__log__"] = torch.tensor(list(json.dumps(log).encode()), dtype=torch.uint8)
         return state
@@ -356,7 +419,9 @@ def get_finetuned(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: H
 # ----------------------------------------------------------------------------- run
 
 
-def run(spec: ExperimentSpec, progress: StageProgress | None = None, *, use_cache: bool = True) -> ExperimentResult:
+def run(
+    spec: ExperimentSpec, progress: StageProgress | None = None, *, use_cache: bool = True
+) -> ExperimentResult:
     """Run one experiment (every stage cached; see the module docstring).
 
     Args:
@@ -372,6 +437,7 @@ def run(spec: ExperimentSpec, progress: StageProgress | None = None, *, use_cach
         pai_core.models.ModelUnavailable: The encoder's weights cannot be had.
         pai_core.tasks.DataError: The suite's data is missing or unusable.
     """
+
     def quiet(stage: str, done: int, total: int, message: str) -> None:
         pass
 
@@ -427,10 +493,14 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
     enc = get_encoder(spec.model, spec.checkpoint)
     suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
     if not 0 <= spec.source < len(suite.tasks):
-        raise ValueError(f"source task {spec.source} out of range: suite {spec.suite!r} has {len(suite.tasks)} tasks")
+        raise ValueError(
+            f"source task {spec.source} out of range: suite {spec.suite!r} has {len(suite.tasks)} tasks"
+        )
     if spec.score == "px" and enc.family == "vit":
-        raise ValueError("PX is defined for CNNs only: its path-kernel argument assumes the NTK regime, which "
-                         "self-attention breaks (the paper skips PX on ViTs); choose another score")
+        raise ValueError(
+            "PX is defined for CNNs only: its path-kernel argument assumes the NTK regime, which "
+            "self-attention breaks (the paper skips PX on ViTs); choose another score"
+        )
     progress("data", 1, 1, "data ready")
     tick("load")
 
@@ -445,8 +515,15 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
 
     pruned = enc.copy().model
     masks.prune_(pruned, mask)
-    zs = evaluate(pruned, enc, suite, heads, image_size=_image_size(spec, suite), device=device,
-                  progress=stage("zero-shot"))
+    zs = evaluate(
+        pruned,
+        enc,
+        suite,
+        heads,
+        image_size=_image_size(spec, suite),
+        device=device,
+        progress=stage("zero-shot"),
+    )
     tick("zero-shot")
 
     ft_accs: list[float | None] = [None] * len(suite.tasks)
@@ -456,26 +533,53 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
         tick("fine-tune")
         tuned = enc.copy().model
         tuned.load_state_dict(state)
-        ft_accs = evaluate(tuned, enc, suite, heads, image_size=_image_size(spec, suite), device=device,
-                           progress=stage("evaluate"))
+        ft_accs = evaluate(
+            tuned,
+            enc,
+            suite,
+            heads,
+            image_size=_image_size(spec, suite),
+            device=device,
+            progress=stage("evaluate"),
+        )
         tick("evaluate")
 
-    tasks = [TaskResult(task=t.name, role="source" if k == spec.source else "transfer", dense=dense[k],
-                        zero_shot=zs[k], finetuned=ft_accs[k]) for k, t in enumerate(suite.tasks)]
+    tasks = [
+        TaskResult(
+            task=t.name,
+            role="source" if k == spec.source else "transfer",
+            dense=dense[k],
+            zero_shot=zs[k],
+            finetuned=ft_accs[k],
+        )
+        for k, t in enumerate(suite.tasks)
+    ]
     notes = list(suite.notes)
     if collapsed:
         notes.append(f"layer collapse: {len(collapsed)} layer(s) lost every weight, e.g. {collapsed[:3]}")
     if suite.skipped:
         notes.append(f"{suite.skipped} unreadable image file(s) skipped")
     if spec.holdout:
-        notes.append("held-out split: heads fitted on one half, evaluated on the other (deviation from the paper)")
+        notes.append(
+            "held-out split: heads fitted on one half, evaluated on the other (deviation from the paper)"
+        )
     if ft_log:
         notes += ft_log.get("notes", [])
-    res = ExperimentResult(spec=spec, tasks=tasks, schedule=spec.finetune, timings=timings, layer_report=report,
-                           collapsed_layers=collapsed, finetune_log=ft_log, notes=notes, device=str(device))
+    res = ExperimentResult(
+        spec=spec,
+        tasks=tasks,
+        schedule=spec.finetune,
+        timings=timings,
+        layer_report=report,
+        collapsed_layers=collapsed,
+        finetune_log=ft_log,
+        notes=notes,
+        device=str(device),
+    )
     cache.save_json(path, res.to_dict())
     try:  # the results store only indexes finished runs: a store problem must never fail a run
         from .store import record_run  # here, not at the top: store imports experiment lazily too
+
         record_run(res)
     except Exception as exc:
         warnings.warn(f"result not recorded in the results store: {exc}", stacklevel=2)

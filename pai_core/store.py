@@ -66,8 +66,14 @@ __all__ = [
 STORE_VERSION = 1
 
 #: The six means of :meth:`ExperimentResult.summary`, one column each.
-SUMMARY_COLUMNS = ("source_dense", "source_zero_shot", "source_finetuned",
-                   "transfer_dense", "transfer_zero_shot", "transfer_finetuned")
+SUMMARY_COLUMNS = (
+    "source_dense",
+    "source_zero_shot",
+    "source_finetuned",
+    "transfer_dense",
+    "transfer_zero_shot",
+    "transfer_finetuned",
+)
 
 #: Spec fields copied into their own columns, so the file is queryable with plain ``sqlite3`` too.
 _SPEC_COLUMNS = ("model", "suite", "source", "score", "sparsity", "finetune", "seed", "images_per_class")
@@ -110,7 +116,9 @@ def default_path() -> Path:
     return Path(env) if env else cache.cache_dir() / "results.sqlite"
 
 
-_SUPPRESSED: contextvars.ContextVar[bool] = contextvars.ContextVar("pai_store_autorecord_suppressed", default=False)
+_SUPPRESSED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pai_store_autorecord_suppressed", default=False
+)
 
 
 def autorecord_enabled() -> bool:
@@ -202,8 +210,11 @@ class ResultsStore:
             if version not in (0, STORE_VERSION):
                 # Rows of an older layout are only an index of the result cache: drop them;
                 # a sweep re-run re-records every finished spec from cache hits in seconds.
-                warnings.warn(f"{self.path}: results store layout {version} is older than {STORE_VERSION}; "
-                              "starting a fresh table (re-run sweeps to refill it from the cache)", stacklevel=3)
+                warnings.warn(
+                    f"{self.path}: results store layout {version} is older than {STORE_VERSION}; "
+                    "starting a fresh table (re-run sweeps to refill it from the cache)",
+                    stacklevel=3,
+                )
                 con.execute("DROP TABLE IF EXISTS results")
                 con.execute("DROP TABLE IF EXISTS failures")
             for stmt in _SCHEMA.split(";"):
@@ -254,7 +265,9 @@ class ResultsStore:
             con.execute("DELETE FROM failures WHERE key = ?", (key,))
         return key
 
-    def record_failure(self, spec: ExperimentSpec, error: BaseException | str, *, host: str | None = None) -> None:
+    def record_failure(
+        self, spec: ExperimentSpec, error: BaseException | str, *, host: str | None = None
+    ) -> None:
         """Note that a spec failed (kept until it succeeds; counts attempts).
 
         Args:
@@ -273,7 +286,8 @@ class ResultsStore:
                 "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET error = excluded.error, "
                 "traceback = excluded.traceback, attempts = attempts + 1, host = excluded.host, "
                 "failed_at = excluded.failed_at",
-                (spec.key(), _dumps(_spec_dict(spec)), msg, tb, host or socket.gethostname(), _now()))
+                (spec.key(), _dumps(_spec_dict(spec)), msg, tb, host or socket.gethostname(), _now()),
+            )
 
     def delete(self, keys: Sequence[str]) -> int:
         """Forget rows (e.g. to force a re-run). Returns how many were removed."""
@@ -315,19 +329,33 @@ class ResultsStore:
         with self._connect() as con:
             rows = con.execute(
                 f"SELECT key, spec_json, {', '.join(SUMMARY_COLUMNS)}, tasks_json, timings_json, elapsed, "
-                "device, schedule, host, finished_at FROM results").fetchall()
+                "device, schedule, host, finished_at FROM results"
+            ).fetchall()
         records = []
         for key, spec_json, *rest in rows:
             spec = json.loads(spec_json)
             spec["score_options"] = _dumps(spec.get("score_options", []))  # hashable, filterable
             means = dict(zip(SUMMARY_COLUMNS, rest[: len(SUMMARY_COLUMNS)]))
-            tasks_json, timings_json, elapsed, device, schedule, host, finished_at = rest[len(SUMMARY_COLUMNS):]
+            tasks_json, timings_json, elapsed, device, schedule, host, finished_at = rest[
+                len(SUMMARY_COLUMNS) :
+            ]
             # "device" is the spec's request ("auto") in spec_json and where it ran in the row;
             # the frame keeps the latter, which is what a reader of timings wants.
             spec.pop("device", None)
-            records.append({"key": key, **spec, **means, "tasks": tasks_json, "timings": timings_json,
-                            "elapsed": elapsed, "device": device, "schedule": schedule, "host": host,
-                            "finished_at": finished_at})
+            records.append(
+                {
+                    "key": key,
+                    **spec,
+                    **means,
+                    "tasks": tasks_json,
+                    "timings": timings_json,
+                    "elapsed": elapsed,
+                    "device": device,
+                    "schedule": schedule,
+                    "host": host,
+                    "finished_at": finished_at,
+                }
+            )
         df = pd.DataFrame.from_records(records, columns=self._columns())
         for name, want in filters.items():
             if name not in df.columns:
@@ -352,8 +380,18 @@ class ResultsStore:
         from .experiment import ExperimentSpec
 
         spec_cols = [f.name for f in fields(ExperimentSpec) if f.name != "device"]
-        return ["key", *spec_cols, *SUMMARY_COLUMNS, "tasks", "timings", "elapsed", "device", "schedule", "host",
-                "finished_at"]
+        return [
+            "key",
+            *spec_cols,
+            *SUMMARY_COLUMNS,
+            "tasks",
+            "timings",
+            "elapsed",
+            "device",
+            "schedule",
+            "host",
+            "finished_at",
+        ]
 
     def results(self, **filters: Any) -> list[ExperimentResult]:
         """Full results (per-task accuracies, layer report, notes…), same filters and order as :meth:`frame`."""
@@ -368,12 +406,25 @@ class ResultsStore:
     def failures(self) -> pd.DataFrame:
         """Specs that failed and have not succeeded since: key, spec fields, error, attempts, host, failed_at."""
         with self._connect() as con:
-            rows = con.execute("SELECT key, spec_json, error, traceback, attempts, host, failed_at FROM failures "
-                               "ORDER BY failed_at").fetchall()
-        records = [{"key": k, **{c: json.loads(s).get(c) for c in _SPEC_COLUMNS}, "error": e, "traceback": tb,
-                    "attempts": a, "host": h, "failed_at": t} for k, s, e, tb, a, h, t in rows]
+            rows = con.execute(
+                "SELECT key, spec_json, error, traceback, attempts, host, failed_at FROM failures "
+                "ORDER BY failed_at"
+            ).fetchall()
+        records = [
+            {
+                "key": k,
+                **{c: json.loads(s).get(c) for c in _SPEC_COLUMNS},
+                "error": e,
+                "traceback": tb,
+                "attempts": a,
+                "host": h,
+                "failed_at": t,
+            }
+            for k, s, e, tb, a, h, t in rows
+        ]
         return pd.DataFrame.from_records(
-            records, columns=["key", *_SPEC_COLUMNS, "error", "traceback", "attempts", "host", "failed_at"])
+            records, columns=["key", *_SPEC_COLUMNS, "error", "traceback", "attempts", "host", "failed_at"]
+        )
 
 
 def record_run(result: ExperimentResult, *, elapsed: float | None = None) -> None:

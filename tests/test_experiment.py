@@ -20,17 +20,29 @@ def test_spec_json_roundtrip_and_stable_key():
     assert spec.replace(device="cpu").key() == spec.key()  # the device does not change the result
     assert spec.replace(sparsity=0.4752).key() != spec.key()
     # the key is a pure function of the spec (same value in another process)
-    out = subprocess.run([sys.executable, "-c", "from pai_core.experiment import ExperimentSpec as S; "
-                          f"print(S.from_json({spec.to_json()!r}).key())"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pai_core.experiment import ExperimentSpec as S; "
+            f"print(S.from_json({spec.to_json()!r}).key())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == spec.key()
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(score="obd"), "magnitude"),
-    (dict(sparsity=1.0), "sparsity"),
-    (dict(finetune="forever"), "paper"),
-    (dict(mask_scope="per-block"), "layerwise"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(score="obd"), "magnitude"),
+        (dict(sparsity=1.0), "sparsity"),
+        (dict(finetune="forever"), "paper"),
+        (dict(mask_scope="per-block"), "layerwise"),
+    ],
+)
 def test_bad_specs_are_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         ExperimentSpec(**bad)
@@ -56,7 +68,15 @@ def test_full_run_on_the_offline_default_and_cache_reuse(monkeypatch):
     spec = ExperimentSpec(score="diag", sparsity=0.5, finetune="smoke", **TINY)
     res = experiment.run(spec, progress=lambda *e: events.append(e))
     assert calls == ["diag"]
-    assert {e[0] for e in events} >= {"data", "features", "scores", "zero-shot", "fine-tune", "evaluate", "done"}
+    assert {e[0] for e in events} >= {
+        "data",
+        "features",
+        "scores",
+        "zero-shot",
+        "fine-tune",
+        "evaluate",
+        "done",
+    }
     assert [t.role for t in res.tasks].count("source") == 1 and res.tasks[0].role == "source"
     assert len(res.tasks) >= 2 and all(0 <= t.zero_shot <= 1 and t.finetuned is not None for t in res.tasks)
     assert res.schedule == "smoke" and res.finetune_log["losses"]

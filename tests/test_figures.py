@@ -14,20 +14,44 @@ from pai_core import figures
 from pai_core.experiment import ExperimentResult, ExperimentSpec, TaskResult
 
 
-def _result(score: str, sparsity: float, *, source: int = 0, model: str = "efficientnet_lite0",
-            finetune: str | None = "smoke", zs: tuple[float, float, float] = (0.8, 0.6, 0.5),
-            ft: tuple[float, float, float] = (0.9, 0.7, 0.6), collapsed: tuple[str, ...] = ()) -> ExperimentResult:
+def _result(
+    score: str,
+    sparsity: float,
+    *,
+    source: int = 0,
+    model: str = "efficientnet_lite0",
+    finetune: str | None = "smoke",
+    zs: tuple[float, float, float] = (0.8, 0.6, 0.5),
+    ft: tuple[float, float, float] = (0.9, 0.7, 0.6),
+    collapsed: tuple[str, ...] = (),
+) -> ExperimentResult:
     """Three tasks; ``source`` is the source. Dense accuracy 1.0 on the source, 0.9 elsewhere."""
     spec = ExperimentSpec(model=model, score=score, sparsity=sparsity, source=source, finetune=finetune)
     tasks = []
     for k in range(3):
         role = "source" if k == source else "transfer"
-        tasks.append(TaskResult(task=f"task {k}", role=role, dense=1.0 if role == "source" else 0.9,
-                                zero_shot=zs[k], finetuned=ft[k] if finetune else None))
-    report = [{"name": "conv1.weight", "numel": 100, "kept": 50, "sparsity": 0.5},
-              {"name": "fc.weight", "numel": 10, "kept": 0, "sparsity": 1.0}]
-    return ExperimentResult(spec=spec, tasks=tasks, schedule=finetune, timings={"load": 1.0, "scores": 2.0},
-                            layer_report=report, collapsed_layers=list(collapsed), device="cpu")
+        tasks.append(
+            TaskResult(
+                task=f"task {k}",
+                role=role,
+                dense=1.0 if role == "source" else 0.9,
+                zero_shot=zs[k],
+                finetuned=ft[k] if finetune else None,
+            )
+        )
+    report = [
+        {"name": "conv1.weight", "numel": 100, "kept": 50, "sparsity": 0.5},
+        {"name": "fc.weight", "numel": 10, "kept": 0, "sparsity": 1.0},
+    ]
+    return ExperimentResult(
+        spec=spec,
+        tasks=tasks,
+        schedule=finetune,
+        timings={"load": 1.0, "scores": 2.0},
+        layer_report=report,
+        collapsed_layers=list(collapsed),
+        device="cpu",
+    )
 
 
 def _bars(fig):
@@ -102,7 +126,9 @@ def test_fig3_one_column_per_model() -> None:
 
 def test_fig3_refuses_mixed_settings() -> None:
     with pytest.raises(ValueError, match="finetune"):
-        figures.fig3_figure([_result("magnitude", 0.5, finetune=None), _result("magnitude", 0.5, finetune="smoke")])
+        figures.fig3_figure(
+            [_result("magnitude", 0.5, finetune=None), _result("magnitude", 0.5, finetune="smoke")]
+        )
     with pytest.raises(ValueError, match="no results"):
         figures.fig3_figure([])
 
@@ -149,10 +175,16 @@ def test_jaccard_matrix_and_heatmap() -> None:
 def test_landscape_figure_two_panels_with_points() -> None:
     xs = ys = np.linspace(-1, 1, 5)
     z = np.add.outer(ys**2, xs**2) + 0.1
-    land = SimpleNamespace(xs=xs, ys=ys, source_loss=z, transfer_loss=2 * z,
-                           points={"θ₀ (dense)": (0.0, 0.0), "θ̃₀ (pruned)": (0.5, 0.2),
-                                   "θ̃ₛ* (pruned + fine-tuned)": (0.3, 0.1)},
-                           source_name="digits 0-4", transfer_name="fashion 5-9", explained_variance=(0.8, 0.2))
+    land = SimpleNamespace(
+        xs=xs,
+        ys=ys,
+        source_loss=z,
+        transfer_loss=2 * z,
+        points={"θ₀ (dense)": (0.0, 0.0), "θ̃₀ (pruned)": (0.5, 0.2), "θ̃ₛ* (pruned + fine-tuned)": (0.3, 0.1)},
+        source_name="digits 0-4",
+        transfer_name="fashion 5-9",
+        explained_variance=(0.8, 0.2),
+    )
     fig = figures.landscape_figure(land)
     contours = [t for t in fig.data if t.type == "contour"]
     assert len(contours) == 2 and {c.xaxis for c in contours} == {"x", "x2"}
@@ -180,4 +212,6 @@ def test_labels_and_html() -> None:
     html = figures.figure_html(fig)
     assert "<html>" in html[:200] and "plotly" in html and len(html) > 1_000_000  # plotly.js inlined: offline
     assert isinstance(figures.results_frame([]), pd.DataFrame)
-    assert math.isnan(figures.results_frame([_result("magnitude", 0.5, finetune=None)])["source_finetuned"][0])
+    assert math.isnan(
+        figures.results_frame([_result("magnitude", 0.5, finetune=None)])["source_finetuned"][0]
+    )

@@ -35,7 +35,10 @@ def test_schedules():
 def test_masked_weights_stay_exactly_zero_and_bn_stats_frozen():
     torch.manual_seed(0)
     net, head = _Net(), nn.Linear(6, 3, bias=False)
-    masks = {"conv.weight": torch.rand_like(net.conv.weight) > 0.5, "fc.weight": torch.rand_like(net.fc.weight) > 0.3}
+    masks = {
+        "conv.weight": torch.rand_like(net.conv.weight) > 0.5,
+        "fc.weight": torch.rand_like(net.fc.weight) > 0.3,
+    }
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x, y = _data()
     cfg = ft.FinetuneConfig(name="t", epochs=4, lr=0.05, batch_size=8)
@@ -63,8 +66,9 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch):
     monkeypatch.setattr(ft, "_train", flaky)
     x, y = _data()
     with pytest.warns(UserWarning, match="out of memory"):
-        log = ft.finetune(_Net(), nn.Linear(6, 3, bias=False), x, y, {}, ft.FinetuneConfig(epochs=1, lr=0.01,
-                                                                                             batch_size=16))
+        log = ft.finetune(
+            _Net(), nn.Linear(6, 3, bias=False), x, y, {}, ft.FinetuneConfig(epochs=1, lr=0.01, batch_size=16)
+        )
     assert calls == [16, 8] and log["batch_size"] == 8 and "out of memory" in log["notes"][0]
 
 

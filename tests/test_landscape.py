@@ -14,10 +14,13 @@ def test_pca_plane_reconstructs_three_points_exactly():
 
 
 def test_landscape_on_the_offline_default():
-    spec = ExperimentSpec(score="magnitude", sparsity=0.5, finetune="smoke", images_per_class=6, image_size=48)
+    spec = ExperimentSpec(
+        score="magnitude", sparsity=0.5, finetune="smoke", images_per_class=6, image_size=48
+    )
     events = []
-    ls = landscape.compute(spec, transfer=1, grid=3, extent=1.2, images_per_task=10,
-                           progress=lambda *e: events.append(e))
+    ls = landscape.compute(
+        spec, transfer=1, grid=3, extent=1.2, images_per_task=10, progress=lambda *e: events.append(e)
+    )
     assert ls.source_loss.shape == ls.transfer_loss.shape == (3, 3)
     assert np.isfinite(ls.source_loss).all()
     assert [e for e in events if e[0] == "landscape"][-1][1:3] == (3, 3)

@@ -111,18 +111,22 @@ def test_jaccard():
 
 def net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 5 * 5, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
+    )
 
 
 def half_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    scores = {n: p.detach().abs() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    scores = {
+        n: p.detach().abs() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1
+    }
     return M.global_topk(scores, 0.5)
 
 
 def hook_counts(model):
-    return [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()] + \
-           [len(p._backward_hooks or {}) for p in model.parameters()]
+    return [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()] + [
+        len(p._backward_hooks or {}) for p in model.parameters()
+    ]
 
 
 def train_steps(model, opt, steps=5, check=None):
@@ -152,7 +156,9 @@ def test_apply_masks_sgd_momentum_weight_decay_keeps_zeros():
             assert torch.all(opt.state[p]["momentum_buffer"][~m] == 0), n
 
     train_steps(model, opt, check=check)
-    assert any(not torch.equal(model.get_parameter(n)[m], torch.zeros(int(m.sum()))) for n, m in masks.items())
+    assert any(
+        not torch.equal(model.get_parameter(n)[m], torch.zeros(int(m.sum()))) for n, m in masks.items()
+    )
     M.remove_masks(model, handle)
     assert hook_counts(model) == before
     for n, m in masks.items():
@@ -168,7 +174,9 @@ def test_apply_masks_with_stale_momentum_and_adamw():
     masks = half_masks(model)
     M.apply_masks(model, masks)
     seen = []
-    h = model[0].register_forward_pre_hook(lambda mod, a: seen.append(bool(torch.all(mod.weight[~masks["0.weight"]] == 0))))
+    h = model[0].register_forward_pre_hook(
+        lambda mod, a: seen.append(bool(torch.all(mod.weight[~masks["0.weight"]] == 0)))
+    )
     train_steps(model, opt, steps=3)
     h.remove()
     assert seen and all(seen)
@@ -180,8 +188,13 @@ def test_apply_masks_with_stale_momentum_and_adamw():
     masks = half_masks(model)
     handle = M.apply_masks(model, masks)
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
-    train_steps(model, opt, check=lambda: [torch.all(model.get_parameter(n)[~m] == 0) or pytest.fail(n)
-                                           for n, m in masks.items()])
+    train_steps(
+        model,
+        opt,
+        check=lambda: [
+            torch.all(model.get_parameter(n)[~m] == 0) or pytest.fail(n) for n, m in masks.items()
+        ],
+    )
     M.remove_masks(model, handle, bake=False)
 
 
@@ -208,7 +221,10 @@ def test_apply_twice_refused_and_prune():
 
 def test_pack_roundtrip_odd_sizes():
     g = torch.Generator().manual_seed(3)
-    masks = {f"l{i}": torch.rand(s, generator=g) > 0.5 for i, s in enumerate([(1,), (7,), (3, 5), (2, 3, 3, 3), (9,)])}
+    masks = {
+        f"l{i}": torch.rand(s, generator=g) > 0.5
+        for i, s in enumerate([(1,), (7,), (3, 5), (2, 3, 3, 3), (9,)])
+    }
     packed = M.pack(masks)
     assert packed["l1"].dtype == torch.uint8 and packed["l1"].numel() == 1
     assert packed["l3"].numel() == math.ceil(54 / 8)
@@ -247,7 +263,9 @@ def test_cached_masks_and_scores_recompute_after_truncation(fresh_cache):
     assert all(torch.equal(got[n], masks[n]) for n in masks)
     assert all(torch.equal(got_s[n], scores[n]) for n in scores)
     # the stored masks are bit-packed
-    stored, _ = cache.load_tensors(cache.cache_dir() / "masks" / f"{cache.spec_key('masks', spec)}.safetensors")
+    stored, _ = cache.load_tensors(
+        cache.cache_dir() / "masks" / f"{cache.spec_key('masks', spec)}.safetensors"
+    )
     assert stored["fc.weight"].dtype == torch.uint8
 
 

@@ -21,12 +21,26 @@ def _foolbox_photos():
 
 def test_registry_lists_paper_and_offline_models():
     names = models.available()
-    for n in ["efficientnet_lite0", "mobilenet_v2", "resnet50", "resnet50_mocov2", "resnet50_dino",
-              "vit_b16_dino", "vit_b16_clip", "test_resnet", "test_vit"]:
+    for n in [
+        "efficientnet_lite0",
+        "mobilenet_v2",
+        "resnet50",
+        "resnet50_mocov2",
+        "resnet50_dino",
+        "vit_b16_dino",
+        "vit_b16_clip",
+        "test_resnet",
+        "test_vit",
+    ]:
         assert n in names
     assert models.DEFAULT_MODEL == "efficientnet_lite0"
     assert {e.name for e in models.entries() if e.paper} == {
-        "resnet50", "resnet50_mocov2", "resnet50_dino", "vit_b16_dino", "vit_b16_clip"}
+        "resnet50",
+        "resnet50_mocov2",
+        "resnet50_dino",
+        "vit_b16_dino",
+        "vit_b16_clip",
+    }
 
 
 def test_unknown_model_names_the_valid_ones():
@@ -88,8 +102,9 @@ def test_local_checkpoint_loads_offline(tmp_path):
     assert torch.equal(enc.model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
 
 
-@pytest.mark.parametrize("name,prefix,wrap", [("resnet50_mocov2", "module.encoder_q.", "state_dict"),
-                                              ("resnet50_dino", "", None)])
+@pytest.mark.parametrize(
+    "name,prefix,wrap", [("resnet50_mocov2", "module.encoder_q.", "state_dict"), ("resnet50_dino", "", None)]
+)
 def test_author_checkpoint_keys_are_converted(tmp_path, name, prefix, wrap):
     state = _resnet_state(prefix)
     obj = {wrap: state, "epoch": 800} if wrap else state

@@ -162,7 +162,9 @@ def test_prune_page_explains_missing_data_folder() -> None:
     assert _button(at, "Run").disabled
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for 'cuda' on a machine without a GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message for 'cuda' on a machine without a GPU"
+)
 def test_prune_page_explains_cuda_without_gpu() -> None:
     at = _app(PRUNE)
     at.selectbox(key="prune_w_device").set_value("cuda")

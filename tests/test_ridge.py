@@ -30,12 +30,15 @@ def test_accuracy_and_predict():
     assert ridge.accuracy(phi, torch.tensor([1, 1, 1]), xi) == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(alpha=0.0),
-    dict(labels=torch.tensor([0, 5])),
-    dict(features=torch.tensor([[float("nan")], [1.0]])),
-    dict(features=torch.ones(3, 2)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(alpha=0.0),
+        dict(labels=torch.tensor([0, 5])),
+        dict(features=torch.tensor([[float("nan")], [1.0]])),
+        dict(features=torch.ones(3, 2)),
+    ],
+)
 def test_bad_input_is_a_clear_error(bad):
     args = dict(features=torch.ones(2, 1), labels=torch.tensor([0, 1]), num_classes=2, alpha=1.0) | bad
     with pytest.raises(ValueError):

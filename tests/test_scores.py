@@ -132,8 +132,10 @@ def make(name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]
     model.eval()
     g = torch.Generator().manual_seed(2)
     # Uneven batches: the data loss must weight examples, not batches.
-    data = [(torch.randn(n, *shape, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g))
-            for n in (4, 3)]
+    data = [
+        (torch.randn(n, *shape, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g))
+        for n in (4, 3)
+    ]
     return model, data
 
 
@@ -151,7 +153,7 @@ def loop_grads(model, data, names, loss="mse"):
     out = []
     for x, y in data:
         for i in range(len(x)):
-            li = S.per_example_loss(model(x[i:i + 1]), y[i:i + 1], loss).sum()
+            li = S.per_example_loss(model(x[i : i + 1]), y[i : i + 1], loss).sum()
             out.append(dict(zip(names, torch.autograd.grad(li, [named[n] for n in names]))))
     return out
 
@@ -165,7 +167,10 @@ def full_loss_fn(model, data, names, loss="mse"):
 
     def f(flat):
         parts = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes))))
-        return sum(S.per_example_loss(functional_call(model, parts, (x,)), y, loss).sum() for x, y in data) / n_total
+        return (
+            sum(S.per_example_loss(functional_call(model, parts, (x,)), y, loss).sum() for x, y in data)
+            / n_total
+        )
 
     flat = torch.cat([named[n].detach().reshape(-1) for n in names])
     return f, flat, sizes, shapes
@@ -354,7 +359,7 @@ def brute_factors(model, data, name):
     try:
         for x, y in data:
             for i in range(len(x)):
-                li = S.per_example_loss(model(x[i:i + 1]), y[i:i + 1]).sum()
+                li = S.per_example_loss(model(x[i : i + 1]), y[i : i + 1]).sum()
                 li.backward()
                 acts.append(captured["x"][0])
                 grads.append(captured["z"].grad[0].detach())
@@ -391,11 +396,13 @@ def brute_factors(model, data, name):
         for i in range(ga.shape[1]):
             for j in range(ga.shape[2]):
                 count += 1
-                patch = xp[:, i * sh:i * sh + dh * (kh - 1) + 1:dh, j * sw:j * sw + dw * (kw - 1) + 1:dw]
+                patch = xp[
+                    :, i * sh : i * sh + dh * (kh - 1) + 1 : dh, j * sw : j * sw + dw * (kw - 1) + 1 : dw
+                ]
                 for gi in range(G):
-                    a = patch[gi * cin:(gi + 1) * cin].reshape(-1)
+                    a = patch[gi * cin : (gi + 1) * cin].reshape(-1)
                     A[gi] += torch.outer(a, a)
-                    gv = ga[gi * cout:(gi + 1) * cout, i, j]
+                    gv = ga[gi * cout : (gi + 1) * cout, i, j]
                     B[gi] += torch.outer(gv, gv)
     return A / count, B / n_ex
 
@@ -428,9 +435,9 @@ def test_kfac_score_matches_explicit_kron(net):
             Ad = A + lam_a * torch.eye(A.shape[0], dtype=DT)
             Bd = B + lam_b * torch.eye(B.shape[0], dtype=DT)
             H = torch.kron(Bd, Ad)  # row-major vec of the (out, in) weight block of this group
-            theta = w[g * rows:(g + 1) * rows].reshape(-1)
+            theta = w[g * rows : (g + 1) * rows].reshape(-1)
             ref = theta**2 / torch.diagonal(torch.linalg.inv(H))
-            assert close(got[name][g * rows:(g + 1) * rows].reshape(-1), ref, rtol=1e-8), (name, g)
+            assert close(got[name][g * rows : (g + 1) * rows].reshape(-1), ref, rtol=1e-8), (name, g)
 
 
 def test_kfac_grouped_blocks_are_per_group():
@@ -453,8 +460,8 @@ def test_kfac_token_linear_averages_over_tokens():
     assert close(f.A[0], a.T @ a / 10)
     zs = []
     for i in range(5):
-        z = model[0](x[i:i + 1]).detach().requires_grad_(True)
-        li = S.per_example_loss(model[3](model[2](model[1](z))), y[i:i + 1]).sum()
+        z = model[0](x[i : i + 1]).detach().requires_grad_(True)
+        li = S.per_example_loss(model[3](model[2](model[1](z))), y[i : i + 1]).sum()
         zs.append(torch.autograd.grad(li, z)[0][0])
     g = torch.stack(zs).reshape(-1, 4)
     assert close(f.B[0], g.T @ g / 5)
@@ -513,8 +520,15 @@ def snapshot(model: nn.Module) -> dict:
         "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "training": {n: m.training for n, m in model.named_modules()},
-        "hooks": {n: (len(m._forward_hooks), len(m._backward_hooks), len(m._forward_pre_hooks),
-                      len(m._backward_pre_hooks)) for n, m in model.named_modules()},
+        "hooks": {
+            n: (
+                len(m._forward_hooks),
+                len(m._backward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_pre_hooks),
+            )
+            for n, m in model.named_modules()
+        },
         "param_hooks": {n: len(p._backward_hooks or {}) for n, p in model.named_parameters()},
     }
 
@@ -585,8 +599,17 @@ def test_bn_warmup_keeps_dropout_off():
 
 def test_registry_and_errors():
     model, data = make("mlp")
-    assert set(S.available()) >= {"magnitude", "diag", "kfac", "snip", "grasp", "px", "hutchinson",
-                                  "fisher_taylor", "random"}
+    assert set(S.available()) >= {
+        "magnitude",
+        "diag",
+        "kfac",
+        "snip",
+        "grasp",
+        "px",
+        "hutchinson",
+        "fisher_taylor",
+        "random",
+    }
     with pytest.raises(ValueError, match="valid: magnitude"):
         S.compute("nope", model, data)
     with pytest.raises(ValueError, match="fc1.weight"):
@@ -639,8 +662,10 @@ def _timm_case(arch: str):
         size = 64
     model.eval()
     g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(2, 3, size, size, generator=g), torch.tensor([0, 4])),
-            (torch.randn(1, 3, size, size, generator=g), torch.tensor([2]))]
+    data = [
+        (torch.randn(2, 3, size, size, generator=g), torch.tensor([0, 4])),
+        (torch.randn(1, 3, size, size, generator=g), torch.tensor([2])),
+    ]
     return model, data
 
 

@@ -18,16 +18,42 @@ from pai_core.store import SUMMARY_COLUMNS, ResultsStore
 REPO = Path(__file__).resolve().parent.parent
 
 
-def fake_result(source: int = 0, score: str = "magnitude", sparsity: float = 0.36, seed: int = 0,
-                finetune: str | None = "smoke", model: str = "efficientnet_lite0") -> ExperimentResult:
+def fake_result(
+    source: int = 0,
+    score: str = "magnitude",
+    sparsity: float = 0.36,
+    seed: int = 0,
+    finetune: str | None = "smoke",
+    model: str = "efficientnet_lite0",
+) -> ExperimentResult:
     """A result with made-up but distinct accuracies (no computation)."""
-    spec = ExperimentSpec(model=model, source=source, score=score, sparsity=sparsity, seed=seed, finetune=finetune,
-                          images_per_class=10)
-    tasks = [TaskResult(task=f"task {k}", role="source" if k == source else "transfer", dense=0.9 - 0.01 * k,
-                        zero_shot=0.8 - sparsity / 10 - 0.01 * k,
-                        finetuned=None if finetune is None else 0.85 - 0.01 * k) for k in range(3)]
-    return ExperimentResult(spec=spec, tasks=tasks, schedule=finetune, timings={"load": 0.5, "zero-shot": 1.5},
-                            notes=["made up"], device="cpu")
+    spec = ExperimentSpec(
+        model=model,
+        source=source,
+        score=score,
+        sparsity=sparsity,
+        seed=seed,
+        finetune=finetune,
+        images_per_class=10,
+    )
+    tasks = [
+        TaskResult(
+            task=f"task {k}",
+            role="source" if k == source else "transfer",
+            dense=0.9 - 0.01 * k,
+            zero_shot=0.8 - sparsity / 10 - 0.01 * k,
+            finetuned=None if finetune is None else 0.85 - 0.01 * k,
+        )
+        for k in range(3)
+    ]
+    return ExperimentResult(
+        spec=spec,
+        tasks=tasks,
+        schedule=finetune,
+        timings={"load": 0.5, "zero-shot": 1.5},
+        notes=["made up"],
+        device="cpu",
+    )
 
 
 def test_default_path_follows_cache_dir_and_env(tmp_path, monkeypatch):
@@ -54,8 +80,13 @@ def test_record_frame_results_roundtrip(tmp_path):
         assert row[c] == pytest.approx(want)
     assert row["model"] == "efficientnet_lite0" and row["source"] == 0 and row["sparsity"] == 0.36
     assert row["elapsed"] == 2.25 and row["device"] == "cpu" and row["schedule"] == "smoke"
-    assert json.loads(row["tasks"])[1] == {"task": "task 1", "role": "transfer", "dense": 0.89,
-                                           "zero_shot": pytest.approx(0.754), "finetuned": 0.84}
+    assert json.loads(row["tasks"])[1] == {
+        "task": "task 1",
+        "role": "transfer",
+        "dense": 0.89,
+        "zero_shot": pytest.approx(0.754),
+        "finetuned": 0.84,
+    }
     assert json.loads(row["timings"]) == {"load": 0.5, "zero-shot": 1.5}
     assert row["finished_at"].endswith("+00:00")
 
@@ -118,7 +149,10 @@ def test_wal_mode_and_schema_version(tmp_path):
     assert con.execute("PRAGMA user_version").fetchone()[0] == store_mod.STORE_VERSION
     # plain SQL works too (spec columns are denormalised for that)
     assert con.execute("SELECT model, score, sparsity FROM results").fetchone() == (
-        "efficientnet_lite0", "magnitude", 0.36)
+        "efficientnet_lite0",
+        "magnitude",
+        0.36,
+    )
     con.close()
 
 
@@ -142,7 +176,9 @@ def test_every_experiment_run_lands_in_the_store(tmp_path, monkeypatch):
     from pai_core import experiment
 
     monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "hook.sqlite"))
-    spec = ExperimentSpec(model="test_resnet", score="magnitude", sparsity=0.5, images_per_class=5, image_size=32)
+    spec = ExperimentSpec(
+        model="test_resnet", score="magnitude", sparsity=0.5, images_per_class=5, image_size=32
+    )
     res = experiment.run(spec, use_cache=False)
     df = ResultsStore().frame()
     assert list(df["key"]) == [spec.key()]
@@ -155,7 +191,9 @@ def test_a_broken_store_only_warns(tmp_path, monkeypatch):
     bad = tmp_path / "not-a-db.sqlite"
     bad.write_bytes(b"this is not a SQLite file" * 100)
     monkeypatch.setenv("PAI_RESULTS_DB", str(bad))
-    spec = ExperimentSpec(model="test_resnet", score="random", sparsity=0.5, images_per_class=5, image_size=32)
+    spec = ExperimentSpec(
+        model="test_resnet", score="random", sparsity=0.5, images_per_class=5, image_size=32
+    )
     with pytest.warns(UserWarning, match="results store"):
         res = experiment.run(spec, use_cache=False)
     assert res.mean_source_zero_shot is not None
@@ -184,8 +222,15 @@ def test_two_processes_writing_at_once(tmp_path):
     path = tmp_path / "shared.sqlite"
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(off), str(REPO), str(barrier)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for off in (0, 1000)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(off), str(REPO), str(barrier)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for off in (0, 1000)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

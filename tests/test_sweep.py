@@ -22,13 +22,27 @@ from pai_core.sweep import SweepConfig, expand, plan, report, run_sweep
 REPO = Path(__file__).resolve().parent.parent
 
 #: The offline default, small: 2 sources x 3 scores x 2 sparsities = 12 specs, smoke fine-tuning.
-DEMO = {"models": ["efficientnet_lite0"], "suite": "digits", "sources": [0, 1],
-        "scores": ["magnitude", "diag", "random"], "sparsities": [0.36, 0.5904], "finetune": "smoke",
-        "images_per_class": 10, "image_size": 64}
+DEMO = {
+    "models": ["efficientnet_lite0"],
+    "suite": "digits",
+    "sources": [0, 1],
+    "scores": ["magnitude", "diag", "random"],
+    "sparsities": [0.36, 0.5904],
+    "finetune": "smoke",
+    "images_per_class": 10,
+    "image_size": 64,
+}
 
 #: Random-weight test network: sub-second specs for the bookkeeping tests.
-TINY = {"models": ["test_resnet"], "suite": "digits", "sources": [0], "scores": ["magnitude", "random"],
-        "sparsities": [0.5], "images_per_class": 5, "image_size": 32}
+TINY = {
+    "models": ["test_resnet"],
+    "suite": "digits",
+    "sources": [0],
+    "scores": ["magnitude", "random"],
+    "sparsities": [0.5],
+    "images_per_class": 5,
+    "image_size": 32,
+}
 
 
 # ----------------------------------------------------------------------------- config and expansion
@@ -37,7 +51,8 @@ TINY = {"models": ["test_resnet"], "suite": "digits", "sources": [0], "scores": 
 def test_config_files_yaml_and_json_normalise(tmp_path):
     (tmp_path / "s.yaml").write_text(
         "models: efficientnet_lite0, mobilenet_v2\nscores: [magnitude, kfac]\nsparsities: [36, 59.04]\n"
-        "images-per-class: 10\nfinetune: none\nsources: [0, 1]\n")
+        "images-per-class: 10\nfinetune: none\nsources: [0, 1]\n"
+    )
     cfg = SweepConfig.from_file(tmp_path / "s.yaml")
     assert cfg.models == ("efficientnet_lite0", "mobilenet_v2")
     assert cfg.sparsities == (0.36, 0.5904)  # percents read as such, rounded so keys match the CLI's
@@ -48,22 +63,29 @@ def test_config_files_yaml_and_json_normalise(tmp_path):
     assert hash(SweepConfig(score_options={"hutchinson": {"probes": 3}}, checkpoints={"resnet50": "/x.pth"}))
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"colour": "red"}, "unknown sweep setting.*colour.*valid:.*models"),
-    ({"scores": ["obd"]}, "unknown score 'obd'; valid:.*magnitude"),
-    ({"models": ["resnet51"]}, "unknown model 'resnet51'; valid:.*resnet50"),
-    ({"suite": "mnist"}, "unknown suite"),
-    ({"finetune": "forever"}, "unknown fine-tuning schedule"),
-    ({"sparsities": [100]}, "sparsities"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"colour": "red"}, "unknown sweep setting.*colour.*valid:.*models"),
+        ({"scores": ["obd"]}, "unknown score 'obd'; valid:.*magnitude"),
+        ({"models": ["resnet51"]}, "unknown model 'resnet51'; valid:.*resnet50"),
+        ({"suite": "mnist"}, "unknown suite"),
+        ({"finetune": "forever"}, "unknown fine-tuning schedule"),
+        ({"sparsities": [100]}, "sparsities"),
+    ],
+)
 def test_bad_configs_are_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         SweepConfig.from_dict(bad)
 
 
 def test_expand_all_sources_and_px_skipped_on_vit():
-    cfg = SweepConfig(models=("test_resnet", "test_vit"), scores=("magnitude", "px"), sparsities=(0.5, 0.6),
-                      images_per_class=5)
+    cfg = SweepConfig(
+        models=("test_resnet", "test_vit"),
+        scores=("magnitude", "px"),
+        sparsities=(0.5, 0.6),
+        images_per_class=5,
+    )
     specs, notes = plan(cfg)
     n_tasks = len(experiment.get_suite("digits", None, 5, 0).tasks)
     assert len(specs) == n_tasks * 2 * 2 + n_tasks * 1 * 2
@@ -72,8 +94,12 @@ def test_expand_all_sources_and_px_skipped_on_vit():
     assert sorted({s.source for s in specs}) == list(range(n_tasks))
     assert len({s.key() for s in specs}) == len(specs)
     # consecutive specs differ in sparsity first: one process reuses scores between them
-    assert (specs[0].score, specs[0].sparsity, specs[1].score, specs[1].sparsity) == ("magnitude", 0.5,
-                                                                                    "magnitude", 0.6)
+    assert (specs[0].score, specs[0].sparsity, specs[1].score, specs[1].sparsity) == (
+        "magnitude",
+        0.5,
+        "magnitude",
+        0.6,
+    )
 
 
 def test_shipped_sweep_files():
@@ -158,11 +184,17 @@ def killed_and_resumed(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep-inproc")
     cfg = _write_demo(root)
     db = root / "cache" / "results.sqlite"
-    env = {**os.environ, "PAI_CACHE_DIR": str(root / "cache"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PAI_CACHE_DIR": str(root / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("PAI_RESULTS_DB", None)
     cmd = [sys.executable, "-m", "pai_core", "sweep", str(cfg), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -190,7 +222,10 @@ def test_resume_after_kill_redoes_nothing_finished(killed_and_resumed):
     # rows written before the kill are untouched: not recomputed, not rewritten
     assert list(kept["finished_at"]) == list(before["finished_at"])
     assert list(kept["tasks"]) == list(before["tasks"])
-    assert f"12 specs: {len(before)} already done, {12 - len(before)} run now, 0 failed" in killed_and_resumed["stdout"]
+    assert (
+        f"12 specs: {len(before)} already done, {12 - len(before)} run now, 0 failed"
+        in killed_and_resumed["stdout"]
+    )
     assert set(after["score"]) == {"magnitude", "diag", "random"} and after["source_finetuned"].notna().all()
 
 

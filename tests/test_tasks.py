@@ -21,7 +21,13 @@ def test_imagenet10_indices_are_the_papers():
 
 
 def test_registry():
-    assert set(tasks.available()) >= {"imagenet10", "digits", "fashion-mnist", "cifar100-superclasses", "folder"}
+    assert set(tasks.available()) >= {
+        "imagenet10",
+        "digits",
+        "fashion-mnist",
+        "cifar100-superclasses",
+        "folder",
+    }
     with pytest.raises(ValueError, match="digits"):
         tasks.load_suite("imagenet-10")
 
@@ -43,7 +49,9 @@ def test_digits_suite():
 
 def test_fashion_mnist_suite():
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed (`apt-get install dataset-fashion-mnist`)")
+        pytest.skip(
+            "Debian's dataset-fashion-mnist is not installed (`apt-get install dataset-fashion-mnist`)"
+        )
     s = tasks.load_suite("fashion-mnist", images_per_class=20)
     assert [t.num_classes for t in s.tasks] == [5, 5]
     assert s.tasks[0].class_names[0] == "T-shirt/top"
@@ -152,8 +160,16 @@ def test_folder_suite(tmp_path):
     (tmp_path / "tasks.json").write_text("{not json")
     with pytest.raises(tasks.DataError, match="not valid"):
         tasks.load_suite("folder", root=tmp_path)
-    (tmp_path / "tasks.json").write_text(json.dumps({"tasks": [{"name": "pets", "classes": ["cat", "dog"]},
-                                                               {"name": "farm", "classes": ["cow", "pig"]}]}))
+    (tmp_path / "tasks.json").write_text(
+        json.dumps(
+            {
+                "tasks": [
+                    {"name": "pets", "classes": ["cat", "dog"]},
+                    {"name": "farm", "classes": ["cow", "pig"]},
+                ]
+            }
+        )
+    )
     s = tasks.load_suite("folder", root=tmp_path, images_per_class=3)
     assert [t.name for t in s.tasks] == ["pets", "farm"] and all(len(t) == 6 for t in s.tasks)
     (tmp_path / "tasks.json").write_text(json.dumps({"tasks": [{"name": "x", "classes": ["cat", "emu"]}]}))
