@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from torch.func import functional_call
 
 from pai_core import masks as M
 from pai_core import scores as S
+from pai_core.scores import hessian as H_mod
 
 DT = torch.float64
 # torch warns that padding='same' with an even kernel copies the input; that case is on purpose
@@ -315,14 +317,14 @@ def test_hutchinson_is_mean_of_z_hz(net, monkeypatch):
     names = S.default_params(model)
     flat, _, H = exact(net)
     drawn = []
-    real = S._rademacher
+    real = H_mod._rademacher
 
     def spy(params, seed):
         z = real(params, seed)
         drawn.append(torch.cat([t.reshape(-1) for t in z]))
         return z
 
-    monkeypatch.setattr(S, "_rademacher", spy)
+    monkeypatch.setattr(H_mod, "_rademacher", spy)
     got = S.compute("hutchinson", model, data, probes=3, seed=3)
     assert len(drawn) == 3 and all(set(z.unique().tolist()) <= {-1.0, 1.0} for z in drawn)
     ref = flat**2 * torch.stack([z * (H @ z) for z in drawn]).mean(0)
@@ -620,6 +622,79 @@ def test_registry_and_errors():
         S.compute("diag", model, data, loss="hinge")
 
 
+class EveryLayer(nn.Module):
+    """One of each layer type default_params covers (Conv1d/2d/3d, ConvTranspose2d, Linear),
+    plus parameters it must leave out (BatchNorm, LayerNorm, biases)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c3d = nn.Conv3d(1, 2, 3, padding=1)
+        self.c2d = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.up = nn.ConvTranspose2d(3, 2, 2, stride=2)
+        self.c1d = nn.Conv1d(2, 2, 3, padding=1)
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.c3d(x)).mean(2)  # (B, 2, 2, 2)
+        h = torch.tanh(self.bn(self.c2d(h)))
+        h = torch.tanh(self.up(h)).flatten(2)  # (B, 2, 16)
+        h = self.norm(torch.tanh(self.c1d(h)))
+        return self.fc(h.flatten(1))
+
+
+def test_default_params_is_every_conv_and_linear_weight_and_every_score_handles_them():
+    """The one list of scored weights: Conv1d/2d/3d, transposed convs and Linear weights, nothing else.
+    diag (torch.func fallback for Conv3d/ConvTranspose) matches a per-example loop on all of them;
+    every other score covers them too, except kfac, which refuses the layers it has no factors for."""
+    torch.manual_seed(0)
+    model = EveryLayer().to(DT)
+    _randomise_bn(model)
+    model.eval()
+    g = torch.Generator().manual_seed(3)
+    data = [
+        (torch.randn(n, 1, 2, 2, 2, generator=g, dtype=DT), torch.randint(0, 3, (n,), generator=g))
+        for n in (3, 2)
+    ]
+    names = S.default_params(model)
+    assert names == ["c3d.weight", "c2d.weight", "up.weight", "c1d.weight", "fc.weight"]
+    got = S.compute("diag", model, data)
+    grads = loop_grads(model, data, names)
+    for n in names:
+        ref = model.get_parameter(n).detach() ** 2 * torch.stack([gr[n] ** 2 for gr in grads]).mean(0)
+        assert close(got[n], ref), n
+    for name in S.available():
+        if name in ("diag", "kfac"):
+            continue
+        s = S.compute(name, model, data, **({"probes": 2} if name == "hutchinson" else {}))
+        assert list(s) == names and all(torch.isfinite(t).all() for t in s.values()), name
+    with pytest.raises(ValueError, match=r"c3d.weight.*up.weight"):
+        S.compute("kfac", model, data)
+
+
+def test_registry_metadata_and_option_checks():
+    model, data = make("mlp")
+    infos = S.infos()
+    assert [i.name for i in infos] == S.available()
+    for i in infos:
+        assert i.label and i.description and i.fn.__doc__, i.name
+        assert "arXiv" in i.fn.__doc__ or i.name == "random", i.name  # formula + reference
+        assert (S.BN_WARMUP in i.options) == i.data_driven
+    assert S.info("px").refusal("vit") and S.info("px").refusal("cnn") is None
+    assert S.info("random").stochastic and S.info("hutchinson").stochastic and not S.info("diag").stochastic
+    with pytest.raises(ValueError, match="valid: magnitude"):
+        S.info("obd")
+    with pytest.raises(ValueError, match=r"'damping' must be >= 0"):
+        S.compute("kfac", model, data, damping=-1.0)
+    with pytest.raises(ValueError, match=r"'probes' must be an integer"):
+        S.compute("hutchinson", model, data, probes=2.5)
+    with pytest.raises(ValueError, match=r"'bn_warmup' must be"):
+        S.compute("diag", model, data, bn_warmup=True)
+    with pytest.raises(ValueError, match="registered already"):
+        S.register_score("diag", label="x", description="x", data_driven=False)(lambda *a: {})
+
+
 def test_magnitude_random_progress():
     model, data = make("cnn")
     names = S.default_params(model)
@@ -706,6 +781,13 @@ def test_diag_on_efficientnet_matches_loop(timm_case):
 def test_docstring_examples():
     """The module's examples run, including GraSP's worked sign example (θ ⊙ Hg = 8 is kept)."""
     import doctest
+    import pkgutil
 
-    result = doctest.testmod(S, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 5 and result.failed == 0
+    attempted = failed = 0
+    for mod in [
+        S,
+        *(importlib.import_module(f"{S.__name__}.{m.name}") for m in pkgutil.iter_modules(S.__path__)),
+    ]:
+        result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+        attempted, failed = attempted + result.attempted, failed + result.failed
+    assert attempted >= 5 and failed == 0

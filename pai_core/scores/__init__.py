@@ -1,0 +1,76 @@
+"""Saliency scores for pruning at initialisation (higher = keep), and their registry.
+
+Every score is a function of ``(model, batches, options)`` that returns one tensor per scored
+parameter, keyed by its name in ``model.named_parameters()``, with the parameter's shape.
+:func:`available` lists the names, :func:`info` says everything about one (label, formula and
+paper, data, seed, refused architectures, options), :func:`compute` validates and dispatches.
+
+Layout (one module per family, as in curvlinops):
+
+* :mod:`~pai_core.scores._base`: the loss, the data, which weights are scored
+  (:func:`default_params`), the model's state, BatchNorm warm-up;
+* :mod:`~pai_core.scores.hooks`: per-example gradients and K-FAC factor sums of Linear/Conv
+  layers from one backward pass;
+* :mod:`~pai_core.scores.magnitude` (magnitude, random), :mod:`~pai_core.scores.fisher`
+  (SNIP, diagonal empirical Fisher, Fisher–Taylor), :mod:`~pai_core.scores.kfac` (K-FAC factors
+  and the block score), :mod:`~pai_core.scores.hessian` (GraSP, Hutchinson),
+  :mod:`~pai_core.scores.px` (PX);
+* :mod:`~pai_core.scores._registry`: :func:`register_score` and the metadata types.
+
+Adding a score is one file: decorate a :class:`ScoreFn` with :func:`register_score` and import
+the module (here, for built-ins); the CLI, sweeps, figures and the dashboard pick it up.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> data = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
+    >>> s = compute("diag", net, data)
+    >>> sorted(s), s["0.weight"].shape
+    (['0.weight', '2.weight'], torch.Size([8, 4]))
+    >>> info("kfac").option("damping").default, info("hutchinson").stochastic
+    (0.001, True)
+"""
+
+from __future__ import annotations
+
+# The family modules register their scores on import; the order of the imports does not
+# matter (ScoreInfo.order sets the display order).
+from . import fisher, hessian, kfac, magnitude, px  # noqa: F401
+from ._base import LOSSES, Batches, Named, Scores, default_params, per_example_loss, warmup_batchnorm
+from ._registry import (
+    BN_WARMUP,
+    ScoreFn,
+    ScoreInfo,
+    ScoreOption,
+    available,
+    compute,
+    info,
+    infos,
+    register_score,
+)
+from .kfac import KFactors, kfac_factors
+
+__all__ = [
+    # registry
+    "available",
+    "compute",
+    "info",
+    "infos",
+    "register_score",
+    "ScoreFn",
+    "ScoreInfo",
+    "ScoreOption",
+    "BN_WARMUP",
+    # conventions shared by every score
+    "LOSSES",
+    "Batches",
+    "Named",
+    "Scores",
+    "default_params",
+    "per_example_loss",
+    "warmup_batchnorm",
+    # curvature building blocks (tests, benchmarks)
+    "KFactors",
+    "kfac_factors",
+]

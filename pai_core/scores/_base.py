@@ -1,0 +1,269 @@
+"""What every score shares: the loss, the data, which weights are scored, and the model's state.
+
+Conventions (every data-driven score follows them):
+
+* ``model`` maps a batch of inputs to ``C`` outputs (encoder + frozen ridge head in the
+  pipeline).  It is evaluated in **eval mode** (BatchNorm uses its running statistics), so
+  example ``i``'s output depends on ``x_i`` only and per-example gradients are well defined.
+* Per-example loss, ``loss="mse"`` (the paper's squared error, Eq. (6)):
+  ``ℓ(x, y) = ‖f(x) − onehot(y)‖²`` summed over the ``C`` classes, **without** a ½.
+  ``loss="ce"``: ``ℓ(x, y) = −log softmax(f(x))_y``.
+  The data loss is the mean ``L = (1/N) Σ_i ℓ(x_i, y_i)`` over all ``N`` examples of
+  ``batches`` (batches of any size are weighted by their size, not averaged per batch).
+* The scored weights default to :func:`default_params`.
+* A score leaves the model exactly as it found it (parameters, ``.grad``, ``requires_grad``,
+  train/eval flag of every module, buffers, hooks), unless asked for a BatchNorm warm-up
+  (:func:`warmup_batchnorm`), whose re-estimated statistics stay: that is its point.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    >>> default_params(net)
+    ['0.weight', '3.weight']
+    >>> per_example_loss(torch.zeros(2, 3), torch.tensor([0, 2]))  # ‖0 − onehot‖² = 1 per example
+    tensor([1., 1.])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..results import Progress
+
+__all__ = [
+    "Batches",
+    "Named",
+    "Scores",
+    "LOSSES",
+    "per_example_loss",
+    "default_params",
+    "warmup_batchnorm",
+]
+
+#: Re-iterable ``(inputs, integer labels)`` batches, e.g. a list or a DataLoader.
+Batches = Iterable[tuple[Tensor, Tensor]]
+#: The scored parameters of a model, ``{name: parameter}`` in ``named_parameters()`` order.
+Named = dict[str, nn.Parameter]
+#: What a score returns: ``{parameter name: tensor of the parameter's shape}``, higher = keep.
+Scores = dict[str, Tensor]
+
+#: Loss names accepted by every data-driven score (and by ``ExperimentSpec.loss``).
+LOSSES = ("mse", "ce")
+
+
+# --------------------------------------------------------------------------------------
+# Losses, data, parameters
+# --------------------------------------------------------------------------------------
+
+
+def per_example_loss(out: Tensor, y: Tensor, loss: str = "mse") -> Tensor:
+    """Per-example losses ``ℓ_i`` (shape ``(B,)``).
+
+    Args:
+        out: Model outputs, shape ``(B, C)``.
+        y: Integer labels, shape ``(B,)``.
+        loss: ``"mse"``: ``‖f(x) − onehot(y)‖²`` summed over classes (no ½);
+            ``"ce"``: cross-entropy of the logits ``f(x)``.
+
+    Returns:
+        Tensor of shape ``(B,)``.
+    """
+    if out.dim() != 2:
+        raise ValueError(f"the model must return (batch, classes) outputs, got shape {tuple(out.shape)}")
+    if loss == "mse":
+        # Comparison instead of F.one_hot, which checks labels with .item() and breaks vmap.
+        target = (torch.arange(out.shape[1], device=out.device) == y.long()[:, None]).to(out.dtype)
+        return (out - target).pow(2).sum(1)
+    if loss == "ce":
+        return F.cross_entropy(out, y.long(), reduction="none")
+    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+
+
+def _loss_sum(out: Tensor, y: Tensor, loss: str) -> Tensor:
+    # Summed, not averaged: row i of any gradient at the outputs is then ∇ℓ_i itself.
+    return per_example_loss(out, y, loss).sum()
+
+
+def _param_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _batches(batches: Batches, model: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
+    device, dtype = _param_device_dtype(model)
+    for x, y in batches:
+        x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+        yield x, torch.as_tensor(y).to(device).long()
+
+
+def _num_batches(batches: Batches) -> int:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return 0  # unknown: progress reports total=0
+
+
+def default_params(model: nn.Module) -> list[str]:
+    """The weights a pruning run scores: every ``weight`` of a Linear or convolution layer.
+
+    The one place that decides it (the experiment scores exactly these weights of the encoder;
+    the paper prunes ``W``, never the heads ``ξ``).  Covered: ``nn.Linear`` and every
+    ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (subclasses included, e.g. timm's
+    same-padding convs).  Every score handles all of them: ``diag``/``fisher_taylor`` take the
+    fast hook path on Linear, Conv1d and Conv2d and exact per-example gradients from
+    ``torch.func`` on the others; the gradient and Hessian-vector scores use autograd; ``kfac``
+    has factors for Linear, Conv1d and Conv2d only and refuses the others by name.  Biases,
+    normalisation affine parameters and embeddings are not scored (they are not pruned).
+
+    Args:
+        model: Any ``nn.Module``.
+
+    Returns:
+        Parameter names, in ``model.named_parameters()`` order (a weight shared by two layers
+        once).
+    """
+    wanted = {
+        id(m._parameters["weight"])
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and m._parameters.get("weight") is not None
+    }
+    return [n for n, p in model.named_parameters() if id(p) in wanted]
+
+
+def _resolve_params(model: nn.Module, params: Sequence[str] | None) -> dict[str, nn.Parameter]:
+    named = dict(model.named_parameters())
+    names = default_params(model) if params is None else list(params)
+    unknown = [n for n in names if n not in named]
+    if unknown:
+        raise ValueError(f"unknown parameter name(s) {unknown}; valid: {', '.join(named)}")
+    if not names:
+        raise ValueError("no parameters to score")
+    return {n: named[n] for n in names}
+
+
+# --------------------------------------------------------------------------------------
+# Model state: eval mode, requires_grad, BatchNorm warm-up
+# --------------------------------------------------------------------------------------
+
+
+def _grad_full(
+    model: nn.Module,
+    batches: Batches,
+    named: dict[str, nn.Parameter],
+    loss: str,
+    progress: Progress | None,
+    label: str,
+    done: int = 0,
+    total: int = 0,
+) -> tuple[list[Tensor], int]:
+    """``(∇_θ L, N)``: gradient of the mean data loss (autograd per batch, summed, divided by N)."""
+    params = list(named.values())
+    acc = [torch.zeros_like(p) for p in params]
+    n = 0
+    for x, y in _batches(batches, model):
+        gs = torch.autograd.grad(_loss_sum(model(x), y, loss), params, allow_unused=True)
+        for a, g in zip(acc, gs):
+            if g is not None:
+                a += g
+        n += x.shape[0]
+        done += 1
+        if progress:
+            progress(done, total, label)
+    if n == 0:
+        raise ValueError("batches is empty")
+    return [a / n for a in acc], n
+
+
+# --------------------------------------------------------------------------------------
+# Model state: eval mode, requires_grad, BatchNorm warm-up
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _scoring_state(model: nn.Module, need_grad: Iterable[nn.Parameter] = ()) -> Iterator[None]:
+    """Eval mode (+ ``requires_grad`` on ``need_grad``) inside; the exact prior state after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in need_grad]
+    try:
+        for m, _ in modes:
+            m.training = False  # per module, not model.eval(): restore must be exact
+        for p, _ in flags:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, t in modes:
+            m.training = t
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def warmup_batchnorm(
+    model: nn.Module, batches: Batches, passes: int = 1, progress: Progress | None = None
+) -> None:
+    """Re-estimate BatchNorm running statistics on ``batches`` (in place, kept).
+
+    Resets every BatchNorm's running mean/var, then runs ``passes`` train-mode forward passes
+    without gradients with ``momentum=None`` (cumulative average of the per-batch statistics).
+    Only BatchNorm layers are put in train mode, so dropout stays off.  Momentum and every
+    module's train/eval flag are restored afterwards; the new statistics stay.
+
+    Args:
+        model: Model to update.
+        batches: Re-iterable ``(x, y)`` batches (labels unused).
+        passes: Number of passes over ``batches``.
+        progress: Optional ``progress(done, total, message)``.
+    """
+    bns = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if passes <= 0 or not bns:
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in bns]
+    total = _num_batches(batches) * passes
+    done = 0
+    try:
+        for m, _ in modes:
+            m.training = False
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.training = True
+        with torch.no_grad():
+            for _ in range(passes):
+                for x, _y in _batches(batches, model):
+                    model(x)
+                    done += 1
+                    if progress:
+                        progress(done, total, "BatchNorm warm-up")
+    finally:
+        for m, t in modes:
+            m.training = t
+        for m, mom in momenta:
+            m.momentum = mom
+
+
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    # Fused CPU/GPU attention kernels have no double backward; HVP scores need the math path.
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+# --------------------------------------------------------------------------------------

@@ -1,0 +1,334 @@
+"""The score registry: one decorator carries everything about a score.
+
+``@register_score(name, label=..., description=..., ...)`` on a :class:`ScoreFn` fills the
+registry with a :class:`ScoreInfo`: what the figures call the score and colour it, whether it
+needs data or a seed, which architectures it refuses and why, and its options (type, default,
+range, help).  The CLI, the sweep, the experiment, the figures and the dashboard read this
+metadata; nothing else lists scores.  :func:`compute` validates a call against it and dispatches.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> @register_score("example_abs", label="|θ|", description="|θ| (an example)", data_driven=False)
+    ... def example_abs(model, batches, named, loss, progress):
+    ...     return {n: p.detach().abs() for n, p in named.items()}
+    >>> "example_abs" in available() and info("example_abs").label
+    '|θ|'
+    >>> compute("example_abs", nn.Linear(2, 1, bias=False), None)["weight"].shape
+    torch.Size([1, 2])
+    >>> _REGISTRY.pop("example_abs").name  # tests and examples clean up after themselves
+    'example_abs'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from torch import Tensor, nn
+
+from ._base import LOSSES, Batches, _resolve_params, warmup_batchnorm
+
+if TYPE_CHECKING:
+    from ..results import Progress
+
+__all__ = [
+    "ScoreFn",
+    "ScoreOption",
+    "ScoreInfo",
+    "BN_WARMUP",
+    "register_score",
+    "available",
+    "info",
+    "infos",
+    "compute",
+]
+
+
+class ScoreFn(Protocol):
+    """What :func:`register_score` decorates (called by :func:`compute`, never directly).
+
+    Args:
+        model: Network mapping a batch of inputs to ``(B, C)`` outputs.
+        batches: Re-iterable ``(x, y)`` batches; ``None`` for scores that use no data.
+        named: The scored parameters, ``{name: parameter}`` in ``model.named_parameters()`` order.
+        loss: One of :data:`LOSSES`.
+        progress: ``progress(done, total, message)`` or None.
+        **options: The score's own options (validated, defaults filled in), plus ``seed`` for
+            stochastic scores.
+
+    Returns:
+        ``{name: score tensor of the parameter's shape}`` for every name of ``named`` (higher =
+        keep); the model left as it was found.
+    """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        batches: Batches | None,
+        named: dict[str, nn.Parameter],
+        loss: str,
+        progress: Progress | None,
+        /,
+        **options: Any,
+    ) -> dict[str, Tensor]: ...
+
+
+_F = TypeVar("_F", bound=Callable[..., dict[str, Tensor]])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOption:
+    """One option of a score: what the CLI's JSON, a sweep file and the dashboard's widgets set.
+
+    Attributes:
+        name: Keyword passed to the score function.
+        type: ``int`` or ``float``.
+        default: Value when not given.
+        min, max: Inclusive bounds (None: unbounded).
+        help: One sentence for widgets and ``--help``.
+    """
+
+    name: str
+    type: type
+    default: int | float
+    min: int | float | None = None
+    max: int | float | None = None
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in (int, float):
+            raise TypeError(f"option {self.name!r}: type must be int or float, got {self.type!r}")
+        self.check(self.default)
+
+    def check(self, value: Any) -> int | float:
+        """The value as the option's type; ValueError naming the option when it does not fit.
+
+        Example:
+            >>> ScoreOption("probes", int, 10, min=1).check(3.0)
+            3
+            >>> ScoreOption("probes", int, 10, min=1).check(0)
+            Traceback (most recent call last):
+            ...
+            ValueError: option 'probes' must be >= 1, got 0
+        """
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (self.type is int and float(value) != int(value)):
+            raise ValueError(
+                f"option {self.name!r} must be {'an integer' if self.type is int else 'a number'}, "
+                f"got {value!r}"
+            )
+        v = self.type(value)
+        if self.min is not None and v < self.min:
+            raise ValueError(f"option {self.name!r} must be >= {self.min}, got {value!r}")
+        if self.max is not None and v > self.max:
+            raise ValueError(f"option {self.name!r} must be <= {self.max}, got {value!r}")
+        return v
+
+    def describe(self) -> str:
+        """``name (type, default …, range …): help`` for ``--help`` and tables."""
+        lo = "-∞" if self.min is None else f"{self.min:g}"
+        hi = "∞" if self.max is None else f"{self.max:g}"
+        return f"{self.name} ({self.type.__name__}, default {self.default:g}, {lo}..{hi}): {self.help}"
+
+
+#: Common option of every data-driven score, declared once (register_score appends it).
+BN_WARMUP = ScoreOption(
+    "bn_warmup",
+    int,
+    0,
+    min=0,
+    max=100,
+    help="Passes over the source data that re-estimate the BatchNorm statistics before scoring "
+    "(0: off; the scalable second-order PaI paper's warm-up). The new statistics stay in the model.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreInfo:
+    """Everything about one registered score.
+
+    Attributes:
+        name: Registry name (``ExperimentSpec.score``, ``--score``, sweep files).
+        label: Display name (figures, widgets).
+        description: One line: the formula and the paper it comes from.
+        fn: The :class:`ScoreFn`.
+        data_driven: Uses the source task's data (and so takes :data:`BN_WARMUP`).
+        stochastic: Takes a ``seed`` (the experiment passes its own ``spec.seed``).
+        refuses: ``{encoder family: reason}`` of the architectures it does not apply to.
+        options: Its options, the common ones included.
+        color: Its colour in figures (None: a stable colour derived from the name).
+        order: Position in lists and in a figure's bar clusters (lower first; ties keep
+            registration order).
+    """
+
+    name: str
+    label: str
+    description: str
+    fn: ScoreFn
+    data_driven: bool
+    stochastic: bool = False
+    refuses: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    options: tuple[ScoreOption, ...] = ()
+    color: str | None = None
+    order: int = 100
+
+    def option(self, name: str) -> ScoreOption:
+        """The option called ``name``; ValueError listing the valid ones."""
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise ValueError(
+            f"unknown option {name!r} for score {self.name!r}; valid: "
+            f"{', '.join(o.name for o in self.options) or 'none'}"
+        )
+
+    def defaults(self) -> dict[str, int | float]:
+        """``{option: default}``."""
+        return {o.name: o.default for o in self.options}
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate options (names, types, ranges; ``seed`` for stochastic scores), typed.
+
+        Raises:
+            ValueError: Unknown option (the message lists the valid ones) or a value out of range.
+        """
+        valid = [o.name for o in self.options] + (["seed"] if self.stochastic else [])
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for score {self.name!r}; valid: {sorted(valid) or 'none'}"
+            )
+        out: dict[str, Any] = {}
+        for key, value in options.items():
+            try:
+                out[key] = _SEED.check(value) if key == "seed" else self.option(key).check(value)
+            except ValueError as exc:
+                raise ValueError(f"score {self.name!r}: {exc}") from None
+        return out
+
+    def refusal(self, family: str | None) -> str | None:
+        """Why the score does not apply to an encoder family (``"cnn"``, ``"vit"``), or None."""
+        return self.refuses.get(family) if family is not None else None
+
+
+_SEED = ScoreOption("seed", int, 0, min=0)
+
+_REGISTRY: dict[str, ScoreInfo] = {}
+
+
+def register_score(
+    name: str,
+    *,
+    label: str,
+    description: str,
+    data_driven: bool,
+    stochastic: bool = False,
+    refuses: Mapping[str, str] | None = None,
+    options: Sequence[ScoreOption] = (),
+    color: str | None = None,
+    order: int = 100,
+) -> Callable[[_F], _F]:
+    """Register a score function with its metadata (see :class:`ScoreInfo` for the fields).
+
+    Returns:
+        A decorator that registers the function and returns it unchanged.
+
+    Raises:
+        ValueError: The name is taken, or an option repeats or shadows a common one.
+    """
+
+    def decorate(fn: _F) -> _F:
+        if name in _REGISTRY:
+            raise ValueError(f"score {name!r} is registered already")
+        opts = tuple(options) + ((BN_WARMUP,) if data_driven else ())
+        names = [o.name for o in opts] + (["seed"] if stochastic else [])
+        if len(set(names)) != len(names):
+            raise ValueError(f"score {name!r}: repeated option names {names}")
+        _REGISTRY[name] = ScoreInfo(
+            name=name,
+            label=label,
+            description=description,
+            fn=fn,
+            data_driven=data_driven,
+            stochastic=stochastic,
+            refuses=dict(refuses or {}),
+            options=opts,
+            color=color,
+            order=order,
+        )
+        return fn
+
+    return decorate
+
+
+def infos() -> list[ScoreInfo]:
+    """Every registered score, in display order (:attr:`ScoreInfo.order`, then registration)."""
+    ranked = sorted(enumerate(_REGISTRY.values()), key=lambda iv: (iv[1].order, iv[0]))
+    return [i for _, i in ranked]
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`compute`, in display order."""
+    return [i.name for i in infos()]
+
+
+def info(name: str) -> ScoreInfo:
+    """The metadata of score ``name``.
+
+    Raises:
+        ValueError: Unknown name (the message lists the valid ones).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown score {name!r}; valid: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def compute(
+    name: str,
+    model: nn.Module,
+    batches: Batches | None,
+    *,
+    params: Sequence[str] | None = None,
+    loss: str = "mse",
+    progress: Progress | None = None,
+    **options: Any,
+) -> dict[str, Tensor]:
+    """Compute saliency score ``name`` for the parameters ``params`` of ``model`` (higher = keep).
+
+    The formulas and references are in each score's docstring and :attr:`ScoreInfo.description`
+    (``python -m pai_core scores`` lists them); the conventions (loss, eval mode, the model left
+    as found) in :mod:`pai_core.scores._base`.
+
+    Args:
+        name: One of :func:`available`.
+        model: Network mapping a batch of inputs to ``(B, C)`` outputs.
+        batches: Re-iterable sequence of ``(x, y)`` with integer labels ``y``; may be ``None``
+            for scores that use no data.
+        params: Names (as in ``model.named_parameters()``) to score; default
+            :func:`~pai_core.scores.default_params`.
+        loss: One of :data:`LOSSES` (default ``"mse"``, the paper's).
+        progress: Optional callable ``progress(done, total, message)``, called per batch.
+        **options: The score's options (:attr:`ScoreInfo.options`: ``bn_warmup`` for every
+            data-driven score, ``damping``, ``probes``, …) and ``seed`` for stochastic scores.
+
+    Returns:
+        ``{parameter name: score tensor of the parameter's shape}``, detached.
+
+    Raises:
+        ValueError: Unknown score, loss, option or parameter name; an option out of range; no data
+            for a data-driven score.
+    """
+    spec = info(name)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    opts = {**spec.defaults(), **spec.check_options(options)}
+    warm = int(opts.pop(BN_WARMUP.name, 0))
+    named = _resolve_params(model, params)
+    if spec.data_driven and batches is None:
+        raise ValueError(f"score {name!r} needs data (batches)")
+    if warm > 0:
+        warmup_batchnorm(model, batches, warm, progress)
+    scores = spec.fn(model, batches, named, loss, progress, **opts)
+    return {n: scores[n].detach() for n in named}

@@ -1,0 +1,199 @@
+"""PX: data-driven spectral foresight pruning through the path kernel (CNNs only)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ._base import Batches, Named, Scores, _batches, _num_batches, _scoring_state
+from ._registry import register_score
+
+if TYPE_CHECKING:
+    from ..results import Progress
+
+
+_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Tanh,
+    nn.Sigmoid,
+)
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return isinstance(m, _ACTIVATIONS) or type(m).__module__.startswith("timm.layers.activations")
+
+
+def _has_attention(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for m in model.modules()
+    )
+
+
+def _gate(m: nn.Module, z: Tensor) -> Tensor:
+    """σ'(z) of an elementwise activation module (closed form for the piecewise-linear ones)."""
+    if type(m) is nn.ReLU:
+        return (z > 0).to(z.dtype)
+    if type(m) in (nn.ReLU6, nn.Hardtanh):
+        lo, hi = (0.0, 6.0) if type(m) is nn.ReLU6 else (m.min_val, m.max_val)
+        return ((z > lo) & (z < hi)).to(z.dtype)
+    if type(m) is nn.LeakyReLU:
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, m.negative_slope))
+    with torch.enable_grad():
+        zc = z.detach().clone().requires_grad_(True)
+        (d,) = torch.autograd.grad(m(zc.clone()).sum(), zc)
+    return d
+
+
+class _FixedGate(nn.Module):
+    """Replaces an activation in the PX surrogate: multiplies by the gates recorded on the real input."""
+
+    def __init__(self, queue: list[Tensor]):
+        super().__init__()
+        self.queue = queue
+
+    def forward(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return z * self.queue.pop(0)
+
+
+def _replace_modules(model: nn.Module, names: Iterable[str], make: Callable[[str], nn.Module]) -> None:
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name))
+
+
+#: Why PX does not apply to ViTs; the experiment refuses ViT encoders with it, and the score
+#: itself refuses any model with attention layers.
+REFUSAL = (
+    "PX is defined for CNNs only: its path-kernel argument assumes the NTK regime, which "
+    "self-attention breaks (the paper skips PX on ViTs); choose another score"
+)
+
+
+@register_score(
+    "px",
+    label="PX",
+    description="θ² ⊙ |∂R/∂(θ²)|, R the data-dependent path-kernel bound; CNNs only "
+    "(Iurada et al., CVPR 2024, arXiv:2406.01345)",
+    data_driven=True,
+    refuses={"vit": REFUSAL},
+    color="#CC79A7",
+    order=5,
+)
+def px_score(
+    model: nn.Module, batches: Batches, named: Named, loss: str, progress: Progress | None
+) -> Scores:
+    """``S = θ² ⊙ |∂R/∂(θ²)|`` with ``R`` PX's data-dependent path-kernel bound.
+
+    Following the official implementation (github.com/iurada/px-ntk-pruning), with ``θ`` the
+    scored weights and every other parameter (BatchNorm affine, biases, the frozen head) as is:
+
+    * gates ``σ'(z)`` of every activation module are recorded on the real input ``x`` with the
+      model in eval mode (for ReLU: ``1[z > 0]``, PX's "path activation" pattern);
+    * ``z₁(x) = f̃(x²; θ := 1)``: a surrogate with the scored weights set to 1, each activation
+      replaced by a multiplication with its recorded gate, fed the squared input (this is the
+      data-dependent "path activation matrix" estimator; no gradient flows through it);
+    * ``z₂ = f̃(1; θ := θ²)``: a surrogate with squared weights, identity activations, fed an
+      all-ones input (the "path kernel"/path-norm estimator);
+    * ``R = Σ_{i,c} z₁(x_i)_c · z₂_c`` and the score is ``θ² · |∂R/∂(θ²)|`` (Eq. (4) form in the
+      squared variables).
+
+    As in the official code the surrogates normalise with batch statistics (BatchNorm layers in
+    train mode; the copies' running stats are thrown away), which keeps ``θ := 1`` finite in
+    deep BatchNorm nets; they run in float64 on deep copies, so ``model`` is never modified.
+    Activation *modules* are rewritten; activations called as functions inside a module's
+    ``forward`` stay nonlinear (they see non-negative inputs in the surrogates, where ReLU is
+    the identity, but the gates of ``z₁`` are then missed).  CNNs only (:data:`REFUSAL`).
+
+    Reference:
+        Iurada, Ciccone & Tommasi, "Finding Lottery Tickets in Vision Models via Data-driven
+        Spectral Foresight Pruning", CVPR (2024), arXiv:2406.01345.
+    """
+    if _has_attention(model):
+        raise ValueError(f"px does not support models with attention layers. {REFUSAL}")
+    act_names = [n for n, m in model.named_modules() if _is_activation(m)]
+    gates: dict[str, list[Tensor]] = {n: [] for n in act_names}
+
+    def surrogate(transform: Callable[[Tensor], Tensor]) -> nn.Module:
+        net = copy.deepcopy(model).double()
+        own = dict(net.named_parameters())
+        with torch.no_grad():
+            for n in named:
+                own[n].copy_(transform(own[n]))
+        for m in net.modules():
+            m.training = isinstance(m, nn.modules.batchnorm._BatchNorm)
+        return net
+
+    pk = surrogate(torch.square)
+    jvf = surrogate(torch.ones_like)
+    _replace_modules(pk, act_names, lambda n: nn.Identity())
+    _replace_modules(jvf, act_names, lambda n: _FixedGate(gates[n]))
+    for p in jvf.parameters():
+        p.requires_grad_(False)
+
+    def record(name: str) -> Callable:
+        def pre(mod: nn.Module, args: tuple) -> None:
+            gates[name].append(_gate(mod, args[0]).double())
+
+        return pre
+
+    sums: dict[tuple[int, ...], Tensor] = {}
+    total = _num_batches(batches)
+    handles = [model.get_submodule(n).register_forward_pre_hook(record(n)) for n in act_names]
+    try:
+        with _scoring_state(model), torch.no_grad():
+            for i, (x, _y) in enumerate(_batches(batches, model)):
+                model(x)
+                z1 = jvf(x.double() ** 2)
+                key = tuple(x.shape[1:])
+                sums[key] = sums[key] + z1.sum(0) if key in sums else z1.sum(0)
+                for q in gates.values():
+                    q.clear()
+                if progress:
+                    progress(i + 1, total, "px: path activations")
+    finally:
+        for h in handles:
+            h.remove()
+    if not sums:
+        raise ValueError("batches is empty")
+    own = dict(pk.named_parameters())
+    leaves = [own[n] for n in named]
+    r = 0.0
+    with torch.enable_grad():
+        for p in pk.parameters():
+            p.requires_grad_(False)
+        for p in leaves:
+            p.requires_grad_(True)
+        for shape, s in sums.items():
+            # z₂ does not depend on the data: one forward per input shape.  Two identical rows so
+            # that train-mode BatchNorm sees the same statistics as a batch of ones.
+            z2 = pk(torch.ones(2, *shape, dtype=torch.float64, device=s.device)).mean(0)
+            r = r + (s * z2).sum()
+        if not torch.isfinite(r):
+            raise RuntimeError(
+                "PX surrogate overflowed (R is not finite); the model is too deep without normalisation"
+            )
+        grads = torch.autograd.grad(r, leaves, allow_unused=True)
+    out = {}
+    for (n, p), g in zip(named.items(), grads):
+        th2 = p.detach() ** 2
+        out[n] = th2 * (g.abs().to(th2.dtype) if g is not None else torch.zeros_like(th2))
+    return out
