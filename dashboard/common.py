@@ -20,7 +20,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pai_core import cache, experiment, models, tasks
+from pai_core import cache, experiment, models, scores, tasks
 from pai_core.experiment import ExperimentResult, ExperimentSpec
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
@@ -170,6 +170,54 @@ def model_caption(name: str) -> str:
 def suite_env_var(name: str) -> str:
     """The environment variable a suite reads its data folder from (``PAI_IMAGENET10_ROOT``, …)."""
     return f"PAI_{name.upper().replace('-', '_')}_ROOT"
+
+
+def _option_key(prefix: str, score: str, option: str) -> str:
+    return f"{prefix}_w_opt_{score}_{option}"
+
+
+def score_option_inputs(prefix: str, names: Sequence[str]) -> None:
+    """A number input for every option of the chosen scores, drawn from the score registry.
+
+    Type, default, range and help come from :attr:`pai_core.scores.ScoreInfo.options`; each score
+    is introduced by its label and formula.  Widgets are keyed ``{prefix}_w_opt_{score}_{option}``
+    (read them back with :func:`score_options`).
+    """
+    ss = st.session_state
+    for name in names:
+        info = scores.info(name)
+        st.markdown(f"**{info.label}**: {info.description}")
+        if not info.options:
+            st.caption("No options.")
+            continue
+        cols = st.columns(max(len(info.options), 2))
+        for col, o in zip(cols, info.options, strict=False):
+            key = _option_key(prefix, name, o.name)
+            ss.setdefault(key, o.default)
+            integer = o.type is int
+            col.number_input(
+                o.name,
+                min_value=o.min,
+                max_value=o.max,
+                step=1 if integer else (o.default or 0.01),
+                format="%d" if integer else "%g",
+                key=key,
+                help=o.help,
+            )
+
+
+def score_options(prefix: str, name: str) -> dict[str, Any]:
+    """The options of score ``name`` set in :func:`score_option_inputs` that differ from their defaults.
+
+    Defaults are left out, so a run with the defaults is the same spec (and cache entry) as the
+    command line's without ``--score-options``.
+    """
+    out: dict[str, Any] = {}
+    for o in scores.info(name).options:
+        value = st.session_state.get(_option_key(prefix, name, o.name), o.default)
+        if value != o.default:
+            out[o.name] = o.type(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- cached loaders

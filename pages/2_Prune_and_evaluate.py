@@ -52,6 +52,13 @@ if names:
         st.caption(
             "Transfer tasks: " + ", ".join(n for k, n in enumerate(names) if k != ss["prune_w_source"])
         )
+# Outside the form too: the options drawn below depend on the chosen scores.
+st.multiselect(
+    "Pruning scores (computed on the source task)",
+    scores.available(),
+    key="prune_w_scores",
+    format_func=figures.score_label,
+)
 
 
 def _levels() -> list[float]:
@@ -76,6 +83,7 @@ def _submit() -> None:
                 suite=ss["prune_w_suite"],
                 source=int(ss["prune_w_source"]),
                 score=score,
+                score_options=common.score_options("prune", score),
                 sparsity=q,
                 images_per_class=int(ss["prune_w_ipc"]),
                 finetune=None if ft == common.OFF else ft,
@@ -102,12 +110,6 @@ running = ss["prune_job"] is not None
 with st.form("prune_form"):
     f1, f2, f3 = st.columns(3)
     with f1:
-        st.multiselect(
-            "Pruning scores (computed on the source task)",
-            scores.available(),
-            key="prune_w_scores",
-            format_func=figures.score_label,
-        )
         st.selectbox(
             "Fine-tuning on the source task",
             common.schedule_choices(),
@@ -150,6 +152,9 @@ with st.form("prune_form"):
         st.selectbox(
             "Device", ["auto", "cpu", "cuda"], key="prune_w_device", help=f"auto uses: {common.device_text()}"
         )
+    if ss["prune_w_scores"]:
+        with st.expander("What the chosen scores compute, and their options"):
+            common.score_option_inputs("prune", ss["prune_w_scores"])
     st.checkbox(
         "Held-out evaluation — a deviation from the paper: heads fitted on one half of each task, accuracy "
         "measured on the other half",

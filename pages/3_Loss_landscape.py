@@ -63,6 +63,8 @@ if names:
             key="land_w_transfer",
             format_func=lambda k: names[k],
         )
+# Outside the form too: the options drawn below depend on the chosen score.
+st.selectbox("Pruning score", scores.available(), key="land_w_score", format_func=figures.score_label)
 
 
 def _submit() -> None:
@@ -76,6 +78,7 @@ def _submit() -> None:
             suite=ss["land_w_suite"],
             source=int(ss["land_w_source"]),
             score=ss["land_w_score"],
+            score_options=common.score_options("land", ss["land_w_score"]),
             sparsity=float(ss["land_w_sparsity"]),
             images_per_class=int(ss["land_w_ipc"]),
             finetune=ss["land_w_finetune"],
@@ -104,7 +107,6 @@ running = ss["land_job"] is not None
 with st.form("land_form"):
     f1, f2, f3 = st.columns(3)
     with f1:
-        st.selectbox("Pruning score", scores.available(), key="land_w_score", format_func=figures.score_label)
         st.selectbox(
             "Sparsity (% of weights removed)",
             PAPER_LEVELS,
@@ -147,6 +149,8 @@ with st.form("land_form"):
         st.selectbox(
             "Device", ["auto", "cpu", "cuda"], key="land_w_device", help=f"auto uses: {common.device_text()}"
         )
+    with st.expander("What the chosen score computes, and its options"):
+        common.score_option_inputs("land", [ss["land_w_score"]])
     st.form_submit_button(
         "Compute landscape",
         type="primary",

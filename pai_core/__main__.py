@@ -1,4 +1,4 @@
-"""Command line: ``python -m pai_core {models,suites,evaluate,run,landscape,sweep,report}``.
+"""Command line: ``python -m pai_core {models,suites,scores,evaluate,run,landscape,sweep,report}``.
 
 Examples:
     python -m pai_core evaluate --model efficientnet_lite0 --suite digits
@@ -80,6 +80,34 @@ def _cmd_suites(args) -> int:
     return 0
 
 
+def _own_options(i: scores.ScoreInfo) -> list[scores.ScoreOption]:
+    return [o for o in i.options if o is not scores.BN_WARMUP]
+
+
+def _cmd_scores(args) -> int:
+    for i in scores.infos():
+        kind = ("data-driven" if i.data_driven else "data-free") + (
+            ", seeded by --seed" if i.stochastic else ""
+        )
+        print(f"{i.name:14} {i.label} ({kind})\n{'':15}{i.description}")
+        for family, why in i.refuses.items():
+            print(f"{'':15}refuses {family} encoders: {why}")
+        for o in _own_options(i):
+            print(f"{'':15}option {o.describe()}")
+    print(f"every data-driven score: option {scores.BN_WARMUP.describe()}")
+    return 0
+
+
+def _score_options_help() -> str:
+    own = "; ".join(
+        f"{i.name}: {', '.join(o.name for o in _own_options(i))}" for i in scores.infos() if _own_options(i)
+    )
+    return (
+        f"JSON, e.g. '{{\"probes\": 20}}': {own}; {scores.BN_WARMUP.name} for every data-driven score "
+        "('python -m pai_core scores' gives types and ranges)"
+    )
+
+
 def _cmd_evaluate(args) -> int:
     spec = experiment.ExperimentSpec(
         model=args.model,
@@ -141,14 +169,27 @@ def _print_result(res: experiment.ExperimentResult) -> None:
         print(f"note: {note}")
 
 
+def _score_options(args) -> dict:
+    if not args.score_options:
+        return {}
+    try:
+        opts = json.loads(args.score_options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--score-options is not JSON ({exc}): {args.score_options}") from None
+    if not isinstance(opts, dict):
+        raise ValueError(
+            f"--score-options must be a JSON object, e.g. '{{\"probes\": 20}}', got {args.score_options}"
+        )
+    return opts
+
+
 def _cmd_run(args) -> int:
-    opts = dict(json.loads(args.score_options)) if args.score_options else {}
     base = experiment.ExperimentSpec(
         model=args.model,
         suite=args.suite,
         source=args.source,
         score=args.score,
-        score_options=opts,
+        score_options=_score_options(args),
         images_per_class=args.images_per_class,
         finetune=args.finetune,
         holdout=args.holdout,
@@ -192,6 +233,7 @@ def _cmd_landscape(args) -> int:
         suite=args.suite,
         source=args.source,
         score=args.score,
+        score_options=_score_options(args),
         sparsity=_parse_sparsities(args.sparsity)[0],
         finetune=args.finetune,
         images_per_class=args.images_per_class,
@@ -214,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list encoders and whether they load offline").set_defaults(fn=_cmd_models)
     sub.add_parser("suites", help="list task suites and what they need").set_defaults(fn=_cmd_suites)
+    sub.add_parser("scores", help="list pruning scores: formula, paper, options").set_defaults(fn=_cmd_scores)
 
     p = sub.add_parser("evaluate", help="dense fit-and-evaluate accuracy per task")
     _add_data_args(p)
@@ -227,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--all-sources", action="store_true", help="each task the source once (the paper's average)"
     )
-    p.add_argument("--score", default="magnitude", help=f"pruning score ({', '.join(scores.available())})")
-    p.add_argument("--score-options", default=None, help="JSON, e.g. '{\"probes\": 20}'")
+    p.add_argument("--score", default="magnitude", choices=scores.available(), help="pruning score")
+    p.add_argument("--score-options", default=None, help=_score_options_help())
     p.add_argument("--sparsity", default="0.5904", help="fraction or percent, comma-separated, or 'paper'")
     p.add_argument("--mask-scope", default="global", choices=["global", "layerwise"])
-    p.add_argument("--loss", default="mse", choices=["mse", "ce"])
+    p.add_argument("--loss", default="mse", choices=scores.LOSSES)
     p.add_argument(
         "--finetune",
         nargs="?",
@@ -246,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_args(p)
     p.add_argument("--source", type=int, default=0)
     p.add_argument("--transfer", type=int, default=1)
-    p.add_argument("--score", default="magnitude")
+    p.add_argument("--score", default="magnitude", choices=scores.available(), help="pruning score")
+    p.add_argument("--score-options", default=None, help=_score_options_help())
     p.add_argument("--sparsity", default="0.6642")
     p.add_argument("--finetune", default="short")
     p.add_argument("--grid", type=int, default=9)

@@ -72,7 +72,8 @@ class ExperimentSpec:
         suite: Task-suite registry name.
         source: Index of the source task in the suite.
         score: Pruning score name (see :func:`pai_core.scores.available`).
-        score_options: Extra options of the score, as sorted ``(key, value)`` pairs.
+        score_options: Options of the score (:attr:`pai_core.scores.ScoreInfo.options`), as sorted
+            ``(key, value)`` pairs; checked against the score's metadata.
         sparsity: Fraction of scored weights removed (0 ≤ q < 1).
         mask_scope: ``"global"`` (the paper) or ``"layerwise"`` (uniform per layer).
         images_per_class: Data subset per class (the paper: 50); None keeps all.
@@ -108,17 +109,17 @@ class ExperimentSpec:
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.score not in scores.available():
-            raise ValueError(f"unknown score {self.score!r}; valid: {', '.join(scores.available())}")
+        score = scores.info(self.score)  # ValueError naming the valid scores
         if self.finetune is not None and self.finetune not in SCHEDULES:
             raise ValueError(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
         if self.mask_scope not in ("global", "layerwise"):
             raise ValueError(f"mask_scope must be 'global' or 'layerwise', got {self.mask_scope!r}")
-        if self.loss not in ("mse", "ce"):
-            raise ValueError(f"loss must be 'mse' or 'ce', got {self.loss!r}")
+        if self.loss not in scores.LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(scores.LOSSES)}")
         # Normalise options so equal specs hash equally whatever order they were given in.
         opts = self.score_options.items() if isinstance(self.score_options, dict) else self.score_options
         object.__setattr__(self, "score_options", tuple(sorted((str(k), v) for k, v in opts)))
+        score.check_options(dict(self.score_options))
 
     # -- serialisation ------------------------------------------------------------------
     def to_json(self) -> str:
@@ -302,18 +303,6 @@ class _EncoderWithHead(nn.Module):
         return self.head(self.encoder(x))
 
 
-def _scored_names(model: nn.Module) -> list[str]:
-    """Every weight of a Conv or Linear layer of the encoder (the paper prunes W, never ξ)."""
-    names = []
-    for mname, mod in model.named_modules():
-        if (
-            isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)
-            and getattr(mod, "weight", None) is not None
-        ):
-            names.append(f"{mname}.weight" if mname else "weight")
-    return names
-
-
 def _source_batches(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, batch_size: int = 32):
     x, y = task_inputs(suite.tasks[spec.source], enc, _image_size(spec, suite))
     fit_idx, _ = split_indices(y, spec.holdout, spec.seed)
@@ -338,10 +327,11 @@ def get_scores(
 
     def compute() -> dict[str, Tensor]:
         model = _EncoderWithHead(enc.copy().model, heads.module(spec.source)).to(device)
-        names = [f"encoder.{n}" for n in _scored_names(model.encoder)]
+        # The encoder's weights only: the paper prunes W, never the heads ξ.
+        names = [f"encoder.{n}" for n in scores.default_params(model.encoder)]
         batches = [(x.to(device), y.to(device)) for x, y in _source_batches(spec, enc, suite)]
         opts = dict(spec.score_options)
-        if spec.score in ("random", "hutchinson"):
+        if scores.info(spec.score).stochastic:
             opts.setdefault("seed", spec.seed)
         out = scores.compute(
             spec.score, model, batches, params=names, loss=spec.loss, progress=progress, **opts
@@ -496,11 +486,8 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
         raise ValueError(
             f"source task {spec.source} out of range: suite {spec.suite!r} has {len(suite.tasks)} tasks"
         )
-    if spec.score == "px" and enc.family == "vit":
-        raise ValueError(
-            "PX is defined for CNNs only: its path-kernel argument assumes the NTK regime, which "
-            "self-attention breaks (the paper skips PX on ViTs); choose another score"
-        )
+    if refusal := scores.info(spec.score).refusal(enc.family):
+        raise ValueError(refusal)
     progress("data", 1, 1, "data ready")
     tick("load")
 

@@ -25,13 +25,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import scores
+
 if TYPE_CHECKING:  # the engine imports torch; figures only need its dataclasses' attributes
     from pai_core.experiment import ExperimentResult, ExperimentSpec
 
 __all__ = [
     # palette and labels
     "OKABE_ITO",
-    "SCORE_LABELS",
     "score_color",
     "score_label",
     "sparsity_label",
@@ -69,19 +70,6 @@ OKABE_ITO = [
     "#000000",
 ]
 
-#: Display names; the order is the order of bars in a cluster (the paper's order first).
-SCORE_LABELS: dict[str, str] = {
-    "magnitude": "magnitude",
-    "diag": "diagonal Hessian",
-    "kfac": "block Hessian (K-FAC)",
-    "snip": "SNIP",
-    "grasp": "GraSP",
-    "px": "PX",
-    "hutchinson": "diagonal Hessian (Hutchinson)",
-    "fisher_taylor": "Fisher–Taylor",
-    "random": "random",
-}
-
 _BLACK = "#000000"
 _VERMILLION = "#D55E00"
 _BLUE = "#0072B2"
@@ -90,22 +78,29 @@ _WHITE = "#FFFFFF"
 _ROLE_TITLES = {"source": "source task", "transfer": "transfer tasks (mean)"}
 
 
+def _score_info(score: str) -> scores.ScoreInfo | None:
+    # A stored run may name a score this process does not register (a plugin not imported).
+    return scores.info(score) if score in scores.available() else None
+
+
 def score_color(score: str) -> str:
-    """A stable colour per score, so a score keeps its colour whatever else is selected."""
-    names = list(SCORE_LABELS)
-    if score in names:
-        return OKABE_ITO[names.index(score) % len(OKABE_ITO)]
+    """A stable colour per score (its registered colour), whatever else is selected."""
+    i = _score_info(score)
+    if i is not None and i.color:
+        return i.color
     return OKABE_ITO[sum(map(ord, score)) % (len(OKABE_ITO) - 1)]
 
 
 def score_label(score: str) -> str:
-    """Human-readable name of a score (the registry name when unknown)."""
-    return SCORE_LABELS.get(score, score)
+    """Human-readable name of a score (its registered label; the name itself when unknown)."""
+    i = _score_info(score)
+    return i.label if i is not None else score
 
 
-def _score_order(scores: Iterable[str]) -> list[str]:
-    known = list(SCORE_LABELS)
-    return sorted(set(scores), key=lambda s: (known.index(s) if s in known else len(known), s))
+def _score_order(names: Iterable[str]) -> list[str]:
+    # The registry's display order (the paper's scores first), unknown names last.
+    known = scores.available()
+    return sorted(set(names), key=lambda s: (known.index(s) if s in known else len(known), s))
 
 
 def sparsity_label(q: float) -> str:
@@ -368,7 +363,7 @@ def fig3_figure(
     _check_comparable(results)
     frame = fig3_frame(results)
     models = list(dict.fromkeys(r.spec.model for r in results))
-    scores = _score_order(frame["score"])
+    score_names = _score_order(frame["score"])
     levels = sorted(frame["sparsity"].unique())
     cats = [sparsity_label(q) for q in levels]
     roles = [r for r in ("source", "transfer") if (frame["role"] == r).any()]
@@ -387,7 +382,7 @@ def fig3_figure(
         for ri, role in enumerate(roles, start=1):
             panel = frame[(frame["model"] == model) & (frame["role"] == role)]
             first = ci == 1 and ri == 1
-            for score in scores:
+            for score in score_names:
                 d = panel[panel["score"] == score].set_index("sparsity").reindex(levels)
                 colour = score_color(score)
                 n = d["n"].fillna(0).astype(int).tolist()

@@ -102,7 +102,8 @@ class SweepConfig:
         score_options: ``{score: {option: value}}``, e.g. ``{"hutchinson": {"probes": 20}}``.
         mask_scope, loss, alpha, holdout, image_size: As in :class:`ExperimentSpec`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (not part of result keys).
-        skip_px_on_vit: Leave PX out on ViTs, as the paper does (it raises there otherwise).
+        skip_refused: Leave out the scores that refuse a model's family (PX on ViTs), as the paper
+            does (:attr:`pai_core.scores.ScoreInfo.refuses`; such a spec fails otherwise).
     """
 
     models: tuple[str, ...] = (models.DEFAULT_MODEL,)
@@ -122,7 +123,7 @@ class SweepConfig:
     holdout: bool = False
     image_size: int | None = None
     device: str = "auto"
-    skip_px_on_vit: bool = True
+    skip_refused: bool = True
 
     def __post_init__(self) -> None:
         # Normalise what YAML, JSON and argparse hand us (lists, comma strings, dicts, percents)
@@ -164,6 +165,11 @@ class SweepConfig:
         for s in self.scores:
             if s not in scores.available():
                 problems.append(f"unknown score {s!r}; valid: {', '.join(scores.available())}")
+        for s, opts in self.score_options:
+            try:
+                scores.info(s).check_options(dict(opts))
+            except ValueError as exc:
+                problems.append(f"score_options: {exc}")
         if self.finetune is not None and self.finetune not in SCHEDULES:
             problems.append(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
         if self.sparsities != "paper" and not all(0 <= q < 1 for q in self.sparsities):
@@ -236,6 +242,9 @@ class SweepConfig:
 # ----------------------------------------------------------------------------- expansion
 
 
+_FAMILY_LABELS = {"cnn": "CNN", "vit": "ViT"}
+
+
 def _family(model: str) -> str | None:
     for e in models.entries():
         if e.name == model:
@@ -271,12 +280,12 @@ def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
     notes: list[str] = []
     seen: set[str] = set()
     for model in cfg.models:
-        vit = _family(model) == "vit"
+        family = _family(model)
         for seed in cfg.seeds:
             for source in _source_indices(cfg, seed):
                 for score in cfg.scores:
-                    if score == "px" and vit and cfg.skip_px_on_vit:
-                        note = f"px skipped on {model} (a ViT), as in the paper"
+                    if cfg.skip_refused and scores.info(score).refusal(family):
+                        note = f"{score} skipped on {model} (a {_FAMILY_LABELS.get(family, family)}), as in the paper"
                         if note not in notes:
                             notes.append(note)
                         continue
@@ -856,7 +865,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--mask-scope", default=None, choices=["global", "layerwise"])
-    p.add_argument("--loss", default=None, choices=["mse", "ce"])
+    p.add_argument("--loss", default=None, choices=scores.LOSSES)
     p.add_argument(
         "--store", default=None, help="results database (default: $PAI_RESULTS_DB or <cache>/results.sqlite)"
     )
