@@ -135,7 +135,7 @@ def _arch_one(name: str, scores: list[str], sizes: tuple[int, int], dev) -> dict
     from torch import nn
 
     from pai_core import scores as score_mod
-    from pai_core.experiment import _EncoderWithHead, _scored_names
+    from pai_core.experiment import _EncoderWithHead
     from pai_core.features import extract
     from pai_core.finetune import FinetuneConfig, finetune
 
@@ -160,14 +160,14 @@ def _arch_one(name: str, scores: list[str], sizes: tuple[int, int], dev) -> dict
     # finetune() also evaluates the loss once before training: one forward pass to subtract.
     res["train_per_image"] = (t - 32 * res["forward_per_image"]) / (steps * 32)
     model = _EncoderWithHead(enc, head).to(dev)
-    names = [f"encoder.{p}" for p in _scored_names(enc)]
+    names = [f"encoder.{p}" for p in score_mod.default_params(enc)]
 
     def batches(n: int) -> list:
         return [(x[i : min(i + 32, n)].to(dev), y[i : min(i + 32, n)].to(dev)) for i in range(0, n, 32)]
 
     for score in scores:
-        if score == "px" and name.startswith("vit"):
-            continue  # PX is for CNNs (the paper skips it on ViTs)
+        if score_mod.info(score).refusal("vit" if name.startswith("vit") else "cnn"):
+            continue  # e.g. PX on ViTs (the paper skips it)
         score_mod.compute(score, model, batches(4), params=names, loss="mse")  # warm-up
         for n in sizes:
             t0 = time.perf_counter()
@@ -229,7 +229,6 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("PAI_STORE_AUTORECORD", "0")  # benchmark runs are not results
     scores = [s for s in args.scores.split(",") if s]
     raw: dict = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "threads": args.threads}
     if args.part in ("offline", "both"):

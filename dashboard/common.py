@@ -20,10 +20,10 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pai_core import cache, experiment, models, scores, tasks
-from pai_core.experiment import ExperimentResult, ExperimentSpec
+from pai_core import cache, experiment, models, scores, store, tasks
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
+from pai_core.results import ExperimentResult, ExperimentSpec
 
 __all__ = [
     "init_state",
@@ -283,42 +283,20 @@ def masks_file(spec_json: str) -> bytes:
 
 
 def results_signature() -> tuple:
-    """Changes whenever a run finishes (store file or result files): the key of :func:`all_results`."""
-    from pai_core.store import default_path
-
-    root = cache.cache_dir()
-    db = default_path()
+    """Changes whenever a run is recorded in the results store: the key of :func:`all_results`."""
+    db = store.default_path()
     sig: list = [str(db)]
     for path in (db, db.with_name(db.name + "-wal")):
         if path.exists():
             st_ = path.stat()
             sig.append((path.name, st_.st_mtime_ns, st_.st_size))
-    res_dir = root / "results"
-    if res_dir.is_dir():
-        files = [p for p in res_dir.glob("*.json")]
-        sig.append(("json", len(files), max((p.stat().st_mtime_ns for p in files), default=0)))
-    return (str(root), *sig)
+    return tuple(sig)
 
 
 @st.cache_data(show_spinner="Reading finished runs…", max_entries=4)
 def all_results(signature: tuple) -> list[ExperimentResult]:
-    """Every finished run: the results store, plus result files the store does not hold yet."""
-    found: dict[str, ExperimentResult] = {}
-    try:
-        from pai_core.store import ResultsStore
-
-        for r in ResultsStore().results():
-            found[r.spec.key()] = r
-    except ImportError:
-        pass
-    res_dir = cache.cache_dir() / "results"
-    for path in sorted(res_dir.glob("*.json")) if res_dir.is_dir() else []:
-        try:
-            r = ExperimentResult.from_dict(cache.load_json(path))
-        except (cache.CacheCorrupt, TypeError, KeyError, ValueError):
-            continue  # a result of an older format or a half-copied file: not a finished run
-        found.setdefault(r.spec.key(), r)
-    return list(found.values())
+    """Every finished run, from the results store (the one source of truth; ``signature`` keys the cache)."""
+    return store.ResultsStore().results()
 
 
 # ----------------------------------------------------------------------------- progress

@@ -11,8 +11,8 @@ import time
 import streamlit as st
 
 from dashboard import common
-from pai_core import experiment, figures, masks, models, scores
-from pai_core.experiment import ExperimentSpec
+from pai_core import experiment, figures, masks, models, scores, store
+from pai_core.results import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
 
@@ -192,6 +192,7 @@ if job is not None:
         for i, spec in enumerate(job["specs"]):
             panel.start_run(i, figures.run_label(spec, job["task_names"]))
             results.append(experiment.run(spec, panel))
+            store.record_run(results[-1])  # the Results page reads the store
         panel.finish(f"{len(results)} run(s) finished")
     except Exception as exc:  # user errors are explained; anything else is shown as a bug with details
         ss["prune_error"] = common.error_record(exc)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import common
 from pai_core import figures, masks, models, scores
-from pai_core.experiment import ExperimentSpec
+from pai_core.results import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
 GRIDS = [5, 7, 9, 11, 15, 21]

@@ -1,6 +1,6 @@
 """Results: every finished run as a table and as the Fig. 3 grid across models; downloads.
 
-Thin page: the runs come from the results store (plus result files it does not hold yet),
+Thin page: the runs come from the results store (the one record of finished runs),
 :mod:`pai_core.figures` turns them into frames and figures.
 """
 

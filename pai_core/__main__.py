@@ -13,8 +13,9 @@ import json
 import sys
 import time
 
-from . import experiment, masks, models, scores, sweep, tasks
-from .features import device_label, pick_device
+from . import experiment, masks, models, scores, store, sweep, tasks
+from .features import device_label
+from .results import ExperimentResult, ExperimentSpec
 
 __all__ = ["main"]
 
@@ -109,7 +110,7 @@ def _score_options_help() -> str:
 
 
 def _cmd_evaluate(args) -> int:
-    spec = experiment.ExperimentSpec(
+    spec = ExperimentSpec(
         model=args.model,
         suite=args.suite,
         images_per_class=args.images_per_class,
@@ -120,16 +121,13 @@ def _cmd_evaluate(args) -> int:
         checkpoint=args.checkpoint,
         device=args.device,
     )
-    bar = _Bar()
-    enc = experiment.get_encoder(spec.model, spec.checkpoint)
-    suite = experiment.get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
-    device = pick_device(spec.device)
+    ctx = experiment.prepare(spec, _Bar())
+    enc, suite = ctx.encoder, ctx.suite
     print(
-        f"model {enc.name} ({enc.weights_id}), suite {suite.name}, device {device_label(device)}"
+        f"model {enc.name} ({enc.weights_id}), suite {suite.name}, device {device_label(ctx.device)}"
         f"{', held-out split' if spec.holdout else ', fit = evaluate images (as the paper)'}"
     )
-    heads = experiment.get_heads(spec, enc, suite, device, lambda *a: bar("features", *a))
-    accs = heads.dense
+    accs = ctx.heads.dense
     print(f"{'task':28} {'images':>6} {'dense acc %':>11}")
     for t, a in zip(suite.tasks, accs, strict=True):
         print(f"{t.name:28} {len(t):6d} {_fmt(a):>11}")
@@ -147,7 +145,7 @@ def _parse_sparsities(text: str) -> list[float]:
     return [v / 100 if v >= 1 else v for v in vals]
 
 
-def _print_result(res: experiment.ExperimentResult) -> None:
+def _print_result(res: ExperimentResult) -> None:
     s = res.spec
     print(
         f"\n{s.model} / {s.suite} / source {s.source} / {s.score} / sparsity {100 * s.sparsity:.2f}%"
@@ -184,7 +182,7 @@ def _score_options(args) -> dict:
 
 
 def _cmd_run(args) -> int:
-    base = experiment.ExperimentSpec(
+    base = ExperimentSpec(
         model=args.model,
         suite=args.suite,
         source=args.source,
@@ -208,6 +206,7 @@ def _cmd_run(args) -> int:
         if args.all_sources:
             runs = experiment.run_all_sources(spec, bar)
             for r in runs:
+                store.record_run(r)
                 _print_result(r)
             avg = experiment.average_over_sources(runs)
             print(
@@ -217,6 +216,7 @@ def _cmd_run(args) -> int:
             results += runs
         else:
             res = experiment.run(spec, bar)
+            store.record_run(res)
             _print_result(res)
             results.append(res)
     if args.json:
@@ -228,7 +228,7 @@ def _cmd_run(args) -> int:
 def _cmd_landscape(args) -> int:
     from . import landscape
 
-    spec = experiment.ExperimentSpec(
+    spec = ExperimentSpec(
         model=args.model,
         suite=args.suite,
         source=args.source,

@@ -30,12 +30,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: the store needs none
+    import torch
 
 __all__ = [
     "FORMAT_VERSION",
@@ -136,6 +136,8 @@ def _payload(blob: bytes) -> bytes:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     """Save a dict of tensors as safetensors with a payload checksum in the header."""
+    from safetensors.torch import save as st_save
+
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     digest = hashlib.sha256(_payload(st_save(flat))).hexdigest()
     metadata = {"sha256": digest, "format": str(FORMAT_VERSION), "meta": json.dumps(_jsonable(meta or {}))}
@@ -149,6 +151,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         FileNotFoundError: No such file.
         CacheCorrupt: The file is truncated, not safetensors, or its checksum fails.
     """
+    from safetensors.torch import load as st_load
+
     data = Path(path).read_bytes()
     try:
         tensors = st_load(data)

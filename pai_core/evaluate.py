@@ -10,15 +10,19 @@ evaluates on the other (a deviation from the paper, labelled as such in the UI).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import ridge
-from .features import Progress, dense_features, extract, task_inputs
+from .features import dense_features, extract, task_inputs
 from .models import Encoder
 from .tasks import TaskSuite
+
+if TYPE_CHECKING:
+    from .results import Progress
 
 __all__ = ["Heads", "split_indices", "fit_heads", "evaluate", "evaluate_dense"]
 

@@ -1,15 +1,17 @@
 """One experiment of the paper's protocol: prune → zero-shot → fine-tune → re-evaluate.
 
-:class:`ExperimentSpec` is a frozen, JSON-serialisable description of a run;
-:func:`run` executes it and returns an :class:`ExperimentResult` with, for every
-task of the suite, the dense accuracy, the zero-shot accuracy of the pruned
-encoder (heads fitted on the dense encoder and frozen) and, when asked for, the
-accuracy after fine-tuning on the source task, each flagged source or transfer.
+:func:`run` executes an :class:`~pai_core.results.ExperimentSpec` and returns an
+:class:`~pai_core.results.ExperimentResult` with, for every task of the suite, the dense
+accuracy, the zero-shot accuracy of the pruned encoder (heads fitted on the dense encoder and
+frozen) and, when asked for, the accuracy after fine-tuning on the source task, each flagged
+source or transfer.  :func:`prepare` builds what every stage shares (encoder, suite, device,
+heads) once, as a :class:`Context`; the landscape of :mod:`pai_core.landscape` uses it too.
 
-Every stage is cached on disk by what determines it: dense features and heads,
-scores (one pass per score, whatever the sparsity), masks, fine-tuned weights
-and results.  Re-running a spec is a cache hit; changing only the sparsity
-reuses features, heads and scores.
+Every stage is cached on disk by what determines it: dense features and heads, scores (one pass
+per score, whatever the sparsity), bit-packed masks, fine-tuned weights and results.  Re-running
+a spec is a cache hit; changing only the sparsity reuses features, heads and scores.  Recording a
+finished run in the results store is the caller's step (:func:`pai_core.store.record_run`): the
+CLI, the dashboard and sweeps do it.
 
 Example:
     >>> spec = ExperimentSpec(score="magnitude", sparsity=0.5904)   # doctest: +SKIP
@@ -20,11 +22,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,185 +37,36 @@ from torch import Tensor, nn
 from . import cache, masks, scores
 from .evaluate import Heads, evaluate, fit_heads, split_indices
 from .features import pick_device, task_inputs
-from .finetune import SCHEDULES, finetune, schedule
-from .models import DEFAULT_MODEL, Encoder, load_encoder
+from .finetune import finetune, schedule
+from .models import Encoder, load_encoder
+from .results import ExperimentResult, ExperimentSpec, Progress, StageProgress, TaskResult
 from .tasks import TaskSuite, load_suite
 
 __all__ = [
+    # running
+    "run",
+    "run_all_sources",
+    "average_over_sources",
+    "load_masks",
+    # the shared context and the cached stages
+    "Context",
+    "prepare",
+    "get_scores",
+    "get_masks",
+    "get_finetuned",
+    # in-process reuse
+    "get_encoder",
+    "get_suite",
+    # the result types (defined in pai_core.results, re-exported for convenience)
     "ExperimentSpec",
     "TaskResult",
     "ExperimentResult",
     "StageProgress",
-    "run",
-    "run_all_sources",
-    "average_over_sources",
-    "get_encoder",
-    "get_suite",
-    "get_heads",
-    "get_scores",
-    "get_masks",
-    "get_finetuned",
-    "load_masks",
 ]
 
-#: ``progress(stage, done, total, message)``; stages: "data", "features", "scores", "masks",
-#: "zero-shot", "fine-tune", "evaluate".
-StageProgress = Callable[[str, int, int, str], None]
 
-#: Bump when the meaning of a result changes (keeps stale results out of the store).
-RESULT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ExperimentSpec:
-    """Everything that determines one experiment.
-
-    Attributes:
-        model: Encoder registry name (see :func:`pai_core.models.available`).
-        suite: Task-suite registry name.
-        source: Index of the source task in the suite.
-        score: Pruning score name (see :func:`pai_core.scores.available`).
-        score_options: Options of the score (:attr:`pai_core.scores.ScoreInfo.options`), as sorted
-            ``(key, value)`` pairs; checked against the score's metadata.
-        sparsity: Fraction of scored weights removed (0 ≤ q < 1).
-        mask_scope: ``"global"`` (the paper) or ``"layerwise"`` (uniform per layer).
-        images_per_class: Data subset per class (the paper: 50); None keeps all.
-        finetune: Schedule name (``"paper"``, ``"short"``, ``"smoke"``) or None for zero-shot only.
-        holdout: Fit heads on one half of each task and evaluate on the other (deviation from the paper).
-        alpha: Ridge regularisation α (the paper: 1).
-        loss: Loss the data-driven scores differentiate: ``"mse"`` (the paper) or ``"ce"``.
-        seed: Seed for subsets, random scores, probes and mini-batch order.
-        image_size: Encoder input size; None → the suite's preference, else the encoder's own.
-        data_root: Folder for suites that read one.
-        checkpoint: Local checkpoint file for the encoder (offline use of hub models).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; not part of cache keys.
-    """
-
-    model: str = DEFAULT_MODEL
-    suite: str = "digits"
-    source: int = 0
-    score: str = "magnitude"
-    score_options: tuple[tuple[str, Any], ...] = ()
-    sparsity: float = 0.5904
-    mask_scope: str = "global"
-    images_per_class: int | None = 50
-    finetune: str | None = None
-    holdout: bool = False
-    alpha: float = 1.0
-    loss: str = "mse"
-    seed: int = 0
-    image_size: int | None = None
-    data_root: str | None = None
-    checkpoint: str | None = None
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        score = scores.info(self.score)  # ValueError naming the valid scores
-        if self.finetune is not None and self.finetune not in SCHEDULES:
-            raise ValueError(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
-        if self.mask_scope not in ("global", "layerwise"):
-            raise ValueError(f"mask_scope must be 'global' or 'layerwise', got {self.mask_scope!r}")
-        if self.loss not in scores.LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(scores.LOSSES)}")
-        # Normalise options so equal specs hash equally whatever order they were given in.
-        opts = self.score_options.items() if isinstance(self.score_options, dict) else self.score_options
-        object.__setattr__(self, "score_options", tuple(sorted((str(k), v) for k, v in opts)))
-        score.check_options(dict(self.score_options))
-
-    # -- serialisation ------------------------------------------------------------------
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | dict) -> ExperimentSpec:
-        d = json.loads(text) if isinstance(text, str) else dict(text)
-        d["score_options"] = tuple(tuple(kv) for kv in d.get("score_options", ()))
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> ExperimentSpec:
-        return dataclasses.replace(self, **changes)
-
-    def key(self) -> str:
-        """Cache key of the result (device excluded: it does not change what is computed)."""
-        return cache.spec_key("results", {**dataclasses.asdict(self), "device": None, "v": RESULT_VERSION})
-
-
-@dataclass
-class TaskResult:
-    """Accuracies on one task."""
-
-    task: str
-    role: str  # "source" or "transfer"
-    dense: float
-    zero_shot: float
-    finetuned: float | None = None
-
-
-@dataclass
-class ExperimentResult:
-    """What :func:`run` returns (and what the results store keeps)."""
-
-    spec: ExperimentSpec
-    tasks: list[TaskResult]
-    schedule: str | None
-    timings: dict[str, float] = field(default_factory=dict)
-    layer_report: list[dict] = field(default_factory=list)
-    collapsed_layers: list[str] = field(default_factory=list)
-    finetune_log: dict | None = None
-    notes: list[str] = field(default_factory=list)
-    device: str = "cpu"
-    cached: bool = False
-
-    def _mean(self, role: str, attr: str) -> float | None:
-        vals = [getattr(t, attr) for t in self.tasks if t.role == role and getattr(t, attr) is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    @property
-    def mean_source_dense(self) -> float | None:
-        return self._mean("source", "dense")
-
-    @property
-    def mean_transfer_dense(self) -> float | None:
-        return self._mean("transfer", "dense")
-
-    @property
-    def mean_source_zero_shot(self) -> float | None:
-        return self._mean("source", "zero_shot")
-
-    @property
-    def mean_transfer_zero_shot(self) -> float | None:
-        return self._mean("transfer", "zero_shot")
-
-    @property
-    def mean_source_finetuned(self) -> float | None:
-        return self._mean("source", "finetuned")
-
-    @property
-    def mean_transfer_finetuned(self) -> float | None:
-        return self._mean("transfer", "finetuned")
-
-    def summary(self) -> dict[str, float | None]:
-        """The six means (source/transfer × dense/zero-shot/fine-tuned)."""
-        return {
-            f"{role}_{kind}": self._mean(role, kind)
-            for role in ("source", "transfer")
-            for kind in ("dense", "zero_shot", "finetuned")
-        }
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["spec"] = dataclasses.asdict(self.spec)
-        d["summary"] = self.summary()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExperimentResult:
-        d = {k: v for k, v in d.items() if k != "summary"}
-        d["spec"] = ExperimentSpec.from_json(d["spec"])
-        d["tasks"] = [TaskResult(**t) for t in d["tasks"]]
-        return cls(**d)
+def _quiet(stage: str, done: int, total: int, message: str) -> None:
+    pass
 
 
 # ----------------------------------------------------------------------------- in-process reuse
@@ -245,50 +99,132 @@ def get_suite(
     return _SUITES[key]
 
 
-def _image_size(spec: ExperimentSpec, suite: TaskSuite) -> int | None:
-    return spec.image_size or suite.image_size
+# ----------------------------------------------------------------------------- the shared context
 
 
-def _data_spec(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite) -> dict:
-    return {
-        "model": spec.model,
-        "weights": enc.weights_id,
-        "data": suite.identity(),
-        "image_size": _image_size(spec, suite),
-        "holdout": spec.holdout,
-        "alpha": spec.alpha,
-        "seed": spec.seed,
-    }
+@dataclass(frozen=True)
+class Context:
+    """What every stage of one experiment shares; built by :func:`prepare`.
 
+    Attributes:
+        spec: The experiment.
+        encoder: Its encoder (shared in-process: never mutate it, ``.copy()`` first).
+        suite: Its task suite.
+        device: Where stages compute.
+        progress: The run's ``progress(stage, done, total, message)``.
+    """
 
-def get_heads(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, device, progress=None) -> Heads:
-    """Frozen ridge heads of every task, fitted on the dense encoder (cached on disk)."""
-    key = {**_data_spec(spec, enc, suite)}
+    spec: ExperimentSpec
+    encoder: Encoder
+    suite: TaskSuite
+    device: torch.device
+    progress: StageProgress = _quiet
 
-    def compute() -> dict[str, Tensor]:
-        h = fit_heads(
-            enc,
-            suite,
-            alpha=spec.alpha,
-            holdout=spec.holdout,
-            seed=spec.seed,
-            image_size=_image_size(spec, suite),
-            device=device,
-            progress=progress,
-        )
-        return {
-            **{str(k): xi for k, xi in enumerate(h.xi)},
-            "dense": torch.tensor(h.dense, dtype=torch.float64),
+    @property
+    def image_size(self) -> int | None:
+        """Encoder input size: the spec's, else the suite's preference (None: the encoder's own)."""
+        return self.spec.image_size or self.suite.image_size
+
+    def stage(self, name: str) -> Progress:
+        """The progress callback of one stage."""
+        return partial(self.progress, name)
+
+    def inputs(self, task: int) -> tuple[Tensor, Tensor]:
+        """All images of a task (encoder-ready) and their labels."""
+        return task_inputs(self.suite.tasks[task], self.encoder, self.image_size)
+
+    def split(self, task: int, part: str) -> tuple[Tensor, Tensor]:
+        """The ``"fit"`` or ``"eval"`` images of a task (the same unless ``spec.holdout``)."""
+        x, y = self.inputs(task)
+        fit_idx, eval_idx = split_indices(y, self.spec.holdout, self.spec.seed)
+        idx = fit_idx if part == "fit" else eval_idx
+        return x[idx], y[idx]
+
+    def key(self, stage: str) -> dict[str, Any]:
+        """Cache key of a stage: ``"heads"``, ``"scores"``, ``"masks"`` or ``"finetuned"``.
+
+        Each stage's key extends the previous one's by what the stage adds (so changing only
+        the sparsity keeps the heads' and the scores' keys).
+        """
+        s = self.spec
+        key: dict[str, Any] = {
+            "model": s.model,
+            "weights": self.encoder.weights_id,
+            "data": self.suite.identity(),
+            "image_size": self.image_size,
+            "holdout": s.holdout,
+            "alpha": s.alpha,
+            "seed": s.seed,
         }
+        if stage == "heads":
+            return key
+        key |= {"source": s.source, "score": s.score, "options": list(s.score_options), "loss": s.loss}
+        if stage == "scores":
+            return key
+        key |= {"sparsity": s.sparsity, "scope": s.mask_scope}
+        if stage == "masks":
+            return key
+        if stage == "finetuned":
+            return key | {"finetune": dataclasses.asdict(schedule(s.finetune))}
+        raise ValueError(f"unknown stage {stage!r}")
 
-    xi = cache.cached_tensors("heads", key, compute)
-    return Heads(
-        [xi[str(k)] for k in range(len(suite.tasks))],
-        spec.holdout,
-        spec.seed,
-        spec.alpha,
-        xi["dense"].tolist(),
-    )
+    @functools.cached_property
+    def heads(self) -> Heads:
+        """Frozen ridge heads of every task, fitted on the dense encoder (cached on disk)."""
+        s = self.spec
+
+        def compute() -> dict[str, Tensor]:
+            h = fit_heads(
+                self.encoder,
+                self.suite,
+                alpha=s.alpha,
+                holdout=s.holdout,
+                seed=s.seed,
+                image_size=self.image_size,
+                device=self.device,
+                progress=self.stage("features"),
+            )
+            return {
+                **{str(k): xi for k, xi in enumerate(h.xi)},
+                "dense": torch.tensor(h.dense, dtype=torch.float64),
+            }
+
+        xi = cache.cached_tensors("heads", self.key("heads"), compute)
+        return Heads(
+            [xi[str(k)] for k in range(len(self.suite.tasks))],
+            s.holdout,
+            s.seed,
+            s.alpha,
+            xi["dense"].tolist(),
+        )
+
+
+def prepare(spec: ExperimentSpec, progress: StageProgress | None = None) -> Context:
+    """Load the encoder and the suite and check that the spec can run on them (cheap).
+
+    The heads are fitted (or read from the cache) when first used: :attr:`Context.heads`.
+
+    Raises:
+        ValueError: Source index out of range, or a score that refuses the encoder's family.
+        pai_core.models.ModelUnavailable: The encoder's weights cannot be had.
+        pai_core.tasks.DataError: The suite's data is missing or unusable.
+    """
+    progress = progress or _quiet
+    device = pick_device(spec.device)
+    progress("data", 0, 1, f"loading {spec.model} and {spec.suite}")
+    enc = get_encoder(spec.model, spec.checkpoint)
+    suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
+    if not 0 <= spec.source < len(suite.tasks):
+        raise ValueError(
+            f"source task {spec.source} out of range: suite {spec.suite!r} has {len(suite.tasks)} tasks"
+        )
+    if refusal := scores.info(spec.score).refusal(enc.family):
+        raise ValueError(refusal)
+    progress("data", 1, 1, "data ready")
+    return Context(spec, enc, suite, device, progress)
+
+
+# ----------------------------------------------------------------------------- cached stages
 
 
 class _EncoderWithHead(nn.Module):
@@ -303,107 +239,92 @@ class _EncoderWithHead(nn.Module):
         return self.head(self.encoder(x))
 
 
-def _source_batches(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, batch_size: int = 32):
-    x, y = task_inputs(suite.tasks[spec.source], enc, _image_size(spec, suite))
-    fit_idx, _ = split_indices(y, spec.holdout, spec.seed)
-    x, y = x[fit_idx], y[fit_idx]
-    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+def _cached_scores(key: Any, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Scores for ``key`` from the on-disk cache (kind ``"scores"``), computed on a miss.
+
+    ``key`` must identify everything that determines the scores (:meth:`Context.key`).  A corrupt
+    or truncated file is detected by :mod:`pai_core.cache`, deleted and recomputed.
+    """
+    return cache.cached_tensors("scores", key, compute)
 
 
-def _score_spec(spec: ExperimentSpec, enc: Encoder, suite: TaskSuite) -> dict:
-    return {
-        **_data_spec(spec, enc, suite),
-        "source": spec.source,
-        "score": spec.score,
-        "options": list(spec.score_options),
-        "loss": spec.loss,
-    }
+def _cached_masks(key: Any, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Masks for ``key`` from the cache (kind ``"masks"``, stored bit-packed), computed on a miss."""
+    return masks.unpack(cache.cached_tensors("masks", key, lambda: masks.pack(compute())))
 
 
-def get_scores(
-    spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, device, progress=None
-) -> dict[str, Tensor]:
+def get_scores(ctx: Context) -> dict[str, Tensor]:
     """Scores of the encoder's weights on the source task (cached; independent of the sparsity)."""
+    spec = ctx.spec
 
     def compute() -> dict[str, Tensor]:
-        model = _EncoderWithHead(enc.copy().model, heads.module(spec.source)).to(device)
+        x, y = ctx.split(spec.source, "fit")
+        model = _EncoderWithHead(ctx.encoder.copy().model, ctx.heads.module(spec.source)).to(ctx.device)
         # The encoder's weights only: the paper prunes W, never the heads ξ.
         names = [f"encoder.{n}" for n in scores.default_params(model.encoder)]
-        batches = [(x.to(device), y.to(device)) for x, y in _source_batches(spec, enc, suite)]
+        batches = [(x[i : i + 32].to(ctx.device), y[i : i + 32].to(ctx.device)) for i in range(0, len(x), 32)]
         opts = dict(spec.score_options)
         if scores.info(spec.score).stochastic:
             opts.setdefault("seed", spec.seed)
         out = scores.compute(
-            spec.score, model, batches, params=names, loss=spec.loss, progress=progress, **opts
+            spec.score, model, batches, params=names, loss=spec.loss, progress=ctx.stage("scores"), **opts
         )
         return {k.removeprefix("encoder."): v.detach().float().cpu() for k, v in out.items()}
 
-    return masks.cached_scores(_score_spec(spec, enc, suite), compute)
+    return _cached_scores(ctx.key("scores"), compute)
 
 
-def get_masks(
-    spec: ExperimentSpec, enc: Encoder, suite: TaskSuite, heads: Heads, device, progress=None
-) -> dict[str, Tensor]:
+def get_masks(ctx: Context) -> dict[str, Tensor]:
     """Keep-masks of the encoder's scored weights at the spec's sparsity (cached)."""
-    mspec = {**_score_spec(spec, enc, suite), "sparsity": spec.sparsity, "scope": spec.mask_scope}
+    spec = ctx.spec
 
     def compute() -> dict[str, Tensor]:
-        sc = get_scores(spec, enc, suite, heads, device, progress)
+        sc = get_scores(ctx)
         fn = masks.global_topk if spec.mask_scope == "global" else masks.layerwise_topk
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # collapse is reported in the result, not as noise here
             return fn(sc, spec.sparsity)
 
-    return masks.cached_masks(mspec, compute)
+    return _cached_masks(ctx.key("masks"), compute)
 
 
-def get_finetuned(
-    spec: ExperimentSpec,
-    enc: Encoder,
-    suite: TaskSuite,
-    heads: Heads,
-    mask: dict[str, Tensor],
-    device,
-    progress=None,
-) -> tuple[dict[str, Tensor], dict]:
+def get_finetuned(ctx: Context, mask: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
     """State dict of the pruned encoder after fine-tuning on the source task (cached) and its log."""
-    fspec = {
-        **_score_spec(spec, enc, suite),
-        "sparsity": spec.sparsity,
-        "scope": spec.mask_scope,
-        "finetune": dataclasses.asdict(schedule(spec.finetune)),
-    }
+    spec = ctx.spec
     log: dict = {}
 
     def compute() -> dict[str, Tensor]:
-        model = enc.copy().model
+        model = ctx.encoder.copy().model
         masks.prune_(model, mask)
-        x, y = task_inputs(suite.tasks[spec.source], enc, _image_size(spec, suite))
-        fit_idx, _ = split_indices(y, spec.holdout, spec.seed)
+        x, y = ctx.split(spec.source, "fit")
         log.update(
             finetune(
                 model,
-                heads.module(spec.source),
-                x[fit_idx],
-                y[fit_idx],
+                ctx.heads.module(spec.source),
+                x,
+                y,
                 mask,
                 schedule(spec.finetune),
                 model_name=spec.model,
-                device=device,
+                device=ctx.device,
                 seed=spec.seed,
-                progress=progress,
+                progress=ctx.stage("fine-tune"),
             )
         )
         state = dict(model.state_dict())
         state["__log__"] = torch.tensor(list(json.dumps(log).encode()), dtype=torch.uint8)
         return state
 
-    state = cache.cached_tensors("finetuned", fspec, compute)
-    state = dict(state)
+    state = dict(cache.cached_tensors("finetuned", ctx.key("finetuned"), compute))
     blob = state.pop("__log__", None)
     if blob is not None:
         log = json.loads(bytes(blob.tolist()).decode())
     return state, log
+
+
+def load_masks(spec: ExperimentSpec, progress: StageProgress | None = None) -> dict[str, Tensor]:
+    """The keep-masks of a spec (from the cache when computed before), for overlap views and downloads."""
+    return get_masks(prepare(spec, progress))
 
 
 # ----------------------------------------------------------------------------- run
@@ -427,11 +348,7 @@ def run(
         pai_core.models.ModelUnavailable: The encoder's weights cannot be had.
         pai_core.tasks.DataError: The suite's data is missing or unusable.
     """
-
-    def quiet(stage: str, done: int, total: int, message: str) -> None:
-        pass
-
-    progress = progress or quiet
+    progress = progress or _quiet
     path = cache.cache_dir() / "results" / f"{spec.key()}.json"
     if use_cache and (hit := _cached_result(path)) is not None:
         progress("done", 1, 1, "result from cache")
@@ -442,7 +359,10 @@ def run(
         if use_cache and (hit := _cached_result(path)) is not None:
             progress("done", 1, 1, "result from cache (computed meanwhile by another run)")
             return hit
-        return _run(spec, progress, path)
+        res = _run(spec, progress)
+        cache.save_json(path, res.to_dict())
+        progress("done", 1, 1, "finished")
+        return res
 
 
 def _cached_result(path) -> ExperimentResult | None:
@@ -454,23 +374,9 @@ def _cached_result(path) -> ExperimentResult | None:
     return res
 
 
-def load_masks(spec: ExperimentSpec, progress: StageProgress | None = None) -> dict[str, Tensor]:
-    """The keep-masks of a spec (from the cache when computed before), for overlap views and downloads."""
-    progress = progress or (lambda *a: None)
-    device = pick_device(spec.device)
-    enc = get_encoder(spec.model, spec.checkpoint)
-    suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
-    heads = get_heads(spec, enc, suite, device, partial(progress, "features"))
-    return get_masks(spec, enc, suite, heads, device, partial(progress, "scores"))
-
-
-def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResult:
-
+def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    def stage(name: str):
-        return partial(progress, name)
 
     def tick(name: str) -> None:
         nonlocal t0
@@ -478,57 +384,40 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
         timings[name] = timings.get(name, 0.0) + now - t0
         t0 = now
 
-    device = pick_device(spec.device)
-    progress("data", 0, 1, f"loading {spec.model} and {spec.suite}")
-    enc = get_encoder(spec.model, spec.checkpoint)
-    suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
-    if not 0 <= spec.source < len(suite.tasks):
-        raise ValueError(
-            f"source task {spec.source} out of range: suite {spec.suite!r} has {len(suite.tasks)} tasks"
-        )
-    if refusal := scores.info(spec.score).refusal(enc.family):
-        raise ValueError(refusal)
-    progress("data", 1, 1, "data ready")
+    ctx = prepare(spec, progress)
     tick("load")
 
-    heads = get_heads(spec, enc, suite, device, stage("features"))
-    dense = heads.dense
+    dense = ctx.heads.dense
     tick("features+heads")
 
-    mask = get_masks(spec, enc, suite, heads, device, stage("scores"))
+    mask = get_masks(ctx)
     report = masks.sparsity_report(mask)
     collapsed = masks.collapsed_layers(mask)
     tick("scores+masks")
 
-    pruned = enc.copy().model
-    masks.prune_(pruned, mask)
-    zs = evaluate(
-        pruned,
-        enc,
-        suite,
-        heads,
-        image_size=_image_size(spec, suite),
-        device=device,
-        progress=stage("zero-shot"),
-    )
+    def accuracies(model: nn.Module, stage: str) -> list[float]:
+        return evaluate(
+            model,
+            ctx.encoder,
+            ctx.suite,
+            ctx.heads,
+            image_size=ctx.image_size,
+            device=ctx.device,
+            progress=ctx.stage(stage),
+        )
+
+    pruned = masks.prune_(ctx.encoder.copy().model, mask)
+    zs = accuracies(pruned, "zero-shot")
     tick("zero-shot")
 
-    ft_accs: list[float | None] = [None] * len(suite.tasks)
+    ft_accs: list[float | None] = [None] * len(ctx.suite.tasks)
     ft_log = None
     if spec.finetune:
-        state, ft_log = get_finetuned(spec, enc, suite, heads, mask, device, stage("fine-tune"))
+        state, ft_log = get_finetuned(ctx, mask)
         tick("fine-tune")
-        tuned = enc.copy().model
+        tuned = ctx.encoder.copy().model
         tuned.load_state_dict(state)
-        ft_accs = evaluate(
-            tuned,
-            enc,
-            suite,
-            heads,
-            image_size=_image_size(spec, suite),
-            device=device,
-            progress=stage("evaluate"),
-        )
+        ft_accs = accuracies(tuned, "evaluate")
         tick("evaluate")
 
     tasks = [
@@ -539,20 +428,20 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
             zero_shot=zs[k],
             finetuned=ft_accs[k],
         )
-        for k, t in enumerate(suite.tasks)
+        for k, t in enumerate(ctx.suite.tasks)
     ]
-    notes = list(suite.notes)
+    notes = list(ctx.suite.notes)
     if collapsed:
         notes.append(f"layer collapse: {len(collapsed)} layer(s) lost every weight, e.g. {collapsed[:3]}")
-    if suite.skipped:
-        notes.append(f"{suite.skipped} unreadable image file(s) skipped")
+    if ctx.suite.skipped:
+        notes.append(f"{ctx.suite.skipped} unreadable image file(s) skipped")
     if spec.holdout:
         notes.append(
             "held-out split: heads fitted on one half, evaluated on the other (deviation from the paper)"
         )
     if ft_log:
         notes += ft_log.get("notes", [])
-    res = ExperimentResult(
+    return ExperimentResult(
         spec=spec,
         tasks=tasks,
         schedule=spec.finetune,
@@ -561,17 +450,8 @@ def _run(spec: ExperimentSpec, progress: StageProgress, path) -> ExperimentResul
         collapsed_layers=collapsed,
         finetune_log=ft_log,
         notes=notes,
-        device=str(device),
+        device=str(ctx.device),
     )
-    cache.save_json(path, res.to_dict())
-    try:  # the results store only indexes finished runs: a store problem must never fail a run
-        from .store import record_run  # here, not at the top: store imports experiment lazily too
-
-        record_run(res)
-    except Exception as exc:
-        warnings.warn(f"result not recorded in the results store: {exc}", stacklevel=2)
-    progress("done", 1, 1, "finished")
-    return res
 
 
 def run_all_sources(spec: ExperimentSpec, progress: StageProgress | None = None) -> list[ExperimentResult]:

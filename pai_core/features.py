@@ -8,7 +8,7 @@ experiment never touches the dense encoder again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +18,10 @@ from . import cache
 from .models import Encoder
 from .tasks import DataError, Task, TaskSuite
 
-__all__ = ["Progress", "pick_device", "device_label", "task_inputs", "extract", "dense_features"]
+if TYPE_CHECKING:
+    from .results import Progress
 
-#: ``progress(done, total, message)``; every long step calls one.
-Progress = Callable[[int, int, str], None]
+__all__ = ["pick_device", "device_label", "task_inputs", "extract", "dense_features"]
 
 
 def _quiet(done: int, total: int, message: str) -> None:

@@ -1,17 +1,19 @@
 """Plotly figures and tables for the dashboard (the paper's Fig. 3 and Fig. 4, plus mask views).
 
-Pure layout: every number comes from :class:`pai_core.experiment.ExperimentResult` objects (or a
+Pure layout: every number comes from :class:`pai_core.results.ExperimentResult` objects (or a
 landscape from :mod:`pai_core.landscape`); this module turns them into pandas frames and plotly
-figures.  No streamlit here, so scripts and notebooks get the same figures as the app.
+figures.  Scores are named and coloured by their registry metadata
+(:attr:`pai_core.scores.ScoreInfo.label`, ``.color``).  No streamlit here, so scripts and
+notebooks get the same figures as the app.
 
 Accuracies in results are fractions in [0, 1]; frames and figures show percentages.
 
 Example:
-    >>> from pai_core.experiment import ExperimentResult, ExperimentSpec, TaskResult   # doctest: +SKIP
-    >>> res = ExperimentResult(ExperimentSpec(), [TaskResult("a", "source", 1.0, 0.9)], None)  # doctest: +SKIP
-    >>> fig = fig3_figure([res])                                                          # doctest: +SKIP
-    >>> [t.type for t in fig.data][:1]                                                    # doctest: +SKIP
-    ['bar']
+    >>> from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
+    >>> res = ExperimentResult(ExperimentSpec(), [TaskResult("a", "source", 1.0, 0.9)], None)
+    >>> fig = fig3_figure([res])
+    >>> [t.type for t in fig.data][:1], score_label("kfac")
+    (['bar'], 'block Hessian (K-FAC)')
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from plotly.subplots import make_subplots
 
 from . import scores
 
-if TYPE_CHECKING:  # the engine imports torch; figures only need its dataclasses' attributes
-    from pai_core.experiment import ExperimentResult, ExperimentSpec
+if TYPE_CHECKING:
+    from .results import ExperimentResult, ExperimentSpec
 
 __all__ = [
     # palette and labels

@@ -22,12 +22,15 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from . import ridge
-from .features import Progress
+
+if TYPE_CHECKING:
+    from .results import Progress
 
 __all__ = ["FinetuneConfig", "SCHEDULES", "schedule", "finetune", "mse_loss"]
 

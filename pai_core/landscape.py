@@ -22,19 +22,9 @@ from sklearn.decomposition import PCA
 from torch import Tensor, nn
 
 from . import cache, masks
-from .evaluate import split_indices
-from .experiment import (
-    ExperimentSpec,
-    StageProgress,
-    _image_size,
-    get_encoder,
-    get_finetuned,
-    get_heads,
-    get_masks,
-    get_suite,
-)
-from .features import pick_device, task_inputs
+from .experiment import get_finetuned, get_masks, prepare
 from .finetune import mse_loss
+from .results import ExperimentSpec, StageProgress
 
 __all__ = ["Landscape", "pca_plane", "compute"]
 
@@ -131,14 +121,12 @@ def compute(
     Returns:
         A :class:`Landscape` (cached on disk).
     """
-    progress = progress or (lambda *a: None)
     if spec.finetune is None:
         spec = spec.replace(finetune="short")
     if grid < 2:
         raise ValueError(f"grid must be at least 2, got {grid}")
-    device = pick_device(spec.device)
-    enc = get_encoder(spec.model, spec.checkpoint)
-    suite = get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
+    ctx = prepare(spec, progress)
+    suite, device = ctx.suite, ctx.device
     if not 0 <= transfer < len(suite.tasks) or transfer == spec.source:
         raise ValueError(
             f"transfer task must be another task of the suite (0..{len(suite.tasks) - 1}, "
@@ -153,12 +141,9 @@ def compute(
     }
 
     def build() -> dict:
-        heads = get_heads(spec, enc, suite, device, lambda *a: progress("features", *a))
-        mask = get_masks(spec, enc, suite, heads, device, lambda *a: progress("scores", *a))
-        tuned_state, _ = get_finetuned(
-            spec, enc, suite, heads, mask, device, lambda *a: progress("fine-tune", *a)
-        )
-        model = enc.copy().model
+        mask = get_masks(ctx)
+        tuned_state, _ = get_finetuned(ctx, mask)
+        model = ctx.encoder.copy().model
         names = [n for n, _ in model.named_parameters()]
         theta0 = _flat(model, names)
         masks.prune_(model, mask)
@@ -175,10 +160,9 @@ def compute(
         ys = np.linspace(-half[1], half[1], grid)
         data = {}
         for role, k in (("source", spec.source), ("transfer", transfer)):
-            x, y = task_inputs(suite.tasks[k], enc, _image_size(spec, suite))
-            _, eval_idx = split_indices(y, spec.holdout, spec.seed)
-            sel = eval_idx[np.linspace(0, len(eval_idx) - 1, min(images_per_task, len(eval_idx))).astype(int)]
-            data[role] = (x[sel], y[sel], heads.module(k).to(device))
+            x, y = ctx.split(k, "eval")
+            sel = np.linspace(0, len(x) - 1, min(images_per_task, len(x))).astype(int)
+            data[role] = (x[sel], y[sel], ctx.heads.module(k).to(device))
         model.to(device).eval()
         surf = {"source": np.zeros((grid, grid)), "transfer": np.zeros((grid, grid))}
         for i, b in enumerate(ys):
@@ -186,7 +170,7 @@ def compute(
                 _load_flat(model, names, mean + a * basis[0] + b * basis[1])
                 for role, (x, y, head) in data.items():
                     surf[role][i, j] = _loss(model, head, x, y, device)
-            progress("landscape", i + 1, grid, f"loss grid row {i + 1}/{grid}")
+            ctx.progress("landscape", i + 1, grid, f"loss grid row {i + 1}/{grid}")
         point_losses = {}
         for label, vec in zip(LABELS, (theta0, theta_pruned, theta_tuned), strict=True):
             _load_flat(model, names, vec)

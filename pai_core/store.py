@@ -1,11 +1,13 @@
 """Results store: one SQLite row per finished experiment, shared by sweeps, the CLI and the dashboard.
 
-Every finished :func:`pai_core.experiment.run` lands here (a hook at the end of
-the run), and sweeps record what they collect from workers.  The store answers
+The callers of :func:`pai_core.experiment.run` record what it returns: the CLI and
+the dashboard through :func:`record_run`, sweeps into their own store as results
+come back from workers.  The store is the one source of truth for finished runs
+(the dashboard's Results page reads nothing else).  It answers
 "what is done?" (:meth:`ResultsStore.done_keys`, so a re-run skips it) and "what
 came out?" (:meth:`ResultsStore.frame` for tables and figures,
-:meth:`ResultsStore.results` for full :class:`~pai_core.experiment.ExperimentResult`
-objects).
+:meth:`ResultsStore.results` for full :class:`~pai_core.results.ExperimentResult`
+objects).  It imports no torch.
 
 Durability and concurrency:
 
@@ -32,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import json
 import os
@@ -43,14 +44,12 @@ import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from . import cache
-
-if TYPE_CHECKING:  # experiment imports torch; the store (and the dashboard's tables) need not
-    from .experiment import ExperimentResult, ExperimentSpec
+from .results import ExperimentResult, ExperimentSpec
 
 __all__ = [
     "STORE_VERSION",
@@ -58,8 +57,6 @@ __all__ = [
     "ResultsStore",
     "default_path",
     "record_run",
-    "autorecord_enabled",
-    "autorecord_suppressed",
 ]
 
 #: Bump when the table layout changes; an older file is migrated by re-creating its tables.
@@ -114,32 +111,6 @@ def default_path() -> Path:
     """``$PAI_RESULTS_DB``, else ``results.sqlite`` in :func:`pai_core.cache.cache_dir` (read at call time)."""
     env = os.environ.get("PAI_RESULTS_DB")
     return Path(env) if env else cache.cache_dir() / "results.sqlite"
-
-
-_SUPPRESSED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "pai_store_autorecord_suppressed", default=False
-)
-
-
-def autorecord_enabled() -> bool:
-    """Whether :func:`record_run` (the hook in ``experiment.run``) writes.
-
-    Off when ``$PAI_STORE_AUTORECORD=0`` (Ray workers: their driver is the store's only
-    writer, see the module docstring) or inside :func:`autorecord_suppressed`.
-    """
-    if _SUPPRESSED.get():
-        return False
-    return os.environ.get("PAI_STORE_AUTORECORD", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-@contextlib.contextmanager
-def autorecord_suppressed() -> Iterator[None]:
-    """Turn the ``experiment.run`` hook off in this thread/context (a sweep records into its own store)."""
-    token = _SUPPRESSED.set(True)
-    try:
-        yield
-    finally:
-        _SUPPRESSED.reset(token)
 
 
 def _now() -> str:
@@ -375,11 +346,7 @@ class ResultsStore:
 
     @staticmethod
     def _columns() -> list[str]:
-        from dataclasses import fields
-
-        from .experiment import ExperimentSpec
-
-        spec_cols = [f.name for f in fields(ExperimentSpec) if f.name != "device"]
+        spec_cols = [f.name for f in dataclasses.fields(ExperimentSpec) if f.name != "device"]
         return [
             "key",
             *spec_cols,
@@ -395,8 +362,6 @@ class ResultsStore:
 
     def results(self, **filters: Any) -> list[ExperimentResult]:
         """Full results (per-task accuracies, layer report, notes…), same filters and order as :meth:`frame`."""
-        from .experiment import ExperimentResult
-
         keys = list(self.frame(**filters)["key"]) if filters else None
         with self._connect() as con:
             rows = dict(con.execute("SELECT key, result_json FROM results").fetchall())
@@ -427,15 +392,26 @@ class ResultsStore:
         )
 
 
-def record_run(result: ExperimentResult, *, elapsed: float | None = None) -> None:
-    """Record a finished run in the default store (the hook at the end of ``experiment.run``).
+def record_run(
+    result: ExperimentResult, *, elapsed: float | None = None, store: ResultsStore | None = None
+) -> str | None:
+    """Record a finished run: what the CLI and the dashboard call after :func:`pai_core.experiment.run`.
 
-    Does nothing when ``$PAI_STORE_AUTORECORD`` is off (Ray workers, whose driver records).
+    A store problem never loses the run (its result stays in the result cache and a later record
+    of the same spec replaces nothing else): it is reported as a warning, and None returned.
 
     Args:
-        result: The finished run.
-        elapsed: Wall-clock seconds; default the sum of the result's stage timings.
+        result: The finished run (a cache hit too: recording is idempotent, one row per spec).
+        elapsed: Wall-clock seconds; default the sum of the result's stage timings (what it cost
+            when it was computed).
+        store: Where to record; default :class:`ResultsStore` () at :func:`default_path`.
+
+    Returns:
+        The row's key, or None when the store could not be written.
     """
-    if not autorecord_enabled():
-        return
-    ResultsStore().record(result, elapsed=sum(result.timings.values()) if elapsed is None else elapsed)
+    seconds = sum(result.timings.values()) if elapsed is None else elapsed
+    try:
+        return (store if store is not None else ResultsStore()).record(result, elapsed=seconds)
+    except Exception as exc:  # a locked, corrupt or read-only file: warn, keep the run
+        warnings.warn(f"result not recorded in the results store: {exc}", stacklevel=2)
+        return None

@@ -2,7 +2,7 @@
 
 A :class:`SweepConfig` (a frozen dataclass, loadable from YAML or JSON) names
 models × sources × scores × sparsities × seeds plus the fine-tuning schedule;
-:func:`expand` turns it into :class:`~pai_core.experiment.ExperimentSpec` s and
+:func:`expand` turns it into :class:`~pai_core.results.ExperimentSpec` s and
 :func:`run_sweep` runs those not yet in the :class:`~pai_core.store.ResultsStore`:
 
 * in-process (default): one spec after another on this machine's device;
@@ -43,9 +43,9 @@ from typing import Any
 import pandas as pd
 
 from . import cache, experiment, masks, models, scores, tasks
-from .experiment import ExperimentResult, ExperimentSpec
 from .finetune import SCHEDULES
-from .store import SUMMARY_COLUMNS, ResultsStore, autorecord_suppressed
+from .results import ExperimentResult, ExperimentSpec
+from .store import SUMMARY_COLUMNS, ResultsStore
 
 __all__ = [
     "SweepConfig",
@@ -481,10 +481,7 @@ def _run_local(
         for attempt in range(retries + 1):
             t = time.perf_counter()
             try:
-                # The sweep records into *its* store with its own timing; keep the run's hook
-                # from writing a second row into the default store.
-                with autorecord_suppressed():
-                    res = experiment.run(spec, bar.stage(_label(spec)))
+                res = experiment.run(spec, bar.stage(_label(spec)))
             except Exception as exc:
                 store.record_failure(spec, exc)
                 if attempt < retries and not _is_deterministic(exc):
@@ -525,10 +522,13 @@ def _ray_execute(spec_json: str) -> dict[str, Any]:
 
 
 def _worker_env() -> dict[str, str]:
-    """Environment of every Ray task: the driver's cache folder and PAI_* settings, and no store writes."""
+    """Environment of every Ray task: the driver's cache folder and PAI_* settings.
+
+    Workers never write the store (``experiment.run`` records nothing): the driver is its only
+    writer, as SQLite over NFS is unsafe.
+    """
     env = {k: v for k, v in os.environ.items() if k.startswith("PAI_") and k != "PAI_RESULTS_DB"}
     env["PAI_CACHE_DIR"] = str(cache.cache_dir().resolve())
-    env["PAI_STORE_AUTORECORD"] = "0"  # the driver is the store's only writer (SQLite over NFS is unsafe)
     # Workers import pai_core from the same checkout path (local, or the shared file system).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -4,9 +4,11 @@ import sys
 import time
 
 import pytest
+import torch
 
-from pai_core import experiment, masks, scores
-from pai_core.experiment import ExperimentSpec
+from pai_core import cache, experiment, masks, models, scores
+from pai_core import masks as M
+from pai_core.results import ExperimentSpec
 
 TINY = dict(images_per_class=10, image_size=64)
 
@@ -24,8 +26,7 @@ def test_spec_json_roundtrip_and_stable_key():
         [
             sys.executable,
             "-c",
-            "from pai_core.experiment import ExperimentSpec as S; "
-            f"print(S.from_json({spec.to_json()!r}).key())",
+            f"from pai_core.results import ExperimentSpec as S; print(S.from_json({spec.to_json()!r}).key())",
         ],
         capture_output=True,
         text=True,
@@ -115,3 +116,65 @@ def test_load_masks_matches_the_run():
     total = sum(v.numel() for v in m.values())
     assert sum(int(v.sum()) for v in m.values()) == total - round(0.36 * total)
     assert masks.jaccard(m, m) == 1.0
+
+
+def _rand_scores(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"conv.weight": (4, 3, 3, 3), "fc.weight": (5, 7), "b.weight": (13,)}
+    return {n: torch.rand(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+
+
+def test_cached_masks_and_scores_recompute_after_truncation(fresh_cache):
+    masks = M.global_topk(_rand_scores(), 0.738)
+    scores = _rand_scores(1)
+    calls = {"m": 0, "s": 0}
+
+    def cm():
+        calls["m"] += 1
+        return masks
+
+    def cs():
+        calls["s"] += 1
+        return scores
+
+    spec = {"model": "tiny", "score": "diag", "sparsity": 0.738}
+    for _ in range(2):
+        got = experiment._cached_masks(spec, cm)
+        assert all(torch.equal(got[n], masks[n]) for n in masks)
+        got_s = experiment._cached_scores(spec, cs)
+        assert all(torch.equal(got_s[n], scores[n]) for n in scores)
+    assert calls == {"m": 1, "s": 1}
+    for kind in ("masks", "scores"):
+        path = cache.cache_dir() / kind / f"{cache.spec_key(kind, spec)}.safetensors"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # truncated
+    got = experiment._cached_masks(spec, cm)
+    got_s = experiment._cached_scores(spec, cs)
+    assert calls == {"m": 2, "s": 2}
+    assert all(torch.equal(got[n], masks[n]) for n in masks)
+    assert all(torch.equal(got_s[n], scores[n]) for n in scores)
+    # the stored masks are bit-packed
+    stored, _ = cache.load_tensors(
+        cache.cache_dir() / "masks" / f"{cache.spec_key('masks', spec)}.safetensors"
+    )
+    assert stored["fc.weight"].dtype == torch.uint8
+
+
+def test_spec_defaults_follow_the_registries():
+    """results.py spells the default model out (models imports torch): keep it the registry's default."""
+    assert ExperimentSpec().model == models.DEFAULT_MODEL
+    with pytest.raises(ValueError, match="valid: mse, ce"):
+        ExperimentSpec(loss="hinge")
+    with pytest.raises(ValueError, match="'damping' must be >= 0"):
+        ExperimentSpec(score="kfac", score_options={"damping": -1})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['probes'\] for score 'kfac'"):
+        ExperimentSpec(score="kfac", score_options={"probes": 3})
+
+
+def test_scored_weights_are_default_params_of_the_encoder_and_seeds_reach_stochastic_scores():
+    spec = ExperimentSpec(model="test_resnet", score="random", sparsity=0.5, **TINY)
+    ctx = experiment.prepare(spec)
+    got = experiment.get_scores(ctx)
+    assert list(got) == scores.default_params(ctx.encoder.model)
+    other = experiment.get_scores(experiment.prepare(spec.replace(seed=1)))
+    assert not torch.equal(got[next(iter(got))], other[next(iter(other))])  # spec.seed is the score's seed

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pai_core import figures
-from pai_core.experiment import ExperimentResult, ExperimentSpec, TaskResult
+from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
 
 
 def _result(

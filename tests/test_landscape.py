@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pai_core import landscape, masks
-from pai_core.experiment import ExperimentSpec, get_encoder, get_finetuned, get_heads, get_masks, get_suite
+from pai_core.experiment import get_finetuned, get_masks, prepare
+from pai_core.results import ExperimentSpec
 
 
 def test_pca_plane_reconstructs_three_points_exactly():
@@ -26,12 +27,10 @@ def test_landscape_on_the_offline_default():
     assert [e for e in events if e[0] == "landscape"][-1][1:3] == (3, 3)
     assert set(ls.points) == set(landscape.LABELS)
     # the three points are the dense, pruned and fine-tuned weights: rebuild them and check
-    enc = get_encoder(spec.model)
-    suite = get_suite(spec.suite, None, spec.images_per_class, spec.seed)
-    heads = get_heads(spec, enc, suite, "cpu")
-    mask = get_masks(spec, enc, suite, heads, "cpu")
-    tuned, _ = get_finetuned(spec, enc, suite, heads, mask, "cpu")
-    model = enc.copy().model
+    ctx = prepare(spec.replace(device="cpu"))
+    mask = get_masks(ctx)
+    tuned, _ = get_finetuned(ctx, mask)
+    model = ctx.encoder.copy().model
     names = [n for n, _ in model.named_parameters()]
     theta0 = landscape._flat(model, names)
     masks.prune_(model, mask)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from pai_core import cache
 from pai_core import masks as M
 
 
@@ -231,42 +230,6 @@ def test_pack_roundtrip_odd_sizes():
     out = M.unpack(packed)
     assert list(out) == list(masks)
     assert all(torch.equal(out[n], masks[n]) for n in masks)
-
-
-def test_cached_masks_and_scores_recompute_after_truncation(fresh_cache):
-    masks = M.global_topk(rand_scores(), 0.738)
-    scores = rand_scores(1)
-    calls = {"m": 0, "s": 0}
-
-    def cm():
-        calls["m"] += 1
-        return masks
-
-    def cs():
-        calls["s"] += 1
-        return scores
-
-    spec = {"model": "tiny", "score": "diag", "sparsity": 0.738}
-    for _ in range(2):
-        got = M.cached_masks(spec, cm)
-        assert all(torch.equal(got[n], masks[n]) for n in masks)
-        got_s = M.cached_scores(spec, cs)
-        assert all(torch.equal(got_s[n], scores[n]) for n in scores)
-    assert calls == {"m": 1, "s": 1}
-    for kind in ("masks", "scores"):
-        path = cache.cache_dir() / kind / f"{cache.spec_key(kind, spec)}.safetensors"
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])  # truncated
-    got = M.cached_masks(spec, cm)
-    got_s = M.cached_scores(spec, cs)
-    assert calls == {"m": 2, "s": 2}
-    assert all(torch.equal(got[n], masks[n]) for n in masks)
-    assert all(torch.equal(got_s[n], scores[n]) for n in scores)
-    # the stored masks are bit-packed
-    stored, _ = cache.load_tensors(
-        cache.cache_dir() / "masks" / f"{cache.spec_key('masks', spec)}.safetensors"
-    )
-    assert stored["fc.weight"].dtype == torch.uint8
 
 
 def test_docstring_examples():

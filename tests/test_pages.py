@@ -14,8 +14,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from pai_core import experiment, masks
-from pai_core.experiment import ExperimentSpec
+from pai_core import experiment, masks, store
+from pai_core.results import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -223,8 +223,8 @@ def test_results_page_without_runs_says_so() -> None:
 
 def test_results_page_lists_runs_draws_grid_and_offers_downloads() -> None:
     spec = ExperimentSpec(model="test_resnet", score="magnitude", sparsity=TINY_LEVEL, images_per_class=5)
-    experiment.run(spec)
-    experiment.run(spec.replace(score="random"))
+    store.record_run(experiment.run(spec))  # what the Prune page and the CLI do after a run
+    store.record_run(experiment.run(spec.replace(score="random")))
     at = _app(RESULTS)
     table = next(d.value for d in at.dataframe if "score" in d.value.columns)
     assert set(table["score"]) == {"magnitude", "random"}

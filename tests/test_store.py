@@ -1,4 +1,4 @@
-"""Results store: rows, filters, failures, the run hook, and two processes writing at once."""
+"""Results store: rows, filters, failures, recording by the callers, and two processes writing at once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pai_core import store as store_mod
-from pai_core.experiment import ExperimentResult, ExperimentSpec, TaskResult
+from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
 from pai_core.store import SUMMARY_COLUMNS, ResultsStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,23 +156,39 @@ def test_wal_mode_and_schema_version(tmp_path):
     con.close()
 
 
-def test_record_run_hook_switches(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "hook.sqlite"))
+def test_record_run_writes_the_default_store_or_the_one_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "default.sqlite"))
     res = fake_result()
-    monkeypatch.setenv("PAI_STORE_AUTORECORD", "0")
-    store_mod.record_run(res)
-    assert len(ResultsStore()) == 0
-    monkeypatch.delenv("PAI_STORE_AUTORECORD")
-    with store_mod.autorecord_suppressed():
-        store_mod.record_run(res)
-    assert len(ResultsStore()) == 0
+    mine = ResultsStore(tmp_path / "mine.sqlite")
+    assert store_mod.record_run(res, store=mine) == res.spec.key()
+    assert len(mine) == 1 and len(ResultsStore()) == 0
     store_mod.record_run(res)
     df = ResultsStore().frame()
     assert len(df) == 1 and df.iloc[0]["elapsed"] == pytest.approx(2.0)  # sum of the stage timings
 
 
-def test_every_experiment_run_lands_in_the_store(tmp_path, monkeypatch):
-    """The hook at the end of experiment.run: a fresh run adds its row to the default store."""
+def _cli_run(spec: ExperimentSpec) -> int:
+    from pai_core.__main__ import main
+
+    return main(
+        [
+            "run",
+            "--model",
+            spec.model,
+            "--score",
+            spec.score,
+            "--sparsity",
+            str(spec.sparsity),
+            "--images-per-class",
+            str(spec.images_per_class),
+            "--image-size",
+            str(spec.image_size),
+        ]
+    )
+
+
+def test_every_cli_run_lands_in_the_store_and_experiment_run_writes_none(tmp_path, monkeypatch):
+    """No hidden hook: experiment.run writes no store; its callers (here the CLI's `run`) record."""
     from pai_core import experiment
 
     monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "hook.sqlite"))
@@ -180,14 +196,14 @@ def test_every_experiment_run_lands_in_the_store(tmp_path, monkeypatch):
         model="test_resnet", score="magnitude", sparsity=0.5, images_per_class=5, image_size=32
     )
     res = experiment.run(spec, use_cache=False)
+    assert len(ResultsStore()) == 0
+    assert _cli_run(spec) == 0
     df = ResultsStore().frame()
     assert list(df["key"]) == [spec.key()]
     assert df.iloc[0]["source_zero_shot"] == pytest.approx(res.mean_source_zero_shot)
 
 
-def test_a_broken_store_only_warns(tmp_path, monkeypatch):
-    from pai_core import experiment
-
+def test_a_broken_store_only_warns(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "not-a-db.sqlite"
     bad.write_bytes(b"this is not a SQLite file" * 100)
     monkeypatch.setenv("PAI_RESULTS_DB", str(bad))
@@ -195,8 +211,8 @@ def test_a_broken_store_only_warns(tmp_path, monkeypatch):
         model="test_resnet", score="random", sparsity=0.5, images_per_class=5, image_size=32
     )
     with pytest.warns(UserWarning, match="results store"):
-        res = experiment.run(spec, use_cache=False)
-    assert res.mean_source_zero_shot is not None
+        assert _cli_run(spec) == 0
+    assert "mean source" in capsys.readouterr().out  # the run's results are printed all the same
 
 
 _WRITER = textwrap.dedent("""

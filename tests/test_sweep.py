@@ -15,7 +15,7 @@ import yaml
 from pai_core import experiment, masks
 from pai_core import sweep as sweep_mod
 from pai_core.__main__ import main
-from pai_core.experiment import ExperimentSpec
+from pai_core.results import ExperimentSpec
 from pai_core.store import ResultsStore
 from pai_core.sweep import SweepConfig, expand, plan, report, run_sweep
 
@@ -133,7 +133,7 @@ def test_in_process_sweep_skips_finished_specs(tmp_path, monkeypatch):
 
 
 def test_sweep_records_into_its_store_only(tmp_path, monkeypatch):
-    """The run hook is off inside a sweep: the sweep's own row (its timing) is the only one."""
+    """A sweep records into its own store (with its timing) and nowhere else: runs write no store."""
     monkeypatch.setenv("PAI_CACHE_DIR", str(tmp_path / "cache"))
     mine = ResultsStore(tmp_path / "mine.sqlite")
     run_sweep(SweepConfig.from_dict(TINY), store=mine, progress=False)

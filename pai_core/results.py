@@ -1,0 +1,205 @@
+"""What an experiment is and what it returns, without torch: specs, per-task results, progress.
+
+:class:`ExperimentSpec` is a frozen, JSON-serialisable description of a run (its :meth:`key`
+names the result everywhere: cache, results store, sweeps); :class:`ExperimentResult` is what
+:func:`pai_core.experiment.run` returns and :class:`pai_core.store.ResultsStore` keeps.  This
+module imports no torch, so reading results (the store, tables, reports) needs no GPU stack; the
+score, loss and schedule registries that a spec is checked against are imported when a spec is
+built.
+
+Example:
+    >>> spec = ExperimentSpec(score="kfac", score_options={"damping": 0.01}, sparsity=0.5904)
+    >>> ExperimentSpec.from_json(spec.to_json()) == spec, spec.key().startswith("results-")
+    (True, True)
+    >>> res = ExperimentResult(spec, [TaskResult("a", "source", 0.9, 0.8), TaskResult("b", "transfer", 0.7, 0.5)], None)
+    >>> res.mean_source_zero_shot, res.mean_transfer_zero_shot
+    (0.8, 0.5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import cache
+
+__all__ = [
+    "Progress",
+    "StageProgress",
+    "RESULT_VERSION",
+    "ExperimentSpec",
+    "TaskResult",
+    "ExperimentResult",
+]
+
+#: ``progress(done, total, message)`` of one stage (features, scores, fine-tuning, …).
+Progress = Callable[[int, int, str], None]
+
+#: ``progress(stage, done, total, message)`` of a whole run; stages: "data", "features",
+#: "scores", "zero-shot", "fine-tune", "evaluate", "landscape", "done".
+StageProgress = Callable[[str, int, int, str], None]
+
+#: Bump when the meaning of a result changes (keeps stale results out of the store).
+RESULT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Everything that determines one experiment.
+
+    Attributes:
+        model: Encoder registry name (see :func:`pai_core.models.available`).
+        suite: Task-suite registry name.
+        source: Index of the source task in the suite.
+        score: Pruning score name (see :func:`pai_core.scores.available`).
+        score_options: Options of the score (:attr:`pai_core.scores.ScoreInfo.options`), as sorted
+            ``(key, value)`` pairs; checked against the score's metadata.
+        sparsity: Fraction of scored weights removed (0 ≤ q < 1).
+        mask_scope: ``"global"`` (the paper) or ``"layerwise"`` (uniform per layer).
+        images_per_class: Data subset per class (the paper: 50); None keeps all.
+        finetune: Schedule name (``"paper"``, ``"short"``, ``"smoke"``) or None for zero-shot only.
+        holdout: Fit heads on one half of each task and evaluate on the other (deviation from the paper).
+        alpha: Ridge regularisation α (the paper: 1).
+        loss: Loss the data-driven scores differentiate: ``"mse"`` (the paper) or ``"ce"``.
+        seed: Seed for subsets, random scores, probes and mini-batch order.
+        image_size: Encoder input size; None → the suite's preference, else the encoder's own.
+        data_root: Folder for suites that read one.
+        checkpoint: Local checkpoint file for the encoder (offline use of hub models).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; not part of cache keys.
+    """
+
+    # = pai_core.models.DEFAULT_MODEL, written out because models imports torch (a test holds
+    # the two equal).
+    model: str = "efficientnet_lite0"
+    suite: str = "digits"
+    source: int = 0
+    score: str = "magnitude"
+    score_options: tuple[tuple[str, Any], ...] = ()
+    sparsity: float = 0.5904
+    mask_scope: str = "global"
+    images_per_class: int | None = 50
+    finetune: str | None = None
+    holdout: bool = False
+    alpha: float = 1.0
+    loss: str = "mse"
+    seed: int = 0
+    image_size: int | None = None
+    data_root: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        # The registries a spec is checked against import torch: imported when a spec is built,
+        # so that importing this module (and the store) does not.
+        from .finetune import SCHEDULES
+        from .scores import LOSSES, info
+
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        score = info(self.score)  # ValueError naming the valid scores
+        if self.finetune is not None and self.finetune not in SCHEDULES:
+            raise ValueError(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
+        if self.mask_scope not in ("global", "layerwise"):
+            raise ValueError(f"mask_scope must be 'global' or 'layerwise', got {self.mask_scope!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        # Normalise options so equal specs hash equally whatever order they were given in.
+        opts = self.score_options.items() if isinstance(self.score_options, dict) else self.score_options
+        object.__setattr__(self, "score_options", tuple(sorted((str(k), v) for k, v in opts)))
+        score.check_options(dict(self.score_options))
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> ExperimentSpec:
+        d = json.loads(text) if isinstance(text, str) else dict(text)
+        d["score_options"] = tuple(tuple(kv) for kv in d.get("score_options", ()))
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> ExperimentSpec:
+        return dataclasses.replace(self, **changes)
+
+    def key(self) -> str:
+        """Cache key of the result (device excluded: it does not change what is computed)."""
+        return cache.spec_key("results", {**dataclasses.asdict(self), "device": None, "v": RESULT_VERSION})
+
+
+@dataclass
+class TaskResult:
+    """Accuracies on one task."""
+
+    task: str
+    role: str  # "source" or "transfer"
+    dense: float
+    zero_shot: float
+    finetuned: float | None = None
+
+
+@dataclass
+class ExperimentResult:
+    """What :func:`run` returns (and what the results store keeps)."""
+
+    spec: ExperimentSpec
+    tasks: list[TaskResult]
+    schedule: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    layer_report: list[dict] = field(default_factory=list)
+    collapsed_layers: list[str] = field(default_factory=list)
+    finetune_log: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    cached: bool = False
+
+    def _mean(self, role: str, attr: str) -> float | None:
+        vals = [getattr(t, attr) for t in self.tasks if t.role == role and getattr(t, attr) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    @property
+    def mean_source_dense(self) -> float | None:
+        return self._mean("source", "dense")
+
+    @property
+    def mean_transfer_dense(self) -> float | None:
+        return self._mean("transfer", "dense")
+
+    @property
+    def mean_source_zero_shot(self) -> float | None:
+        return self._mean("source", "zero_shot")
+
+    @property
+    def mean_transfer_zero_shot(self) -> float | None:
+        return self._mean("transfer", "zero_shot")
+
+    @property
+    def mean_source_finetuned(self) -> float | None:
+        return self._mean("source", "finetuned")
+
+    @property
+    def mean_transfer_finetuned(self) -> float | None:
+        return self._mean("transfer", "finetuned")
+
+    def summary(self) -> dict[str, float | None]:
+        """The six means (source/transfer × dense/zero-shot/fine-tuned)."""
+        return {
+            f"{role}_{kind}": self._mean(role, kind)
+            for role in ("source", "transfer")
+            for kind in ("dense", "zero_shot", "finetuned")
+        }
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["spec"] = dataclasses.asdict(self.spec)
+        d["summary"] = self.summary()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExperimentResult:
+        d = {k: v for k, v in d.items() if k != "summary"}
+        d["spec"] = ExperimentSpec.from_json(d["spec"])
+        d["tasks"] = [TaskResult(**t) for t in d["tasks"]]
+        return cls(**d)
