@@ -1,9 +1,10 @@
-"""Masks from scores, applying them to a model, comparing them, and caching them.
+"""Masks from scores, applying them to a model, comparing them, and packing them: pure maths.
 
 A mask is ``dict[str, BoolTensor]`` keyed by parameter name (as in
 ``model.named_parameters()``), ``True`` = keep.  Masks are a pure function of scores
 (:func:`global_topk`, :func:`layerwise_topk`); applying them is a separate step
-(:func:`apply_masks` for fine-tuning, :func:`prune_` for zero-shot evaluation).
+(:func:`apply_masks` for fine-tuning, :func:`prune_` for zero-shot evaluation).  Nothing here
+touches the disk: :mod:`pai_core.experiment` caches scores and (bit-packed) masks with its stages.
 
 Example:
     >>> import torch
@@ -25,8 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pai_core import cache
-
 __all__ = [
     "PAPER_SPARSITIES",
     # scores -> masks
@@ -41,11 +40,9 @@ __all__ = [
     "sparsity_report",
     "collapsed_layers",
     "jaccard",
-    # storage
+    # storage format
     "pack",
     "unpack",
-    "cached_scores",
-    "cached_masks",
 ]
 
 #: Sparsities evaluated in the paper (Sec. 4, following NTK-SAP), as fractions removed.
@@ -331,7 +328,7 @@ def jaccard(masks_a: Mapping[str, Tensor], masks_b: Mapping[str, Tensor], *, ove
 
 
 # --------------------------------------------------------------------------------------
-# storage
+# storage format
 # --------------------------------------------------------------------------------------
 
 _SHAPE_PREFIX = "__shape__/"
@@ -366,18 +363,3 @@ def unpack(packed: Mapping[str, Tensor]) -> Masks:
         flat = (bits.cpu().to(torch.uint8)[:, None] & _BITS).ne(0).reshape(-1)
         out[n] = flat[: math.prod(shape)].view(shape)
     return out
-
-
-def cached_scores(spec: Any, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Scores for ``spec`` from the on-disk cache (kind ``"scores"``), computed on a miss.
-
-    The caller's ``spec`` must identify everything that determines the scores (model and
-    weights, suite, source task, score name and options, data subset, seed).  A corrupt or
-    truncated file is detected by :mod:`pai_core.cache`, deleted and recomputed.
-    """
-    return cache.cached_tensors("scores", spec, compute)
-
-
-def cached_masks(spec: Any, compute: Callable[[], Masks]) -> Masks:
-    """Masks for ``spec`` from the cache (kind ``"masks"``, stored bit-packed), computed on a miss."""
-    return unpack(cache.cached_tensors("masks", spec, lambda: pack(compute())))
