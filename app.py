@@ -1,7 +1,9 @@
 """PaI Explorer: entry point (``streamlit run app.py``).
 
 Sets the page layout, creates the shared session state once, and routes to the pages.  The
-Overview page is drawn here; the others live in ``pages/`` and stay runnable on their own.
+Overview page is drawn here; the others live in ``app_pages/`` (not ``pages/``: that folder name
+switches on Streamlit's legacy auto-discovery, which ``st.navigation`` apps must avoid) and stay
+runnable on their own.
 """
 
 from __future__ import annotations
@@ -46,24 +48,24 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
     cols = st.columns(4)
     page_text = [
         (
-            "pages/1_Toy_landscapes.py",
+            "app_pages/1_Toy_landscapes.py",
             "Toy landscapes (Fig. 1–2)",
             "Two weights, two quadratic losses: move sliders and watch pruning and retraining on the "
             "source act on an aligned or misaligned transfer task. Instant.",
         ),
         (
-            "pages/2_Prune_and_evaluate.py",
+            "app_pages/2_Prune_and_evaluate.py",
             "Prune & evaluate (Fig. 3)",
             "Prune a real encoder with several scores and sparsities, optionally fine-tune on the source, "
             "and compare source and transfer accuracy; per-layer sparsity and mask overlap (P1).",
         ),
         (
-            "pages/3_Loss_landscape.py",
+            "app_pages/3_Loss_landscape.py",
             "Loss landscape (Fig. 4)",
             "Source and transfer loss over the plane through the pre-trained, pruned and fine-tuned weights.",
         ),
         (
-            "pages/4_Results.py",
+            "app_pages/4_Results.py",
             "Results",
             "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, "
             "masks).",
@@ -181,9 +183,9 @@ installed) always works offline and is the default.
 
 pages = [
     st.Page(overview, title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/1_Toy_landscapes.py", title="Toy landscapes", icon=":material/toys:"),
-    st.Page("pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon=":material/content_cut:"),
-    st.Page("pages/3_Loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
-    st.Page("pages/4_Results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("app_pages/1_Toy_landscapes.py", title="Toy landscapes", icon=":material/toys:"),
+    st.Page("app_pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon=":material/content_cut:"),
+    st.Page("app_pages/3_Loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
+    st.Page("app_pages/4_Results.py", title="Results", icon=":material/table_chart:"),
 ]
 st.navigation(pages).run()

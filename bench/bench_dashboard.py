@@ -34,7 +34,7 @@ def _run_prune(ipc: int | None, finetune: str | None) -> tuple[float, int]:
 
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Prune_and_evaluate.py"), default_timeout=1800)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "2_Prune_and_evaluate.py"), default_timeout=1800)
     at.run()
     if ipc is not None:
         at.number_input(key="prune_w_ipc").set_value(ipc)
@@ -56,7 +56,7 @@ def _run_prune(ipc: int | None, finetune: str | None) -> tuple[float, int]:
 def _toy_moves(n: int) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Toy_landscapes.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "1_Toy_landscapes.py"), default_timeout=60)
     at.run()
     times = []
     for i in range(n):

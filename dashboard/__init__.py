@@ -1,4 +1,4 @@
 """Streamlit helpers shared by the dashboard's pages (pai_core itself never imports streamlit).
 
-Kept outside ``pages/`` so Streamlit does not list it as a page.
+The page scripts live in ``app_pages/``; ``app.py`` routes to them with ``st.navigation``.
 """

@@ -8,43 +8,55 @@ mutated, ``st.cache_data`` for values that are copied per caller (names, frames,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
 import traceback
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import streamlit as st
 import torch
 
-from pai_core import cache, experiment, models, scores, store, tasks
+from pai_core import experiment, models, scores, store, tasks
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
 from pai_core.results import ExperimentResult, ExperimentSpec
 
 __all__ = [
+    # session state
+    "STATE_DEFAULTS",
     "init_state",
     "page_defaults",
-    "gpu_available",
+    # choices and labels
     "OFF",
+    "gpu_available",
     "schedule_choices",
     "schedule_caption",
     "default_schedule",
     "default_images_per_class",
     "model_caption",
     "suite_env_var",
+    "data_root_default",
+    "describe_specs",
+    "model_and_data_pickers",
+    "score_option_inputs",
+    "score_options",
+    # cached loaders
     "device_text",
     "task_names",
     "encoder",
     "model_check",
     "mask_set",
     "masks_file",
-    "all_results",
     "results_signature",
+    "all_results",
+    "results_json",
+    # jobs and progress
+    "PageJob",
     "ProgressPanel",
+    "STAGE_LABELS",
+    # errors
     "USER_ERRORS",
     "error_record",
     "show_error",
@@ -72,31 +84,8 @@ STATE_DEFAULTS: dict[str, Any] = {
 _PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_")
 
 
-def _route_through_entry_point() -> None:
-    """Make a page opened by a deep link after a server start run under ``app.py``'s navigation.
-
-    Streamlit starts in its legacy "pages/ folder" mode whenever a ``pages/`` folder exists, and only
-    leaves it when the entry point calls ``st.navigation``.  A first visit straight to ``/Results``
-    would therefore run the page alone: no wide layout, the folder's file names in the sidebar.  Leave
-    that mode and rerun, so the entry point runs and routes to the same page.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-    except ImportError:  # a future Streamlit without the legacy mode
-        return
-    if (
-        PagesManager.uses_pages_directory
-        and get_script_run_ctx() is not None
-        and Path(get_script_run_ctx().main_script_path).name == "app.py"
-    ):
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def init_state() -> None:
     """Create the shared session state once; keep every page's widget values across page switches."""
-    _route_through_entry_point()
     for key, value in STATE_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     for key in list(st.session_state.keys()):
@@ -366,6 +355,101 @@ class ProgressPanel:
         self._bars[stage].progress(frac, text=f"{label}: {message}" if message else label)
 
 
+# ----------------------------------------------------------------------------- jobs
+
+
+class PageJob:
+    """A page's long-running job: submit → progress → output or error, kept in session state.
+
+    The Run button's callback queues a job (:meth:`submit`); the next script run executes it
+    (:meth:`run`): a Cancel button, a caption, a :class:`ProgressPanel`, then the output or the
+    error in session state and a rerun, so the page redraws with Run enabled and the new output.
+    The queued job survives leaving the page: coming back resumes it (finished stages are cached).
+
+    Session keys: ``{name}_job``, ``{name}_output``, ``{name}_error`` (see ``STATE_DEFAULTS``).
+
+    Args:
+        name: The page's job name (``"prune"``, ``"land"``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def job(self) -> Any:
+        """The queued job (what :meth:`submit`'s ``build`` returned), or None."""
+        return st.session_state[f"{self.name}_job"]
+
+    @property
+    def running(self) -> bool:
+        """A job is queued or in progress (its Run button must be disabled)."""
+        return self.job is not None
+
+    @property
+    def output(self) -> Any:
+        return st.session_state[f"{self.name}_output"]
+
+    @property
+    def error(self) -> dict | None:
+        return st.session_state[f"{self.name}_error"]
+
+    def fail(self, exc: BaseException) -> None:
+        """Record an error to show (:func:`show_error`) on the next run."""
+        st.session_state[f"{self.name}_error"] = error_record(exc)
+
+    def submit(self, build: Callable[[], Any]) -> None:
+        """Queue ``build()`` as the job (a Run button's ``on_click``); a bad setting becomes the error.
+
+        A second click while a job runs does nothing.
+        """
+        ss = st.session_state
+        if self.running:
+            return
+        try:
+            job = build()
+        except ValueError as exc:
+            self.fail(exc)
+            return
+        ss[f"{self.name}_error"] = None
+        ss[f"{self.name}_job"] = job
+
+    def cancel(self) -> None:
+        st.session_state[f"{self.name}_job"] = None
+
+    def run(
+        self, work: Callable[[Any, ProgressPanel], Iterator[Any]], *, runs: int = 1, caption: str = ""
+    ) -> None:
+        """Execute the queued job, if any, then rerun the page.
+
+        Args:
+            work: ``work(job, panel)`` yields the output so far after each finished piece, so that
+                what finished before an error is still shown; errors are recorded for
+                :func:`show_error` (explained for the user's situation, a traceback for bugs).
+            runs: Pieces of work, for the overall progress bar.
+            caption: What the job does, under its Cancel button.
+        """
+        ss = st.session_state
+        job = self.job
+        if job is None:
+            return
+        st.button(
+            "Cancel",
+            key=f"btn_{self.name}_cancel",
+            on_click=self.cancel,
+            help="Stops after the current step; finished stages stay cached.",
+        )
+        if caption:
+            st.caption(caption)
+        panel = ProgressPanel(st, runs=runs)
+        try:
+            for output in work(job, panel):
+                ss[f"{self.name}_output"] = output
+        except Exception as exc:  # user errors are explained; anything else is shown as a bug with details
+            self.fail(exc)
+        ss[f"{self.name}_job"] = None
+        st.rerun()  # redraw with the Run button enabled and the new output
+
+
 # ----------------------------------------------------------------------------- errors
 
 #: Errors that are the user's situation (no weights, no data, bad settings, GPU too small), shown
@@ -436,11 +520,6 @@ def show_error(err: BaseException | dict | None) -> None:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def spec_jsons(specs: Iterable[ExperimentSpec]) -> list[str]:
-    """Specs as JSON strings (hashable cache keys for ``st.cache_*``)."""
-    return [s.to_json() for s in specs]
-
-
 def describe_specs(specs: Sequence[ExperimentSpec]) -> str:
     """One sentence of what a job will run."""
     s = specs[0]
@@ -456,18 +535,9 @@ def data_root_default(suite: str) -> str:
     return os.environ.get(suite_env_var(suite), "")
 
 
-def asdict_spec(spec: ExperimentSpec) -> dict[str, Any]:
-    """A spec as a plain dict (for tables and JSON downloads)."""
-    return dataclasses.asdict(spec)
-
-
 def results_json(results: Sequence[ExperimentResult]) -> str:
     """Finished runs as one JSON document (list of ``ExperimentResult.to_dict()``)."""
     return json.dumps([r.to_dict() for r in results], indent=1, default=str)
-
-
-def cache_root() -> Path:
-    return cache.cache_dir()
 
 
 def model_and_data_pickers(

@@ -1,4 +1,4 @@
-"""AppTest smoke tests for pages/1_Toy_landscapes.py, plus the structure of the figure it shows."""
+"""AppTest smoke tests for app_pages/1_Toy_landscapes.py, plus the structure of the figure it shows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from pai_core.toy import preset, scenario_from_spec
 from pai_core.toy_figures import toy_figure
 
-PAGE = Path(__file__).resolve().parents[1] / "pages" / "1_Toy_landscapes.py"
+PAGE = Path(__file__).resolve().parents[1] / "app_pages" / "1_Toy_landscapes.py"
 
 
 def _figure_spec(at: AppTest) -> dict:

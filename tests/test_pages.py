@@ -19,9 +19,9 @@ from pai_core.results import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
-PRUNE = ROOT / "pages" / "2_Prune_and_evaluate.py"
-LANDSCAPE = ROOT / "pages" / "3_Loss_landscape.py"
-RESULTS = ROOT / "pages" / "4_Results.py"
+PRUNE = ROOT / "app_pages" / "2_Prune_and_evaluate.py"
+LANDSCAPE = ROOT / "app_pages" / "3_Loss_landscape.py"
+RESULTS = ROOT / "app_pages" / "4_Results.py"
 
 # Generous: the first real run extracts features and fine-tunes on 2 CPU cores.
 TIMEOUT = 300

@@ -67,46 +67,50 @@ def _levels() -> list[float]:
     return sorted(ss["prune_w_levels"])
 
 
-def _submit() -> None:
-    """Queue the job (the form's values are in session state when this runs)."""
-    if ss["prune_job"] is not None:
-        return  # a run is in progress: a second click must not start another one
-    try:
-        if not ss["prune_w_scores"]:
-            raise ValueError("choose at least one pruning score")
-        if not _levels():
-            raise ValueError("choose at least one sparsity level")
-        ft = ss["prune_w_finetune"]
-        specs = [
-            ExperimentSpec(
-                model=ss["prune_w_model"],
-                suite=ss["prune_w_suite"],
-                source=int(ss["prune_w_source"]),
-                score=score,
-                score_options=common.score_options("prune", score),
-                sparsity=q,
-                images_per_class=int(ss["prune_w_ipc"]),
-                finetune=None if ft == common.OFF else ft,
-                holdout=bool(ss["prune_w_holdout"]),
-                data_root=root,
-                checkpoint=checkpoint,
-                device=ss["prune_w_device"],
-            )
-            for q in _levels()
-            for score in ss["prune_w_scores"]
-        ]
-    except ValueError as exc:
-        ss["prune_error"] = common.error_record(exc)
-        return
-    ss["prune_error"] = None
-    ss["prune_job"] = {"specs": specs, "task_names": names, "started": time.time()}
+JOB = common.PageJob("prune")
 
 
-def _cancel() -> None:
-    ss["prune_job"] = None
+def _job() -> dict:
+    """The job the Run button queues (the form's values are in session state when this runs)."""
+    if not ss["prune_w_scores"]:
+        raise ValueError("choose at least one pruning score")
+    if not _levels():
+        raise ValueError("choose at least one sparsity level")
+    ft = ss["prune_w_finetune"]
+    specs = [
+        ExperimentSpec(
+            model=ss["prune_w_model"],
+            suite=ss["prune_w_suite"],
+            source=int(ss["prune_w_source"]),
+            score=score,
+            score_options=common.score_options("prune", score),
+            sparsity=q,
+            images_per_class=int(ss["prune_w_ipc"]),
+            finetune=None if ft == common.OFF else ft,
+            holdout=bool(ss["prune_w_holdout"]),
+            data_root=root,
+            checkpoint=checkpoint,
+            device=ss["prune_w_device"],
+        )
+        for q in _levels()
+        for score in ss["prune_w_scores"]
+    ]
+    return {"specs": specs, "task_names": names, "started": time.time()}
 
 
-running = ss["prune_job"] is not None
+def _work(job: dict, panel: common.ProgressPanel):
+    """Run the specs one after another, recording each; yield the page's output after each."""
+    results = []
+    for i, spec in enumerate(job["specs"]):
+        panel.start_run(i, figures.run_label(spec, job["task_names"]))
+        results.append(experiment.run(spec, panel))
+        store.record_run(results[-1])  # the Results page reads the store
+        ss["overlap_output"] = ss["overlap_error"] = None  # the overlap view follows the new runs
+        yield {"results": list(results), "task_names": job["task_names"]}
+    panel.finish(f"{len(results)} run(s) finished")
+
+
+running = JOB.running
 with st.form("prune_form"):
     f1, f2, f3 = st.columns(3)
     with f1:
@@ -165,45 +169,25 @@ with st.form("prune_form"):
     st.form_submit_button(
         "Run",
         type="primary",
-        on_click=_submit,
+        on_click=JOB.submit,
+        args=(_job,),
         disabled=running or not names,
         key="btn_prune_run",
         help="Running…" if running else None,
     )
 
-common.show_error(ss["prune_error"])
+common.show_error(JOB.error)
 
-# -- the run: resumes after an interruption (finished stages are cached), until it ends or is cancelled --
-job = ss["prune_job"]
-if job is not None:
-    st.button(
-        "Cancel",
-        key="btn_prune_cancel",
-        on_click=_cancel,
-        help="Stops after the current step; finished stages stay cached.",
+# The run resumes after an interruption (finished stages are cached), until it ends or is cancelled.
+if JOB.running:
+    JOB.run(
+        _work,
+        runs=len(JOB.job["specs"]),
+        caption=common.describe_specs(JOB.job["specs"])
+        + ". Leaving this page pauses the run; it picks up where it stopped when you come back.",
     )
-    st.caption(
-        common.describe_specs(job["specs"]) + ". Leaving this page pauses the run; it picks up where it "
-        "stopped when you come back."
-    )
-    panel = common.ProgressPanel(st, runs=len(job["specs"]))
-    results = []
-    try:
-        for i, spec in enumerate(job["specs"]):
-            panel.start_run(i, figures.run_label(spec, job["task_names"]))
-            results.append(experiment.run(spec, panel))
-            store.record_run(results[-1])  # the Results page reads the store
-        panel.finish(f"{len(results)} run(s) finished")
-    except Exception as exc:  # user errors are explained; anything else is shown as a bug with details
-        ss["prune_error"] = common.error_record(exc)
-    if results:  # after an error, the runs that did finish are still worth showing
-        ss["prune_output"] = {"results": results, "task_names": job["task_names"]}
-        ss["overlap_output"] = None
-        ss["overlap_error"] = None
-    ss["prune_job"] = None
-    st.rerun()  # redraw with the Run button enabled and the new results
 
-out = ss["prune_output"]
+out = JOB.output
 if out is None:
     st.info(
         "Choose settings and press **Run**. The defaults (EfficientNet-Lite0 on digits, magnitude and "

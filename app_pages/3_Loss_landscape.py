@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import common
-from pai_core import figures, masks, models, scores
+from pai_core import figures, landscape, masks, models, scores
 from pai_core.results import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
@@ -67,30 +67,27 @@ if names:
 st.selectbox("Pruning score", scores.available(), key="land_w_score", format_func=figures.score_label)
 
 
-def _submit() -> None:
-    if ss["land_job"] is not None:
-        return  # already computing: a second click must not start another one
-    try:
-        if ss["land_w_transfer"] == ss["land_w_source"]:
-            raise ValueError("the transfer task must differ from the source task")
-        spec = ExperimentSpec(
-            model=ss["land_w_model"],
-            suite=ss["land_w_suite"],
-            source=int(ss["land_w_source"]),
-            score=ss["land_w_score"],
-            score_options=common.score_options("land", ss["land_w_score"]),
-            sparsity=float(ss["land_w_sparsity"]),
-            images_per_class=int(ss["land_w_ipc"]),
-            finetune=ss["land_w_finetune"],
-            data_root=root,
-            device=ss["land_w_device"],
-            checkpoint=checkpoint,
-        )
-    except ValueError as exc:
-        ss["land_error"] = common.error_record(exc)
-        return
-    ss["land_error"] = None
-    ss["land_job"] = {
+JOB = common.PageJob("land")
+
+
+def _job() -> dict:
+    """The job the button queues (the form's values are in session state when this runs)."""
+    if ss["land_w_transfer"] == ss["land_w_source"]:
+        raise ValueError("the transfer task must differ from the source task")
+    spec = ExperimentSpec(
+        model=ss["land_w_model"],
+        suite=ss["land_w_suite"],
+        source=int(ss["land_w_source"]),
+        score=ss["land_w_score"],
+        score_options=common.score_options("land", ss["land_w_score"]),
+        sparsity=float(ss["land_w_sparsity"]),
+        images_per_class=int(ss["land_w_ipc"]),
+        finetune=ss["land_w_finetune"],
+        data_root=root,
+        device=ss["land_w_device"],
+        checkpoint=checkpoint,
+    )
+    return {
         "spec": spec,
         "transfer": int(ss["land_w_transfer"]),
         "grid": int(ss["land_w_grid"]),
@@ -99,11 +96,19 @@ def _submit() -> None:
     }
 
 
-def _cancel() -> None:
-    ss["land_job"] = None
+def _work(job: dict, panel: common.ProgressPanel):
+    land = landscape.compute(
+        job["spec"],
+        job["transfer"],
+        grid=job["grid"],
+        extent=job["extent"],
+        images_per_task=job["images"],
+        progress=panel,
+    )
+    yield {"landscape": land, "job": job}
 
 
-running = ss["land_job"] is not None
+running = JOB.running
 with st.form("land_form"):
     f1, f2, f3 = st.columns(3)
     with f1:
@@ -154,41 +159,24 @@ with st.form("land_form"):
     st.form_submit_button(
         "Compute landscape",
         type="primary",
-        on_click=_submit,
+        on_click=JOB.submit,
+        args=(_job,),
         key="btn_land_run",
         disabled=running or not names or len(names) < 2,
         help="Computing…" if running else None,
     )
 
-common.show_error(ss["land_error"])
+common.show_error(JOB.error)
 
-job = ss["land_job"]
-if job is not None:
-    from pai_core import landscape
-
-    st.button("Cancel", key="btn_land_cancel", on_click=_cancel)
-    st.caption(
-        f"{job['grid']}×{job['grid']} grid, {job['images']} images per task per point. Leaving this page "
-        "pauses the computation; finished stages stay cached."
+if JOB.running:
+    job = JOB.job
+    JOB.run(
+        _work,
+        caption=f"{job['grid']}×{job['grid']} grid, {job['images']} images per task per point. Leaving this "
+        "page pauses the computation; finished stages stay cached.",
     )
-    panel = common.ProgressPanel(st)
-    try:
-        land = landscape.compute(
-            job["spec"],
-            job["transfer"],
-            grid=job["grid"],
-            extent=job["extent"],
-            images_per_task=job["images"],
-            progress=panel,
-        )
-    except Exception as exc:
-        ss["land_error"] = common.error_record(exc)
-    else:
-        ss["land_output"] = {"landscape": land, "job": job}
-    ss["land_job"] = None
-    st.rerun()
 
-out = ss["land_output"]
+out = JOB.output
 if out is None:
     st.info(
         "Choose settings and press **Compute landscape**. On a 2-core CPU the defaults take a few minutes "

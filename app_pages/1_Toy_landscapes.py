@@ -19,7 +19,7 @@ from pai_core.toy import (
 )
 from pai_core.toy_figures import toy_figure
 
-common.init_state()  # a deep link opened first still runs under app.py's navigation
+common.init_state()  # the shared session state, also when the page runs on its own (tests)
 
 CUSTOM = "custom"
 PRESET_LABELS = {
