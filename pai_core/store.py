@@ -26,9 +26,15 @@ that writes it (a Ray sweep's driver writes it alone; see ``docs/SWEEPS.md``),
 or point ``$PAI_RESULTS_DB`` elsewhere.
 
 Example:
-    >>> store = ResultsStore("/tmp/results.sqlite")          # doctest: +SKIP
-    >>> store.record(result, elapsed=12.5)                   # doctest: +SKIP
-    >>> store.frame(model="efficientnet_lite0", score=["magnitude", "kfac"])  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
+    >>> store = ResultsStore(pathlib.Path(tempfile.mkdtemp()) / "results.sqlite")
+    >>> result = ExperimentResult(ExperimentSpec(), [TaskResult("digits 0-4", "source", 0.9, 0.8)], None)
+    >>> store.record(result, elapsed=12.5) == result.spec.key()
+    True
+    >>> store.frame(model="efficientnet_lite0", score=["magnitude", "kfac"])[["score", "source_zero_shot"]]
+           score  source_zero_shot
+    0  magnitude               0.8
 """
 
 from __future__ import annotations
