@@ -228,14 +228,7 @@ st.caption(
     + ("hatched: after fine-tuning on the source; " if first.finetune else "")
     + "dashed line: the dense encoder. PNG: camera icon in the figure's toolbar."
 )
-st.download_button(
-    "Download figure (HTML)",
-    data=lambda: figures.figure_html(fig),
-    file_name="fig3_prune.html",
-    mime="text/html",
-    on_click="ignore",
-    key="btn_prune_fig3_html",
-)
+common.figure_download(fig, "fig3_prune.html", key="btn_prune_fig3_html")
 notes = sorted({n for r in results for n in r.notes if not n.startswith("layer collapse")})
 for note in notes:
     st.caption(f"Note: {note}")
@@ -268,14 +261,7 @@ for r in results:
 if len(layer_df):
     layer_fig = figures.layer_sparsity_figure(layer_df)
     st.plotly_chart(layer_fig, key="prune_layers")
-    st.download_button(
-        "Download figure (HTML)",
-        data=lambda: figures.figure_html(layer_fig),
-        file_name="layer_sparsity.html",
-        mime="text/html",
-        on_click="ignore",
-        key="btn_prune_layers_html",
-    )
+    common.figure_download(layer_fig, "layer_sparsity.html", key="btn_prune_layers_html")
 
 st.subheader("Mask overlap: a direct look at P1")
 st.markdown(
@@ -353,11 +339,4 @@ if ss["overlap_output"] is not None:
     ov = ss["overlap_output"]
     overlap_fig = figures.jaccard_figure(ov["matrix"], title=ov["title"])
     st.plotly_chart(overlap_fig, key="prune_overlap", width="content")
-    st.download_button(
-        "Download figure (HTML)",
-        data=lambda: figures.figure_html(overlap_fig),
-        file_name="mask_overlap.html",
-        mime="text/html",
-        on_click="ignore",
-        key="btn_prune_overlap_html",
-    )
+    common.figure_download(overlap_fig, "mask_overlap.html", key="btn_prune_overlap_html")

@@ -205,14 +205,7 @@ st.caption(
     "Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source); "
     "the arrow is fine-tuning. " + figures.landscape_note(land) + " PNG: camera icon in the figure's toolbar."
 )
-st.download_button(
-    "Download figure (HTML)",
-    data=lambda: figures.figure_html(fig),
-    file_name="fig4_landscape.html",
-    mime="text/html",
-    on_click="ignore",
-    key="btn_land_html",
-)
+common.figure_download(fig, "fig4_landscape.html", key="btn_land_html")
 pl = getattr(land, "point_losses", None) or {}
 if pl:
     st.dataframe(

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import common
 from pai_core import figures
+from pai_core.results import SUMMARY_COLUMNS
 
 common.page_defaults({})
 ss = st.session_state
@@ -53,20 +54,15 @@ view = frame[mask]
 chosen = [r for r, keep in zip(results, mask.tolist(), strict=True) if keep]
 
 st.subheader(f"Runs ({len(view)} of {len(frame)})")
-pct_cols = [
-    "source_dense",
-    "source_zero_shot",
-    "source_finetuned",
-    "transfer_dense",
-    "transfer_zero_shot",
-    "transfer_finetuned",
-]
 st.dataframe(
     view.drop(columns=["key", "sparsity"]),
     hide_index=True,
     width="stretch",
     column_config={
-        **{c: st.column_config.NumberColumn(c.replace("_", " ") + " (%)", format="%.1f") for c in pct_cols},
+        **{
+            c: st.column_config.NumberColumn(c.replace("_", " ") + " (%)", format="%.1f")
+            for c in SUMMARY_COLUMNS
+        },
         "sparsity (%)": st.column_config.NumberColumn(format="%.2f"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     },
@@ -127,14 +123,7 @@ else:
         f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
         "sources). PNG: camera icon in the toolbar."
     )
-    st.download_button(
-        "Download figure (HTML)",
-        data=lambda: figures.figure_html(fig),
-        file_name="fig3_grid.html",
-        mime="text/html",
-        on_click="ignore",
-        key="btn_results_fig_html",
-    )
+    common.figure_download(fig, "fig3_grid.html", key="btn_results_fig_html")
 
 # -- masks of one run ----------------------------------------------------------------------------
 st.subheader("Masks of a run")

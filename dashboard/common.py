@@ -18,7 +18,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pai_core import experiment, models, scores, store, tasks
+from pai_core import experiment, figures, models, scores, store, tasks
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
 from pai_core.results import ExperimentResult, ExperimentSpec
@@ -52,6 +52,7 @@ __all__ = [
     "results_signature",
     "all_results",
     "results_json",
+    "figure_download",
     # jobs and progress
     "PageJob",
     "ProgressPanel",
@@ -533,6 +534,18 @@ def describe_specs(specs: Sequence[ExperimentSpec]) -> str:
 def data_root_default(suite: str) -> str:
     """The folder a suite would read now (its environment variable), for the data-folder field."""
     return os.environ.get(suite_env_var(suite), "")
+
+
+def figure_download(fig: Any, file_name: str, key: str) -> None:
+    """A "Download figure (HTML)" button: the figure as a self-contained page (opens offline)."""
+    st.download_button(
+        "Download figure (HTML)",
+        data=lambda: figures.figure_html(fig),
+        file_name=file_name,
+        mime="text/html",
+        on_click="ignore",
+        key=key,
+    )
 
 
 def results_json(results: Sequence[ExperimentResult]) -> str:

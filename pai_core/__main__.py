@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -109,18 +110,20 @@ def _score_options_help() -> str:
     )
 
 
+def _spec(args, **fields) -> ExperimentSpec:
+    """The command's experiment: every spec field it has a flag for (the flag's ``dest`` is the
+    field's name), then ``fields``."""
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentSpec) if hasattr(args, f.name)
+    }
+    given.pop("sparsity", None)  # text on the command line ("paper", percents, lists): the caller's
+    if "score_options" in given:
+        given["score_options"] = _score_options(args)
+    return ExperimentSpec(**{**given, **fields})
+
+
 def _cmd_evaluate(args) -> int:
-    spec = ExperimentSpec(
-        model=args.model,
-        suite=args.suite,
-        images_per_class=args.images_per_class,
-        holdout=args.holdout,
-        seed=args.seed,
-        image_size=args.image_size,
-        data_root=args.data_root,
-        checkpoint=args.checkpoint,
-        device=args.device,
-    )
+    spec = _spec(args)
     ctx = experiment.prepare(spec, _Bar())
     enc, suite = ctx.encoder, ctx.suite
     print(
@@ -182,23 +185,7 @@ def _score_options(args) -> dict:
 
 
 def _cmd_run(args) -> int:
-    base = ExperimentSpec(
-        model=args.model,
-        suite=args.suite,
-        source=args.source,
-        score=args.score,
-        score_options=_score_options(args),
-        images_per_class=args.images_per_class,
-        finetune=args.finetune,
-        holdout=args.holdout,
-        seed=args.seed,
-        image_size=args.image_size,
-        data_root=args.data_root,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        mask_scope=args.mask_scope,
-        loss=args.loss,
-    )
+    base = _spec(args)
     bar = _Bar()
     results = []
     for q in _parse_sparsities(args.sparsity):
@@ -228,20 +215,7 @@ def _cmd_run(args) -> int:
 def _cmd_landscape(args) -> int:
     from . import landscape
 
-    spec = ExperimentSpec(
-        model=args.model,
-        suite=args.suite,
-        source=args.source,
-        score=args.score,
-        score_options=_score_options(args),
-        sparsity=_parse_sparsities(args.sparsity)[0],
-        finetune=args.finetune,
-        images_per_class=args.images_per_class,
-        seed=args.seed,
-        data_root=args.data_root,
-        checkpoint=args.checkpoint,
-        device=args.device,
-    )
+    spec = _spec(args, sparsity=_parse_sparsities(args.sparsity)[0])
     ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
     print(f"PCA plane: explained variance {ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}")
     for label, (x, y) in ls.points.items():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,9 +28,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import scores
-
-if TYPE_CHECKING:
-    from .results import ExperimentResult, ExperimentSpec
+from .results import SUMMARY_COLUMNS, ExperimentResult, ExperimentSpec
 
 __all__ = [
     # palette and labels
@@ -201,12 +199,7 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
         "image_size",
         "seed",
         "device",
-        "source_dense",
-        "source_zero_shot",
-        "source_finetuned",
-        "transfer_dense",
-        "transfer_zero_shot",
-        "transfer_finetuned",
+        *SUMMARY_COLUMNS,
         "collapsed_layers",
         "seconds",
     ]

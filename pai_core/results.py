@@ -30,6 +30,7 @@ __all__ = [
     "Progress",
     "StageProgress",
     "RESULT_VERSION",
+    "SUMMARY_COLUMNS",
     "ExperimentSpec",
     "TaskResult",
     "ExperimentResult",
@@ -44,6 +45,12 @@ StageProgress = Callable[[str, int, int, str], None]
 
 #: Bump when the meaning of a result changes (keeps stale results out of the store).
 RESULT_VERSION = 1
+
+#: The six means of :meth:`ExperimentResult.summary`: (source, transfer) × (dense, zero-shot,
+#: fine-tuned) accuracy; one column each in the results store and in tables.
+SUMMARY_COLUMNS = tuple(
+    f"{role}_{kind}" for role in ("source", "transfer") for kind in ("dense", "zero_shot", "finetuned")
+)
 
 
 @dataclass(frozen=True)
@@ -184,12 +191,8 @@ class ExperimentResult:
         return self._mean("transfer", "finetuned")
 
     def summary(self) -> dict[str, float | None]:
-        """The six means (source/transfer × dense/zero-shot/fine-tuned)."""
-        return {
-            f"{role}_{kind}": self._mean(role, kind)
-            for role in ("source", "transfer")
-            for kind in ("dense", "zero_shot", "finetuned")
-        }
+        """The six means of :data:`SUMMARY_COLUMNS` (source/transfer × dense/zero-shot/fine-tuned)."""
+        return {c: self._mean(*c.split("_", 1)) for c in SUMMARY_COLUMNS}
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -55,7 +55,7 @@ from typing import Any
 import pandas as pd
 
 from . import cache
-from .results import ExperimentResult, ExperimentSpec
+from .results import SUMMARY_COLUMNS, ExperimentResult, ExperimentSpec
 
 __all__ = [
     "STORE_VERSION",
@@ -67,16 +67,6 @@ __all__ = [
 
 #: Bump when the table layout changes; an older file is migrated by re-creating its tables.
 STORE_VERSION = 1
-
-#: The six means of :meth:`ExperimentResult.summary`, one column each.
-SUMMARY_COLUMNS = (
-    "source_dense",
-    "source_zero_shot",
-    "source_finetuned",
-    "transfer_dense",
-    "transfer_zero_shot",
-    "transfer_finetuned",
-)
 
 #: Spec fields copied into their own columns, so the file is queryable with plain ``sqlite3`` too.
 _SPEC_COLUMNS = ("model", "suite", "source", "score", "sparsity", "finetune", "seed", "images_per_class")

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from pai_core import figures, scores
 from pai_core.__main__ import main
 from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
-from pai_core.scores import ScoreOption, register_score
+from pai_core.scores import ScoreCall, ScoreOption, Scores, register_score
 from pai_core.store import ResultsStore
 from pai_core.sweep import SweepConfig, plan
 
@@ -29,14 +29,13 @@ def toy_score() -> Iterator[str]:
     @register_score(
         TOY,
         label="|θ|^p (toy)",
-        description="|θ|^p: a toy score for tests (no paper)",
         data_driven=False,
         options=(ScoreOption("power", float, 1.0, min=0.5, max=4.0, help="exponent p"),),
         color=TOY_COLOR,
     )
-    def toy_abs(model, batches, named, loss, progress, *, power: float = 1.0):
-        """``S_j = |θ_j|^p``: a toy score registered by a test (ranks like magnitude for any p)."""
-        return {n: p.detach().abs() ** power for n, p in named.items()}
+    def toy_abs(c: ScoreCall, *, power: float = 1.0) -> Scores:
+        """``S_j = |θ_j|^p``: a toy score for tests (no paper; ranks like magnitude for any p)."""
+        return {n: p.detach().abs() ** power for n, p in c.named.items()}
 
     yield TOY
     scores._registry._REGISTRY.pop(TOY)
@@ -51,6 +50,10 @@ def tmp_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_registry_lists_it_after_the_built_ins_and_compute_checks_its_option():
     assert scores.available()[-1] == TOY and scores.info(TOY).option("power").max == 4.0
+    assert (
+        scores.info(TOY).description
+        == "S_j = |θ_j|^p: a toy score for tests (no paper; ranks like magnitude for any p)."
+    )
     assert ExperimentSpec(score=TOY, score_options={"power": 2.0}).score == TOY
     with pytest.raises(ValueError, match="'power' must be <= 4.0"):
         ExperimentSpec(score=TOY, score_options={"power": 9.0})

@@ -17,8 +17,10 @@ Layout (one module per family, as in curvlinops):
   :mod:`~pai_core.scores.px` (PX);
 * :mod:`~pai_core.scores._registry`: :func:`register_score` and the metadata types.
 
-Adding a score is one file: decorate a :class:`ScoreFn` with :func:`register_score` and import
-the module (here, for built-ins); the CLI, sweeps, figures and the dashboard pick it up.
+Adding a score is one file: a function of a :class:`ScoreCall` (model, data, scored parameters,
+loss, progress) and its options, whose docstring opens with the formula and the paper, decorated
+with :func:`register_score`; import the module (here, for built-ins) and the CLI, sweeps, figures
+and the dashboard pick it up.
 
 Example:
     >>> import torch
@@ -37,7 +39,16 @@ from __future__ import annotations
 # The family modules register their scores on import; the order of the imports does not
 # matter (ScoreInfo.order sets the display order).
 from . import fisher, hessian, kfac, magnitude, px  # noqa: F401
-from ._base import LOSSES, Batches, Named, Scores, default_params, per_example_loss, warmup_batchnorm
+from ._base import (
+    LOSSES,
+    Batches,
+    Named,
+    ScoreCall,
+    Scores,
+    default_params,
+    per_example_loss,
+    warmup_batchnorm,
+)
 from ._registry import (
     BN_WARMUP,
     ScoreFn,
@@ -59,6 +70,7 @@ __all__ = [
     "infos",
     "register_score",
     "ScoreFn",
+    "ScoreCall",
     "ScoreInfo",
     "ScoreOption",
     "BN_WARMUP",

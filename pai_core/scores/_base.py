@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ __all__ = [
     "Batches",
     "Named",
     "Scores",
+    "ScoreCall",
     "LOSSES",
     "per_example_loss",
     "default_params",
@@ -57,6 +59,30 @@ Scores = dict[str, Tensor]
 
 #: Loss names accepted by every data-driven score (and by ``ExperimentSpec.loss``).
 LOSSES = ("mse", "ce")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreCall:
+    """What one call of a score function gets (besides its options); built by ``compute``.
+
+    Attributes:
+        model: Network mapping a batch of inputs to ``(B, C)`` outputs.
+        batches: Re-iterable ``(x, y)`` batches; None for scores that use no data.
+        named: The scored parameters, ``{name: parameter}`` in ``model.named_parameters()`` order.
+        loss: One of :data:`LOSSES`.
+        progress: ``progress(done, total, message)`` or None.
+    """
+
+    model: nn.Module
+    batches: Batches | None
+    named: Named
+    loss: str = "mse"
+    progress: Progress | None = None
+
+    def report(self, done: int, total: int, message: str) -> None:
+        """Report progress, if anyone listens."""
+        if self.progress:
+            self.progress(done, total, message)
 
 
 # --------------------------------------------------------------------------------------
@@ -151,34 +177,19 @@ def _resolve_params(model: nn.Module, params: Sequence[str] | None) -> dict[str,
     return {n: named[n] for n in names}
 
 
-# --------------------------------------------------------------------------------------
-# Model state: eval mode, requires_grad, BatchNorm warm-up
-# --------------------------------------------------------------------------------------
-
-
-def _grad_full(
-    model: nn.Module,
-    batches: Batches,
-    named: dict[str, nn.Parameter],
-    loss: str,
-    progress: Progress | None,
-    label: str,
-    done: int = 0,
-    total: int = 0,
-) -> tuple[list[Tensor], int]:
+def _grad_full(c: ScoreCall, label: str, done: int = 0, total: int = 0) -> tuple[list[Tensor], int]:
     """``(∇_θ L, N)``: gradient of the mean data loss (autograd per batch, summed, divided by N)."""
-    params = list(named.values())
+    params = list(c.named.values())
     acc = [torch.zeros_like(p) for p in params]
     n = 0
-    for x, y in _batches(batches, model):
-        gs = torch.autograd.grad(_loss_sum(model(x), y, loss), params, allow_unused=True)
+    for x, y in _batches(c.batches, c.model):
+        gs = torch.autograd.grad(_loss_sum(c.model(x), y, c.loss), params, allow_unused=True)
         for a, g in zip(acc, gs):
             if g is not None:
                 a += g
         n += x.shape[0]
         done += 1
-        if progress:
-            progress(done, total, label)
+        c.report(done, total, label)
     if n == 0:
         raise ValueError("batches is empty")
     return [a / n for a in acc], n
@@ -264,6 +275,3 @@ def _math_attention() -> Iterator[None]:
         return
     with sdpa_kernel([SDPBackend.MATH]):
         yield
-
-
-# --------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ metadata; nothing else lists scores.  :func:`compute` validates a call against i
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> @register_score("example_abs", label="|θ|", description="|θ| (an example)", data_driven=False)
-    ... def example_abs(model, batches, named, loss, progress):
-    ...     return {n: p.detach().abs() for n, p in named.items()}
-    >>> "example_abs" in available() and info("example_abs").label
-    '|θ|'
+    >>> @register_score("example_abs", label="|θ|", data_driven=False)
+    ... def example_abs(c):
+    ...     "|θ|: an example (ranks as magnitude does)."  # its docstring: formula and paper
+    ...     return {n: p.detach().abs() for n, p in c.named.items()}
+    >>> info("example_abs").label, info("example_abs").description
+    ('|θ|', '|θ|: an example (ranks as magnitude does).')
     >>> compute("example_abs", nn.Linear(2, 1, bias=False), None)["weight"].shape
     torch.Size([1, 2])
     >>> _REGISTRY.pop("example_abs").name  # tests and examples clean up after themselves
@@ -23,12 +24,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from torch import Tensor, nn
 
-from ._base import LOSSES, Batches, _resolve_params, warmup_batchnorm
+from ._base import LOSSES, Batches, ScoreCall, _resolve_params, warmup_batchnorm
 
 if TYPE_CHECKING:
     from ..results import Progress
@@ -49,30 +51,20 @@ __all__ = [
 class ScoreFn(Protocol):
     """What :func:`register_score` decorates (called by :func:`compute`, never directly).
 
+    Its docstring opens with the formula and the paper it comes from (the first paragraph is the
+    score's :attr:`ScoreInfo.description` unless one is given), then says more.
+
     Args:
-        model: Network mapping a batch of inputs to ``(B, C)`` outputs.
-        batches: Re-iterable ``(x, y)`` batches; ``None`` for scores that use no data.
-        named: The scored parameters, ``{name: parameter}`` in ``model.named_parameters()`` order.
-        loss: One of :data:`LOSSES`.
-        progress: ``progress(done, total, message)`` or None.
+        call: The model, the data, the scored parameters, the loss and the progress callback.
         **options: The score's own options (validated, defaults filled in), plus ``seed`` for
             stochastic scores.
 
     Returns:
-        ``{name: score tensor of the parameter's shape}`` for every name of ``named`` (higher =
-        keep); the model left as it was found.
+        ``{name: score tensor of the parameter's shape}`` for every name of ``call.named``
+        (higher = keep); the model left as it was found.
     """
 
-    def __call__(
-        self,
-        model: nn.Module,
-        batches: Batches | None,
-        named: dict[str, nn.Parameter],
-        loss: str,
-        progress: Progress | None,
-        /,
-        **options: Any,
-    ) -> dict[str, Tensor]: ...
+    def __call__(self, call: ScoreCall, /, **options: Any) -> dict[str, Tensor]: ...
 
 
 _F = TypeVar("_F", bound=Callable[..., dict[str, Tensor]])
@@ -176,13 +168,12 @@ class ScoreInfo:
 
     def option(self, name: str) -> ScoreOption:
         """The option called ``name``; ValueError listing the valid ones."""
-        for o in self.options:
-            if o.name == name:
-                return o
-        raise ValueError(
-            f"unknown option {name!r} for score {self.name!r}; valid: "
-            f"{', '.join(o.name for o in self.options) or 'none'}"
-        )
+        by_name = {o.name: o for o in self.options}
+        if name not in by_name:
+            raise ValueError(
+                f"unknown option {name!r} for score {self.name!r}; valid: {', '.join(by_name) or 'none'}"
+            )
+        return by_name[name]
 
     def defaults(self) -> dict[str, int | float]:
         """``{option: default}``."""
@@ -218,12 +209,18 @@ _SEED = ScoreOption("seed", int, 0, min=0)
 _REGISTRY: dict[str, ScoreInfo] = {}
 
 
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a docstring on one line, without reST's double backquotes."""
+    first = inspect.cleandoc(doc or "").split("\n\n")[0]
+    return " ".join(first.split()).replace("``", "")
+
+
 def register_score(
     name: str,
     *,
     label: str,
-    description: str,
     data_driven: bool,
+    description: str | None = None,
     stochastic: bool = False,
     refuses: Mapping[str, str] | None = None,
     options: Sequence[ScoreOption] = (),
@@ -231,6 +228,9 @@ def register_score(
     order: int = 100,
 ) -> Callable[[_F], _F]:
     """Register a score function with its metadata (see :class:`ScoreInfo` for the fields).
+
+    ``description`` defaults to the first paragraph of the function's docstring (its formula and
+    paper), so that the formula is written once.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -246,17 +246,12 @@ def register_score(
         names = [o.name for o in opts] + (["seed"] if stochastic else [])
         if len(set(names)) != len(names):
             raise ValueError(f"score {name!r}: repeated option names {names}")
+        about = description or _summary(fn.__doc__)
+        if not about:
+            raise ValueError(f"score {name!r}: give a description or a docstring (its formula and paper)")
+        refused = dict(refuses or {})
         _REGISTRY[name] = ScoreInfo(
-            name=name,
-            label=label,
-            description=description,
-            fn=fn,
-            data_driven=data_driven,
-            stochastic=stochastic,
-            refuses=dict(refuses or {}),
-            options=opts,
-            color=color,
-            order=order,
+            name, label, about, fn, data_driven, stochastic, refused, opts, color, order
         )
         return fn
 
@@ -330,5 +325,5 @@ def compute(
         raise ValueError(f"score {name!r} needs data (batches)")
     if warm > 0:
         warmup_batchnorm(model, batches, warm, progress)
-    scores = spec.fn(model, batches, named, loss, progress, **opts)
+    scores = spec.fn(ScoreCall(model, batches, named, loss, progress), **opts)
     return {n: scores[n].detach() for n in named}

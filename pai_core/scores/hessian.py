@@ -7,14 +7,12 @@ attention kernel: the fused ones have no second derivative.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from ._base import (
-    Batches,
-    Named,
+    ScoreCall,
     Scores,
     _batches,
     _grad_full,
@@ -25,32 +23,23 @@ from ._base import (
 )
 from ._registry import ScoreOption, register_score
 
-if TYPE_CHECKING:
-    from ..results import Progress
-
 
 def _hvp_pass(
-    model: nn.Module,
-    batches: Batches,
-    named: Named,
-    loss: str,
-    vectors: list[list[Tensor]],
-    progress: Progress | None,
-    label: str,
-    done: int,
-    total: int,
+    c: ScoreCall, vectors: list[list[Tensor]], label: str, done: int, total: int
 ) -> tuple[list[list[Tensor]], int]:
     """``(Σ_b H_b v for v in vectors, N)``, ``H_b`` the Hessian of batch b's summed loss (double backward)."""
-    params = list(named.values())
+    params = list(c.named.values())
     outs = [[torch.zeros_like(p) for p in params] for _ in vectors]
     # vmap over the double backward (is_grads_batched) is much faster than a loop for matmul
     # networks, but its convolution rules are slower than looping (measured: 3x on a 32x32 CNN,
     # 70x on EfficientNet-Lite0), so conv nets loop over the vectors.
-    batched = not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    batched = not any(isinstance(m, nn.modules.conv._ConvNd) for m in c.model.modules())
     n = 0
-    for x, y in _batches(batches, model):
+    for x, y in _batches(c.batches, c.model):
         n += x.shape[0]
-        gs = torch.autograd.grad(_loss_sum(model(x), y, loss), params, create_graph=True, allow_unused=True)
+        gs = torch.autograd.grad(
+            _loss_sum(c.model(x), y, c.loss), params, create_graph=True, allow_unused=True
+        )
         # A gradient that does not depend on the parameters (None / constant) has zero Hessian rows.
         live = [i for i, g in enumerate(gs) if g is not None and g.requires_grad]
         if live:
@@ -67,8 +56,7 @@ def _hvp_pass(
                         outs[k][i] += h
         del gs
         done += 1
-        if progress:
-            progress(done, total, label)
+        c.report(done, total, label)
     return outs, n
 
 
@@ -96,19 +84,10 @@ def _vjps(
     ]
 
 
-@register_score(
-    "grasp",
-    label="GraSP",
-    description="θ ⊙ Hg with g = ∇L, H = ∇²L: keeps what preserves gradient flow "
-    "(Wang et al., 2020, arXiv:2002.07376)",
-    data_driven=True,
-    color="#D55E00",
-    order=4,
-)
-def grasp_score(
-    model: nn.Module, batches: Batches, named: Named, loss: str, progress: Progress | None
-) -> Scores:
-    """``S = θ ⊙ Hg`` with ``g = ∇L``, ``H = ∇²L`` (GraSP with its original sign, see below).
+@register_score("grasp", label="GraSP", data_driven=True, color="#D55E00", order=4)
+def grasp_score(c: ScoreCall) -> Scores:
+    """``S = θ ⊙ Hg``, ``g = ∇L``, ``H = ∇²L``: keeps what preserves gradient flow
+    (Wang et al., 2020, arXiv:2002.07376).
 
     GraSP removes the weights with the *largest* ``S(−θ) = −θ ⊙ Hg``.  As a "higher = keep"
     score we return ``−S(−θ) = θ ⊙ Hg``: a weight with large positive ``θ ⊙ Hg`` is kept.
@@ -129,46 +108,29 @@ def grasp_score(
         >>> compute("grasp", net, [(torch.ones(1, 1), torch.tensor([0]))])["weight"]
         tensor([[8.]])
     """
-    total = 2 * _num_batches(batches)
-    with _scoring_state(model, named.values()), _math_attention():
-        g, n = _grad_full(model, batches, named, loss, progress, "grasp: gradient", total=total)
-        (hg,), _ = _hvp_pass(
-            model, batches, named, loss, [g], progress, "grasp: Hessian-gradient product", total // 2, total
-        )
-    return {name: p.detach() * h / n for (name, p), h in zip(named.items(), hg)}
+    total = 2 * _num_batches(c.batches)
+    with _scoring_state(c.model, c.named.values()), _math_attention():
+        g, n = _grad_full(c, "grasp: gradient", total=total)
+        (hg,), _ = _hvp_pass(c, [g], "grasp: Hessian-gradient product", total // 2, total)
+    return {name: p.detach() * h / n for (name, p), h in zip(c.named.items(), hg)}
 
 
 @register_score(
     "hutchinson",
     label="diagonal Hessian (Hutchinson)",
-    description="θ² · diag(H), diag(H) ≈ (1/K) Σₖ zₖ ⊙ H zₖ with Rademacher probes "
-    "(Hutchinson, 1989; Gollini Navarrete et al., 2025, arXiv:2502.11450)",
     data_driven=True,
     stochastic=True,
     options=(
         ScoreOption(
-            "probes",
-            int,
-            10,
-            min=1,
-            max=10_000,
-            help="Rademacher probes K of the estimate; its error falls as 1/√K, the cost grows as K.",
+            "probes", int, 10, min=1, max=10_000, help="Rademacher probes K: error ∝ 1/√K, cost ∝ K."
         ),
     ),
     color="#F0E442",
     order=6,
 )
-def hutchinson_score(
-    model: nn.Module,
-    batches: Batches,
-    named: Named,
-    loss: str,
-    progress: Progress | None,
-    *,
-    probes: int = 10,
-    seed: int = 0,
-) -> Scores:
-    """``S_j = θ_j² · diag(H)_j`` with ``diag(H) ≈ (1/K) Σ_k z_k ⊙ H z_k``, Rademacher ``z_k``.
+def hutchinson_score(c: ScoreCall, *, probes: int = 10, seed: int = 0) -> Scores:
+    """``S_j = θ_j² · diag(H)_j``, ``diag(H) ≈ (1/K) Σ_k z_k ⊙ H z_k`` with Rademacher probes ``z_k``
+    (Hutchinson, 1989; Gollini Navarrete et al., 2025, arXiv:2502.11450).
 
     ``H = ∇²L`` is the Hessian of the full-data loss w.r.t. the scored parameters; each probe
     ``z_k`` is drawn once (generator seeded from ``seed``) and used for every batch, so
@@ -184,7 +146,7 @@ def hutchinson_score(
         Gollini Navarrete et al., "What Scalable Second-Order Information Knows for Pruning at
         Initialization", arXiv:2502.11450 (2025).
     """
-    params = list(named.values())
+    params = list(c.named.values())
     base = torch.Generator().manual_seed(int(seed))
     probe_seeds = torch.randint(0, 2**62, (probes,), generator=base).tolist()
     diag = [torch.zeros_like(p) for p in params]
@@ -192,28 +154,20 @@ def hutchinson_score(
     # double-backward graph; each block re-runs the data pass.
     block = max(1, min(probes, (1 << 26) // max(sum(p.numel() for p in params), 1)))
     nblocks = math.ceil(probes / block)
-    per = _num_batches(batches)
+    per = _num_batches(c.batches)
     n = 0
-    with _scoring_state(model, params), _math_attention():
+    with _scoring_state(c.model, params), _math_attention():
         for j, lo in enumerate(range(0, probes, block)):
             zs = [_rademacher(params, s) for s in probe_seeds[lo : lo + block]]
             hzs, n = _hvp_pass(
-                model,
-                batches,
-                named,
-                loss,
-                zs,
-                progress,
-                f"hutchinson: probes {lo + 1}-{lo + len(zs)} of {probes}",
-                j * per,
-                nblocks * per,
+                c, zs, f"hutchinson: probes {lo + 1}-{lo + len(zs)} of {probes}", j * per, nblocks * per
             )
             for z, hz in zip(zs, hzs):
                 for d, zi, hi in zip(diag, z, hz):
                     d += zi * hi
     if n == 0:
         raise ValueError("batches is empty")
-    return {name: p.detach() ** 2 * d / (n * probes) for (name, p), d in zip(named.items(), diag)}
+    return {name: p.detach() ** 2 * d / (n * probes) for (name, p), d in zip(c.named.items(), diag)}
 
 
 def _rademacher(params: list[Tensor], seed: int) -> list[Tensor]:

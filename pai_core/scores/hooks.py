@@ -18,16 +18,13 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import Batches, _batches, _loss_sum, _num_batches
-
-if TYPE_CHECKING:
-    from ..results import Progress
+from ._base import ScoreCall, _batches, _loss_sum, _num_batches
 
 # Largest number of elements a per-example intermediate (unfolded patches, per-example
 # gradients) may have before we split the batch into chunks; bounds peak memory.
@@ -390,29 +387,13 @@ def _vmap_moments(
     return {n: (g[n] ** 2).sum(0) for n in names}, {n: g[n].sum(0) for n in names}
 
 
-def _hooked_pass(
-    model: nn.Module,
-    batches: Batches,
-    names: Sequence[str],
-    loss: str,
-    *,
-    moments: bool,
-    kfac: bool,
-    progress: Progress | None,
-    label: str,
-    sums: bool = True,
-) -> _HookEngine:
-    engine = _HookEngine(model, names, moments=moments, kfac=kfac, sums=sums)
-    total = _num_batches(batches)
-    for i, (x, y) in enumerate(_batches(batches, model)):
-        engine.run(x, y, loss)
-        if progress:
-            progress(i + 1, total, label)
+def _hooked_pass(c: ScoreCall, *, moments: bool, kfac: bool, label: str, sums: bool = True) -> _HookEngine:
+    """Run :class:`_HookEngine` over every batch of ``c`` (the model already in eval mode)."""
+    engine = _HookEngine(c.model, list(c.named), moments=moments, kfac=kfac, sums=sums)
+    total = _num_batches(c.batches)
+    for i, (x, y) in enumerate(_batches(c.batches, c.model)):
+        engine.run(x, y, c.loss)
+        c.report(i + 1, total, label)
     if engine.n == 0:
         raise ValueError("batches is empty")
     return engine
-
-
-# --------------------------------------------------------------------------------------
-# K-FAC
-# --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ._base import Batches, Named, Scores, _resolve_params, _scoring_state
+from ._base import Batches, ScoreCall, Scores, _resolve_params, _scoring_state
 from ._registry import ScoreOption, register_score
 from .hooks import _hooked_pass, _HookEngine
 
@@ -92,14 +92,7 @@ def kfac_factors(
                 f"K-FAC needs weights of nn.Linear / nn.Conv1d / nn.Conv2d layers; cannot score {engine.other}"
             )
         engine = _hooked_pass(
-            model,
-            batches,
-            list(named),
-            loss,
-            moments=False,
-            kfac=True,
-            progress=progress,
-            label="K-FAC factors",
+            ScoreCall(model, batches, named, loss, progress), moments=False, kfac=True, label="K-FAC factors"
         )
     out = {}
     for name in named:
@@ -144,33 +137,18 @@ def _damped_inverse_diag(m: Tensor, damping: float) -> Tensor:
 @register_score(
     "kfac",
     label="block Hessian (K-FAC)",
-    description="θ²ᵢⱼ / ([A_d⁻¹]ⱼⱼ [B_d⁻¹]ᵢᵢ): Eq. (3) with the K-FAC block H ≈ A ⊗ B of Eq. (5) "
-    "(Occhiena et al., 2025, arXiv:2509.24066; Martens & Grosse, 2015, arXiv:1503.05671)",
     data_driven=True,
     options=(
         ScoreOption(
-            "damping",
-            float,
-            1e-3,
-            min=0.0,
-            max=1e3,
-            help="Tikhonov damping of each Kronecker factor, relative to its mean eigenvalue: "
-            "X + damping · tr(X)/dim(X) · I.",
+            "damping", float, 1e-3, min=0.0, max=1e3, help="Each factor X becomes X + damping·tr(X)/dim(X)·I."
         ),
     ),
     color="#009E73",
     order=2,
 )
-def kfac_score(
-    model: nn.Module,
-    batches: Batches,
-    named: Named,
-    loss: str,
-    progress: Progress | None,
-    *,
-    damping: float = 1e-3,
-) -> Scores:
-    """``S_oi = θ_oi² / ([A_d⁻¹]_ii · [B_d⁻¹]_oo)``: OBS (Eq. (3)) with a K-FAC block per layer.
+def kfac_score(c: ScoreCall, *, damping: float = 1e-3) -> Scores:
+    """``S_oi = θ_oi² / ([A_d⁻¹]_ii [B_d⁻¹]_oo)``: Eq. (3) with the K-FAC block H ≈ A ⊗ B of Eq. (5)
+    (Occhiena et al., 2025, arXiv:2509.24066; Martens & Grosse, 2015, arXiv:1503.05671).
 
     The layer's curvature block is ``H_l ≈ A ⊗ B`` (Eq. (5); factors as in :func:`kfac_factors`),
     so ``[H_l⁻¹]_(o,i),(o,i) = [A⁻¹]_ii · [B⁻¹]_oo``; each factor is damped,
@@ -185,9 +163,9 @@ def kfac_score(
         Grosse & Martens, "A Kronecker-factored approximate Fisher matrix for convolution
         layers" (KFC), ICML (2016), arXiv:1602.01407.
     """
-    factors = kfac_factors(model, batches, params=list(named), loss=loss, progress=progress)
+    factors = kfac_factors(c.model, c.batches, params=list(c.named), loss=c.loss, progress=c.progress)
     out = {}
-    for n, p in named.items():
+    for n, p in c.named.items():
         f = factors[n]
         hinv = _damped_inverse_diag(f.B, damping)[:, :, None] * _damped_inverse_diag(f.A, damping)[:, None, :]
         th = p.detach()

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from torch import nn
 
-from ._base import Batches, Named, Scores
+from ._base import ScoreCall, Scores
 from ._registry import register_score
 
-if TYPE_CHECKING:
-    from ..results import Progress
 
+@register_score("magnitude", label="magnitude", data_driven=False, color="#E69F00", order=0)
+def magnitude_score(c: ScoreCall) -> Scores:
+    """``S_j = θ_j²``: Eq. (3) with the isotropic Hessian H = I (Occhiena et al., 2025, arXiv:2509.24066).
 
-@register_score(
-    "magnitude",
-    label="magnitude",
-    description="θ²: Eq. (3) with the isotropic Hessian H = I (Occhiena et al., 2025, arXiv:2509.24066)",
-    data_driven=False,
-    color="#E69F00",
-    order=0,
-)
-def magnitude_score(
-    model: nn.Module, batches: Batches | None, named: Named, loss: str, progress: Progress | None
-) -> Scores:
-    """``S_j = θ_j²``: the OBD/OBS saliency ``θ_j² / [H⁻¹]_jj`` of Eq. (3) with ``H = I``.
+    The OBD/OBS saliency ``θ_j² / [H⁻¹]_jj`` with ``H = I``; ranking by ``θ²`` is ranking by
+    ``|θ|``.
 
-    Reference: Occhiena, Iurada & Tommasi, "A Second-Order Perspective on Pruning at
-    Initialization and Knowledge Transfer", arXiv:2509.24066 (2025), Sec. 3.2 (the isotropic
-    case of Eq. (3); ranking by ``θ²`` is ranking by ``|θ|``).
+    Reference:
+        Occhiena, Iurada & Tommasi, "A Second-Order Perspective on Pruning at Initialization and
+        Knowledge Transfer", arXiv:2509.24066 (2025), Eq. (3) and Sec. 3.2.
 
     Example:
         >>> from torch import nn
@@ -39,31 +27,16 @@ def magnitude_score(
         >>> compute("magnitude", net, None)["weight"]
         tensor([[9.0000, 0.2500]])
     """
-    return {n: p.detach() ** 2 for n, p in named.items()}
+    return {n: p.detach() ** 2 for n, p in c.named.items()}
 
 
-@register_score(
-    "random",
-    label="random",
-    description="uniform noise in [0, 1) from the run's seed (the baseline every score must beat)",
-    data_driven=False,
-    stochastic=True,
-    color="#000000",
-    order=8,
-)
-def random_score(
-    model: nn.Module,
-    batches: Batches | None,
-    named: Named,
-    loss: str,
-    progress: Progress | None,
-    *,
-    seed: int = 0,
-) -> Scores:
-    """``S_j ~ U[0, 1)`` i.i.d., drawn on a CPU generator seeded with ``seed`` (names in sorted order).
+@register_score("random", label="random", data_driven=False, stochastic=True, color="#000000", order=8)
+def random_score(c: ScoreCall, *, seed: int = 0) -> Scores:
+    """``S_j ~ U[0, 1)`` i.i.d. from the run's seed: the baseline every score must beat.
 
-    The same seed gives the same scores on every device and whatever the order of ``named``.
+    Drawn on a CPU generator seeded with ``seed``, names in sorted order, so the same seed gives
+    the same scores on every device and whatever the order of the parameters.
     """
     gen = torch.Generator().manual_seed(int(seed))
-    draws = {n: torch.rand(named[n].shape, generator=gen, dtype=torch.float64) for n in sorted(named)}
-    return {n: draws[n].to(device=p.device, dtype=p.dtype) for n, p in named.items()}
+    draws = {n: torch.rand(c.named[n].shape, generator=gen, dtype=torch.float64) for n in sorted(c.named)}
+    return {n: draws[n].to(device=p.device, dtype=p.dtype) for n, p in c.named.items()}

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._base import Batches, Named, Scores, _batches, _num_batches, _scoring_state
+from ._base import ScoreCall, Scores, _batches, _num_batches, _scoring_state
 from ._registry import register_score
-
-if TYPE_CHECKING:
-    from ..results import Progress
-
 
 _ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -88,20 +84,10 @@ REFUSAL = (
 )
 
 
-@register_score(
-    "px",
-    label="PX",
-    description="θ² ⊙ |∂R/∂(θ²)|, R the data-dependent path-kernel bound; CNNs only "
-    "(Iurada et al., CVPR 2024, arXiv:2406.01345)",
-    data_driven=True,
-    refuses={"vit": REFUSAL},
-    color="#CC79A7",
-    order=5,
-)
-def px_score(
-    model: nn.Module, batches: Batches, named: Named, loss: str, progress: Progress | None
-) -> Scores:
-    """``S = θ² ⊙ |∂R/∂(θ²)|`` with ``R`` PX's data-dependent path-kernel bound.
+@register_score("px", label="PX", data_driven=True, refuses={"vit": REFUSAL}, color="#CC79A7", order=5)
+def px_score(c: ScoreCall) -> Scores:
+    """``S = θ² ⊙ |∂R/∂(θ²)|``, R the data-dependent path-kernel bound; CNNs only
+    (Iurada et al., CVPR 2024, arXiv:2406.01345).
 
     Following the official implementation (github.com/iurada/px-ntk-pruning), with ``θ`` the
     scored weights and every other parameter (BatchNorm affine, biases, the frozen head) as is:
@@ -127,6 +113,7 @@ def px_score(
         Iurada, Ciccone & Tommasi, "Finding Lottery Tickets in Vision Models via Data-driven
         Spectral Foresight Pruning", CVPR (2024), arXiv:2406.01345.
     """
+    model, batches, named = c.model, c.batches, c.named
     if _has_attention(model):
         raise ValueError(f"px does not support models with attention layers. {REFUSAL}")
     act_names = [n for n, m in model.named_modules() if _is_activation(m)]
@@ -167,8 +154,7 @@ def px_score(
                 sums[key] = sums[key] + z1.sum(0) if key in sums else z1.sum(0)
                 for q in gates.values():
                     q.clear()
-                if progress:
-                    progress(i + 1, total, "px: path activations")
+                c.report(i + 1, total, "px: path activations")
     finally:
         for h in handles:
             h.remove()
