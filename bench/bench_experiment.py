@@ -35,8 +35,9 @@ def main() -> None:
 
     from pai_core import experiment
     from pai_core.features import device_label, extract, pick_device, task_inputs
+    from pai_core.results import ExperimentSpec
 
-    spec = experiment.ExperimentSpec(
+    spec = ExperimentSpec(
         model=args.model,
         suite=args.suite,
         score=args.score,

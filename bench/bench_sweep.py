@@ -51,9 +51,10 @@ def offline(scores: list[str], images_per_class: int, device: str) -> dict:
     os.environ["PAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="pai-bench-sweep-")
     from pai_core import experiment
     from pai_core.features import device_label, extract, pick_device, task_inputs
+    from pai_core.results import ExperimentSpec
 
     dev = pick_device(device)
-    base = experiment.ExperimentSpec(images_per_class=images_per_class, sparsity=0.5904, device=device)
+    base = ExperimentSpec(images_per_class=images_per_class, sparsity=0.5904, device=device)
     enc = experiment.get_encoder(base.model)
     suite = experiment.get_suite(base.suite, None, base.images_per_class, base.seed)
     x, _ = task_inputs(suite.tasks[base.source], enc, suite.image_size)

@@ -92,7 +92,11 @@ class ScoreOption:
     def __post_init__(self) -> None:
         if self.type not in (int, float):
             raise TypeError(f"option {self.name!r}: type must be int or float, got {self.type!r}")
-        self.check(self.default)
+        # Bounds and default of the option's own type (widgets want one numeric type).
+        for bound in ("min", "max"):
+            if getattr(self, bound) is not None:
+                object.__setattr__(self, bound, self.type(getattr(self, bound)))
+        object.__setattr__(self, "default", self.check(self.default))
 
     def check(self, value: Any) -> int | float:
         """The value as the option's type; ValueError naming the option when it does not fit.
