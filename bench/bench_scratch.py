@@ -94,6 +94,22 @@ def timing(args: argparse.Namespace) -> dict:
             f"{row['full_epoch_s_extrapolated']:.0f} | {eval_s:.2f} |"
         )
 
+    # one real full epoch of the cheapest network, to check the extrapolation above
+    spec = ScratchSpec(model="vgg11", width=0.25)
+    model = scratch.build_model(spec, data)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    t0 = _cpu()
+    for x, y in scratch.Batches(data, torch.arange(len(data.train_y)), 128):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    full = _cpu() - t0
+    out["vgg11_w025_full_epoch_s"] = full
+    print(
+        f"\nvgg11 (width 0.25), one full 60,000-image epoch measured: {full:.0f} s "
+        f"(extrapolated above: {out['nets'][1]['full_epoch_s_extrapolated']:.0f} s)"
+    )
+
     # scores on ResNet-20 with the paper's scoring data
     spec = ScratchSpec(model="resnet20", train_size=SUBSET)
     _, train_idx, _, score_idx = scratch.prepare_data(spec)

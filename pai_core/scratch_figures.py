@@ -401,7 +401,12 @@ def layer_density_figure(
             )
         fig.add_hline(y=1 - q, line=dict(color="#000000", dash="dot", width=1), row=ri, col=1)
         fig.add_hline(y=_FLOOR, line=dict(color="#D55E00", dash="dash", width=1), row=ri, col=1)
-    fig.update_yaxes(type="log", title_text="kept fraction")
+    fig.update_yaxes(
+        type="log",
+        title_text="kept fraction",
+        tickvals=[_FLOOR, 1e-3, 1e-2, 1e-1, 1.0],
+        ticktext=["collapsed (0)", "0.1%", "1%", "10%", "100%"],
+    )
     fig.update_xaxes(tickvals=list(range(len(names))), ticktext=names, tickangle=-60, row=len(modes), col=1)
     fig.update_layout(
         template="plotly_white",
