@@ -37,6 +37,7 @@ __all__ = [
     "StorageError",
     "StoreError",
     "CacheError",
+    "ClusterUnavailable",
     "Problem",
     "describe",
     "storage_error",
@@ -44,6 +45,8 @@ __all__ = [
     "is_memory_error",
     "debug_enabled",
     "scrub_paths",
+    "traceback_text",
+    "write_bug_report",
     "MEMORY_HINT",
 ]
 
@@ -90,6 +93,10 @@ class StoreError(StorageError):
 
 class CacheError(StorageError):
     """The cache folder (``$PAI_CACHE_DIR``) cannot be used."""
+
+
+class ClusterUnavailable(RuntimeError):
+    """No Ray cluster answers at the address asked for (or it refuses this driver)."""
 
 
 # ----------------------------------------------------------------------------- classification
@@ -182,7 +189,7 @@ class Problem:
     """What went wrong, in words a user can act on.
 
     Attributes:
-        kind: ``"model"``, ``"data"``, ``"settings"``, ``"storage"``, ``"memory"``,
+        kind: ``"model"``, ``"data"``, ``"settings"``, ``"storage"``, ``"memory"``, ``"cluster"``,
             ``"interrupted"`` or ``"bug"``.
         message: One line; for bugs, paths are shortened to their last component.
         hint: What to do (may be empty).
@@ -250,6 +257,8 @@ def describe(exc: BaseException) -> Problem:
         return Problem("data", str(exc), type=name)
     if isinstance(exc, StorageError):
         return Problem("storage", str(exc), exc.hint, type=name)
+    if isinstance(exc, ClusterUnavailable):
+        return Problem("cluster", str(exc), type=name)
     if is_memory_error(exc):
         first = (str(exc).strip().splitlines() or [name])[0]
         return Problem("memory", f"out of memory ({scrub_paths(first)[:200]})", MEMORY_HINT, type=name)
