@@ -633,7 +633,7 @@ _CIFAR100_SUPER = (
 )
 
 
-#: The only globals a CIFAR-style pickle may name: what NumPy needs to rebuild an array.
+#: The only globals a CIFAR-style pickle may name: what NumPy needs to rebuild an array (and bytes).
 _ARRAY_GLOBALS = frozenset(
     {
         ("numpy", "ndarray"),
@@ -642,6 +642,8 @@ _ARRAY_GLOBALS = frozenset(
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
+        # Protocols 0-2 written by Python 3 spell a bytes object as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"),
     }
 )
 
