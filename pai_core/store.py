@@ -341,7 +341,7 @@ class ResultsStore:
                 f"move it aside (mv {self.path} {self.path}.broken) and run again: a sweep re-records "
                 "finished specs from the cache in seconds",
             )
-        if "full" in text:
+        if "full" in text or (("disk i/o" in text or "unable to open" in text) and _disk_full(self.path)):
             return self._fail(
                 "full",
                 "the disk is full",
@@ -597,6 +597,18 @@ class ResultsStore:
         return pd.DataFrame.from_records(
             records, columns=["key", *_SPEC_COLUMNS, "error", "traceback", "attempts", "host", "failed_at"]
         )
+
+
+def _disk_full(path: Path, margin: int = 1 << 16) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left.
+
+    SQLite reports a full disk at open time as "disk I/O error" (it cannot create its -shm file).
+    """
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
