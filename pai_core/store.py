@@ -182,6 +182,9 @@ class ResultsStore:
             cannot be created); the message names it and says what to do.
     """
 
+    #: Transactions retried after SQLite answered busy, in this process (diagnostics for tests and logs).
+    busy_retries: int = 0
+
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
         self._ro_uri: str | None = None
@@ -272,6 +275,7 @@ class ResultsStore:
                     con.close()
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc) and time.monotonic() < deadline:
+                    ResultsStore.busy_retries += 1
                     time.sleep(delay)
                     delay = min(2 * delay, 0.5)
                     continue

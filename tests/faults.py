@@ -5,8 +5,8 @@
 * :func:`tmpfs`: a real small (or read-only) file system, for "disk full" and "read-only" faults
   as the kernel reports them. Needs root; without it the test is skipped with that reason (each
   such fault also has a test that simulates the error, which always runs).
-* :func:`run_cli`: ``python -m pai_core …`` in a subprocess, optionally as an unprivileged user
-  (permissions mean nothing to root).
+* :func:`run_cli`: ``python -m pai_core …`` in a subprocess, optionally under
+  :func:`permissions_prefix` (permission bits mean nothing to root otherwise).
 """
 
 from __future__ import annotations
@@ -80,43 +80,32 @@ def fill(where: Path, leave_bytes: int) -> Path:
     return filler
 
 
-def unprivileged_user() -> str | None:
-    """A user without root's override of file permissions, when we are root (else None)."""
+def permissions_prefix() -> list[str] | None:
+    """A command prefix under which file permissions apply (None when that cannot be arranged).
+
+    Root ignores permission bits through two capabilities; ``setpriv`` drops them from the command
+    it starts, so root then meets a ``chmod 000`` file like any owner would.
+    """
     if not is_root():
+        return []
+    if shutil.which("setpriv") is None:
         return None
-    import pwd
-
-    for name in ("nobody", "daemon"):
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(name)
-            return name
-    return None
-
-
-def shared_tmp(prefix: str = "pai-faults-") -> Path:
-    """A folder every user can enter (pytest's own tmp folders are private to their owner)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o777)
-    return path
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, user: str | None = None, timeout: float = 600
+    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """``python -m pai_core *args`` from the repository; stdout and stderr captured as text."""
+    """``python -m pai_core *args`` from the repository (after ``prefix``); output captured as text."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("PAI_DEBUG", None)
-    if user is not None:
-        full_env["HOME"] = "/tmp"
-        full_env["PYTHONDONTWRITEBYTECODE"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "pai_core", *args],
+        [*(prefix or []), sys.executable, "-m", "pai_core", *args],
         cwd=REPO,
         env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,
-        user=user,
     )
 
 
