@@ -753,11 +753,14 @@ def connect_ray(address: str | None) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        reason = (
+            f"no answer within {CONNECT_TIMEOUT_S:.0f} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or str(exc)).lower()
+        )
         raise ClusterUnavailable(
-            f"--ray {address}: no Ray cluster answers at {host}:{port} ({reason} within "
-            f"{CONNECT_TIMEOUT_S:.0f} s); check the address and that `ray start --head --port={port}` runs "
-            f"there, or {_START_HINT.split(', or ', 1)[1]}"
+            f"--ray {address}: no Ray cluster answers at {host}:{port} ({reason}); check the address and "
+            f"that `ray start --head --port={port}` runs there, or {_START_HINT.split(', or ', 1)[1]}"
         ) from None
     _present_token()
     try:
@@ -765,10 +768,11 @@ def connect_ray(address: str | None) -> None:
     except (ConnectionError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ClusterUnavailable(
-            f"--ray {address}: the Ray cluster at {host}:{port} did not accept this driver ({first[:200]}). "
-            "If the cluster uses token authentication (Ray turns it on with `ray start --head` when "
-            "~/.ray/auth_token exists), copy the head's ~/.ray/auth_token to this machine or set "
-            "RAY_AUTH_TOKEN; also check that Ray and Python versions match the head's"
+            f"--ray {address}: could not join a Ray cluster at {host}:{port} ({first[:160]}); check the "
+            f"address and that `ray start --head --port={port}` runs there. If it does, it refused this "
+            "driver: with token authentication (on after `ray start --head` when ~/.ray/auth_token exists) "
+            "copy the head's ~/.ray/auth_token to this machine or set RAY_AUTH_TOKEN; use the head's Ray "
+            "and Python versions"
         ) from exc
 
 
