@@ -18,6 +18,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import errors, experiment, masks, models, scores, sweep, tasks
@@ -248,7 +249,7 @@ def _cmd_run(args) -> int:
     pick_device(args.device)
     from .store import ResultsStore
 
-    ResultsStore()  # a corrupt or unusable results store is reported now, not after the run
+    ResultsStore().check_writable()  # a corrupt or read-only results store is reported now, not after the run
     base = experiment.ExperimentSpec(
         model=args.model,
         suite=args.suite,
@@ -376,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_cli(sub)
 
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line  # a warning is one line too, not a source excerpt
     try:
         return args.fn(args)
     except KeyboardInterrupt:
@@ -383,6 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the one place that turns every failure into one line
         return _report_failure(exc)
+    finally:
+        warnings.showwarning = shown
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    if _Bar.line_open:
+        sys.stderr.write("\n")
+        _Bar.line_open = False
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def _report_failure(exc: BaseException) -> int:

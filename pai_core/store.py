@@ -208,6 +208,11 @@ class ResultsStore:
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
 
+    def check_writable(self) -> None:
+        """Raise the :class:`StoreError` a write would raise, before any work is done for it."""
+        if self.readonly:
+            self._retrying(lambda con: None, write=True)
+
     # -- connection ---------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         if self._ro_uri is not None:

@@ -495,6 +495,8 @@ def run_sweep(
     keys = [s.key() for s in specs]
     done = store.done_keys()
     todo = [s for s, k in zip(specs, keys) if k not in done]
+    if todo:
+        store.check_writable()  # a read-only store is said now, not after the first spec's work
     rep = SweepReport(total=len(specs), skipped=len(specs) - len(todo), keys=keys)
     t0 = time.perf_counter()
     bar = _Progress(len(specs), rep.skipped, progress, "sweep")

@@ -259,3 +259,17 @@ def test_decompression_bomb_in_a_folder_is_skipped_from_the_cli(tmp_path: Path, 
     assert main(argv) == 0
     out = capsys.readouterr()
     assert "1 unreadable image file(s) skipped" in out.out and TRACEBACK not in out.err
+
+
+def test_spec_parsing_has_the_same_units() -> None:
+    from pai_core.experiment import ExperimentSpec
+
+    assert ExperimentSpec(sparsity="59.04%").sparsity == 0.5904
+    assert ExperimentSpec.from_json(ExperimentSpec(sparsity=0.36).to_json()).sparsity == 0.36
+    for bad in (1.0, 1.5, 59.04, "59.04", -0.01):
+        with pytest.raises(ValueError, match="write 0.5904 or 59.04%"):
+            ExperimentSpec(sparsity=bad)
+    with pytest.raises(ValueError, match="image_size must be a positive number"):
+        ExperimentSpec(image_size=0)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        ExperimentSpec(device="gpu")

@@ -150,6 +150,35 @@ def test_read_only_store_simulated(tmp_path: Path, own_cache: Path, monkeypatch,
     assert db.read_bytes() == before
 
 
+def test_run_refuses_a_read_only_store_before_computing(
+    own_cache: Path, no_compute, monkeypatch, capsys
+) -> None:
+    _filled_store(own_cache / "results.sqlite", 2)
+    monkeypatch.setattr(store_mod.os, "access", lambda p, mode: False)
+    assert main(["run", "--model", "test_resnet"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert (
+        f"results store {own_cache / 'results.sqlite'}: it is read-only here" in line
+        and "$PAI_RESULTS_DB" in line
+    )
+
+
+def test_cli_warnings_are_one_line(own_cache: Path, monkeypatch, capsys) -> None:
+    def warns(spec, *a, **k):
+        import warnings
+
+        warnings.warn("something the user should know\nover two lines", UserWarning, stacklevel=1)
+        res = fake_result()
+        res.spec = spec
+        return res
+
+    monkeypatch.setattr(experiment, "run", warns)
+    assert main(["run", "--model", "test_resnet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: something the user should know over two lines" in err
+    assert "UserWarning" not in err and "warnings.warn(" not in err
+
+
 def test_report_on_a_read_only_file_system(tmp_path: Path, capsys) -> None:
     with tmpfs("16m") as fs:
         db = fs / "results.sqlite"

@@ -72,7 +72,10 @@ def test_config_files_yaml_and_json_normalise(tmp_path):
         ({"suite": "mnist"}, "unknown suite"),
         ({"finetune": "forever"}, "unknown fine-tuning schedule"),
         ({"sparsities": [100]}, "sparsities"),
-        ({"sparsities": [59.04]}, "sparsities: sparsity 59.04 is not a fraction.*59.04%"),  # no silent percent
+        (
+            {"sparsities": [59.04]},
+            "sparsities: sparsity 59.04 is not a fraction.*59.04%",
+        ),  # no silent percent
     ],
 )
 def test_bad_configs_are_clear_errors(bad, match):
