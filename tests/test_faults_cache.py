@@ -125,7 +125,8 @@ def test_read_only_cache_simulated(own_cache: Path, monkeypatch, capsys) -> None
 def test_read_only_cache_for_real(tmp_path: Path, monkeypatch, capsys) -> None:
     with tmpfs("64m") as fs:
         monkeypatch.setenv("PAI_CACHE_DIR", str(fs / "cache"))
-        monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "results.sqlite"))  # the store elsewhere, writable
+        # the store elsewhere, writable: this test is about the lock file
+        monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "results.sqlite"))
         before = _warm(fs / "cache")
         remount_readonly(fs)
         assert main([*RUN, "--sparsity", "0.3"]) == 0
