@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import secrets
@@ -49,9 +48,6 @@ __all__ = [
     "write_bug_report",
     "MEMORY_HINT",
 ]
-
-log = logging.getLogger("pai_core")
-
 
 # ----------------------------------------------------------------------------- error classes
 
@@ -205,6 +201,7 @@ class Problem:
 
     @property
     def expected(self) -> bool:
+        """True for the user's situation (say what to do), False for a bug (give an id)."""
         return self.kind != "bug"
 
     def line(self) -> str:
@@ -242,8 +239,9 @@ def _cause(exc: BaseException) -> BaseException:
 def describe(exc: BaseException) -> Problem:
     """Classify an exception and say it in one line (see the module docstring).
 
-    Unexpected exceptions (kind ``"bug"``) get an ``error_id`` and are logged with their traceback
-    on the ``pai_core`` logger, so a user can quote the id and the server log has the details.
+    Unexpected exceptions (kind ``"bug"``) get an ``error_id``; the caller puts the traceback where
+    its user cannot see server paths but a maintainer can find it by that id (the CLI: a file,
+    :func:`write_bug_report`; the dashboard: the server log).
     """
     exc = _cause(exc)
     name = type(exc).__name__
@@ -273,7 +271,6 @@ def describe(exc: BaseException) -> Problem:
         return Problem("settings", str(exc), type=name)
     error_id = secrets.token_hex(4)
     first = (str(exc).strip().splitlines() or [""])[0]
-    log.error("unexpected error %s (%s)", error_id, name, exc_info=(type(exc), exc, exc.__traceback__))
     return Problem(
         "bug",
         f"unexpected {name}: {scrub_paths(first)[:300]}".rstrip(": "),

@@ -273,3 +273,35 @@ def test_spec_parsing_has_the_same_units() -> None:
         ExperimentSpec(image_size=0)
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         ExperimentSpec(device="gpu")
+
+
+def test_in_a_real_process_a_bug_prints_exactly_one_line(tmp_path: Path) -> None:
+    """In-process tests run under pytest's log handlers; a plain process has none (logging's
+    last-resort handler would print a traceback): check the real thing."""
+    import subprocess
+    import sys
+
+    from tests.faults import REPO
+
+    code = (
+        "import sys\nfrom pai_core import experiment\nfrom pai_core.__main__ import main\n"
+        "def bug(*a, **k):\n    raise KeyError('/srv/private/y.bin')\n"
+        "experiment.run = bug\nsys.exit(main(['run', '--model', 'test_resnet']))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PAI_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected KeyError"), done.stderr
+    assert "/srv/private" not in done.stderr and done.stdout == ""
+
+
+def test_in_a_real_process_an_expected_failure_prints_exactly_one_line(tmp_path: Path) -> None:
+    from tests.faults import run_cli
+
+    bad = tmp_path / "r.sqlite"
+    bad.write_bytes(b"junk" * 100)
+    done = run_cli("report", "--store", str(bad), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the file is damaged or not a results store" in lines[0], done.stderr
