@@ -23,6 +23,8 @@ from pathlib import Path
 
 from . import errors, experiment, masks, models, scores, sweep, tasks
 from .features import device_label, pick_device
+from .validate import arg_int_at_least as _int_at_least
+from .validate import arg_positive_float as _positive_float
 from .validate import check_device, parse_sparsity
 
 __all__ = ["main"]
@@ -54,31 +56,6 @@ class _Bar:
 
 
 # ----------------------------------------------------------------------------- argument types
-# argparse turns the ValueError of a type function into "argument --x: invalid … value"; these
-# raise ArgumentTypeError so the message says what is allowed.
-
-
-def _int_at_least(low: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
 
 
 def _device(text: str) -> str:

@@ -51,7 +51,7 @@ from .errors import ClusterUnavailable, StorageError
 from .experiment import ExperimentResult, ExperimentSpec
 from .finetune import SCHEDULES
 from .store import SUMMARY_COLUMNS, ResultsStore, autorecord_suppressed
-from .validate import check_device, parse_sparsity
+from .validate import arg_int_at_least, arg_positive_float, check_device, parse_sparsity
 
 __all__ = [
     "SweepConfig",
@@ -1011,26 +1011,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0 if n else 1
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``sweep`` and ``report`` subcommands (handlers in ``fn``, as ``pai_core.__main__`` expects).
 
@@ -1072,10 +1052,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="run on Ray: 'auto' = the running cluster, 'local' = start one here, or an address",
     )
     p.add_argument(
-        "--gpus-per-task", type=_positive_float, default=1.0, help="GPUs per Ray task (0.5: two per GPU)"
+        "--gpus-per-task", type=arg_positive_float, default=1.0, help="GPUs per Ray task (0.5: two per GPU)"
     )
     p.add_argument(
-        "--retries", type=_non_negative_int, default=1, help="extra attempts for a failed spec (0 or more)"
+        "--retries",
+        type=arg_int_at_least(0, "--retries"),
+        default=1,
+        help="extra attempts for a failed spec (0 or more)",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print the expanded grid and what is left; run nothing"

@@ -14,11 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["parse_sparsity", "check_device", "DEVICES"]
+__all__ = ["parse_sparsity", "check_device", "DEVICES", "arg_int_at_least", "arg_positive_float"]
 
 #: Device names a user may ask for (``cuda:N`` too).
 DEVICES = ("auto", "cpu", "cuda")
@@ -68,3 +70,34 @@ def check_device(value: Any) -> str:
     if text in DEVICES or _CUDA_N.fullmatch(text):
         return text
     raise ValueError(f"unknown device {value!r}; valid: auto (GPU when present), cpu, cuda, cuda:N")
+
+
+# ----------------------------------------------------------------------------- argparse types
+# argparse turns the ValueError of a type function into "invalid … value"; these raise
+# ArgumentTypeError so that the one line argparse prints says what is allowed.
+
+
+def arg_int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type=`` for whole numbers ≥ ``low`` (``what`` names the flag in the message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def arg_positive_float(text: str) -> float:
+    """An argparse ``type=`` for finite numbers > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value

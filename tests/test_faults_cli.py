@@ -79,7 +79,7 @@ def test_sparsity_fractions_and_percentages(runs, capsys) -> None:
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["sweep", "--retries", "-1"], "--retries: must be 0 or more, got -1"),
+        (["sweep", "--retries", "-1"], "--retries must be at least 0, got -1"),
         (["sweep", "--gpus-per-task", "0"], "--gpus-per-task: must be a positive number"),
         (["run", "--image-size", "0"], "--image-size must be at least 1, got 0"),
         (["evaluate", "--images-per-class", "1"], "--images-per-class must be at least 2"),
