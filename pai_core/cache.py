@@ -216,6 +216,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _check_key(path: Path, key: Any) -> None:
+    if key is None:
+        raise CacheCorrupt(f"{path}: no key recorded (written by an older version): recomputed once")
     if key != _key_of(path):
         raise CacheCorrupt(f"{path}: written for key {key!r}, not for {_key_of(path)!r} (copied or renamed)")
 
