@@ -245,6 +245,29 @@ def test_disk_full_mid_sweep_simulated(tmp_path: Path, own_cache: Path, monkeypa
     _stops_keeps_and_resumes(_sweep_file(tmp_path), db, capsys, make_room=monkeypatch.undo)
 
 
+def test_cache_disk_full_mid_sweep_simulated(tmp_path: Path, own_cache: Path, monkeypatch, capsys) -> None:
+    """The cache's disk fills up after the first spec: the sweep stops (no spec is marked failed)."""
+    import errno
+    import tempfile
+    import types
+
+    from pai_core import cache
+
+    results_written = []
+
+    def mkstemp(dir=None, **k):
+        if Path(dir).name == "results":
+            if results_written:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            results_written.append(dir)
+        return tempfile.mkstemp(dir=dir, **k)
+
+    monkeypatch.setattr(cache, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    db = tmp_path / "r.sqlite"
+    _stops_keeps_and_resumes(_sweep_file(tmp_path), db, capsys, make_room=monkeypatch.undo)
+    assert ResultsStore(db).failures().empty  # a full disk is not the spec's failure
+
+
 def test_disk_full_mid_sweep_for_real(tmp_path: Path, own_cache: Path, monkeypatch, capsys) -> None:
     """The store on a small tmpfs that fills up (for real) right after the first row is written."""
     with tmpfs("2m") as fs:
