@@ -37,9 +37,14 @@ def split_indices(labels: Tensor | np.ndarray, holdout: bool, seed: int = 0) -> 
     fit_idx, eval_idx = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        half = max(1, len(idx) // 2)
+        if len(idx) < 2:  # it would be evaluated on the image it was fitted on, and called held-out
+            raise ValueError(
+                f"held-out evaluation needs at least 2 images of each class; class {c} has {len(idx)}: "
+                "use more images per class, or turn held-out evaluation off"
+            )
+        half = len(idx) // 2
         fit_idx.append(idx[:half])
-        eval_idx.append(idx[half:] if len(idx) > 1 else idx)
+        eval_idx.append(idx[half:])
     return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(eval_idx))
 
 

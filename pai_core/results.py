@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import cache
+from .validate import check_device, parse_sparsity
 
 __all__ = [
     "Progress",
@@ -104,8 +105,17 @@ class ExperimentSpec:
         from .finetune import SCHEDULES
         from .scores import LOSSES, info
 
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        # Fractions in [0, 1) or "59.04%"; 1.5 is refused with an example, never read as 1.5 %.
+        object.__setattr__(self, "sparsity", parse_sparsity(self.sparsity))
+        if self.image_size is not None and not (isinstance(self.image_size, int) and self.image_size > 0):
+            raise ValueError(
+                f"image_size must be a positive number of pixels (or None), got {self.image_size!r}"
+            )
+        if self.images_per_class is not None and self.images_per_class < 2:
+            raise ValueError(
+                f"images_per_class must be at least 2 (or None for all), got {self.images_per_class}"
+            )
+        check_device(self.device)
         score = info(self.score)  # ValueError naming the valid scores
         if self.finetune is not None and self.finetune not in SCHEDULES:
             raise ValueError(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
