@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pai_core import cache, experiment
+from pai_core import cache, experiment, store
 from pai_core.__main__ import main
 from pai_core.experiment import ExperimentSpec
 from tests.faults import REPO, fill, one_error_line, remount_readonly, tmpfs
@@ -99,11 +99,14 @@ def test_cache_dir_that_is_a_file(tmp_path: Path, monkeypatch, capsys) -> None:
 
 
 def _warm(own_cache: Path) -> dict[str, str]:
-    experiment.run(SPEC)
+    store.record_run(experiment.run(SPEC))  # as the CLI does after a run
     return _digest(own_cache)
 
 
-def test_read_only_cache_simulated(own_cache: Path, monkeypatch, capsys) -> None:
+def test_read_only_cache_simulated(own_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    # The CLI records every run it prints (a cache hit too) into the results store: keep the store
+    # outside the read-only cache, as on a real read-only cache (see the next test).
+    monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "store" / "results.sqlite"))
     before = _warm(own_cache)
     real_open = open
 
