@@ -160,8 +160,8 @@ def loop_grads(model, data, names, loss="mse"):
     return out
 
 
-def full_loss_fn(model, data, names, loss="mse"):
-    """L(flat θ) = mean_i ℓ_i as a function of the flattened scored parameters."""
+def full_loss_fn(model, data, names, loss="mse", temperature=1.0):
+    """L(flat θ) = mean_i ℓ(f(x_i)/T, y_i) as a function of the flattened scored parameters."""
     named = dict(model.named_parameters())
     shapes = [named[n].shape for n in names]
     sizes = [math.prod(s) for s in shapes]
@@ -170,7 +170,10 @@ def full_loss_fn(model, data, names, loss="mse"):
     def f(flat):
         parts = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes))))
         return (
-            sum(S.per_example_loss(functional_call(model, parts, (x,)), y, loss).sum() for x, y in data)
+            sum(
+                S.per_example_loss(functional_call(model, parts, (x,)) / temperature, y, loss).sum()
+                for x, y in data
+            )
             / n_total
         )
 
@@ -187,10 +190,10 @@ def hessian(f, flat):
 
 
 @functools.cache
-def exact(net: str, loss: str = "mse"):
+def exact(net: str, loss: str = "mse", temperature: float = 1.0):
     """(flat θ, g = ∇L, H = ∇²L) of the full-data loss w.r.t. the default scored params."""
     model, data = make(net)
-    f, flat, _, _ = full_loss_fn(model, data, S.default_params(model), loss)
+    f, flat, _, _ = full_loss_fn(model, data, S.default_params(model), loss, temperature)
     x = flat.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(f(x), x)
     return flat, g, hessian(f, flat)
@@ -270,24 +273,40 @@ def test_snip_is_gradient_wrt_mask(net):
 
 
 @pytest.mark.parametrize("net", NETS)
-def test_grasp_matches_exact_hessian(net):
+@pytest.mark.parametrize("temperature", [1.0, 200.0, 7.5])
+def test_grasp_matches_exact_hessian(net, temperature):
+    """θ ⊙ H_T g_T with L_T the loss of f/T, against torch.func's exact Hessian of L_T (mse and ce)."""
     model, data = make(net)
     names = S.default_params(model)
     _, _, sizes, shapes = full_loss_fn(model, data, names)
-    flat, g, H = exact(net)
-    ref = unflatten(flat * (H @ g), names, sizes, shapes)
-    got = S.compute("grasp", model, data)
-    for n in names:
-        assert close(got[n], ref[n]), n
+    for loss in ("mse", "ce"):
+        flat, g, H = exact(net, loss, temperature)
+        ref = unflatten(flat * (H @ g), names, sizes, shapes)
+        got = S.compute("grasp", model, data, loss=loss, temperature=temperature)
+        for n in names:
+            assert close(got[n], ref[n], atol=1e-12 * float(ref[n].abs().max()) + 1e-30), (loss, n)
 
 
-def test_grasp_sign_keeps_large_positive_theta_hg():
+def test_grasp_default_temperature_is_200_and_changes_the_ranking():
+    model, data = make("cnn")
+    assert S.info("grasp").option("temperature").default == 200.0
+    default = S.compute("grasp", model, data)
+    t200 = S.compute("grasp", model, data, temperature=200)
+    t1 = S.compute("grasp", model, data, temperature=1)
+    assert all(torch.equal(default[n], t200[n]) for n in default)
+    a = torch.cat([t.reshape(-1) for t in t1.values()])
+    b = torch.cat([t.reshape(-1) for t in t200.values()])
+    assert not torch.equal(a.argsort(), b.argsort())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 200.0])
+def test_grasp_sign_keeps_large_positive_theta_hg(temperature):
     """GraSP removes the largest −θ⊙Hg, i.e. keeps the largest θ⊙Hg."""
     model, data = make("mlp")
     names = S.default_params(model)
-    flat, g, H = exact("mlp")
+    flat, g, H = exact("mlp", "mse", temperature)
     thg = flat * (H @ g)
-    keep = M.global_topk(S.compute("grasp", model, data), 0.5)
+    keep = M.global_topk(S.compute("grasp", model, data, temperature=temperature), 0.5)
     keep_flat = torch.cat([keep[n].reshape(-1) for n in names])
     assert thg[thg.argmax()] > 0
     assert keep_flat[thg.argmax()] and not keep_flat[thg.argmin()]
@@ -325,7 +344,7 @@ def test_hutchinson_is_mean_of_z_hz(net, monkeypatch):
         return z
 
     monkeypatch.setattr(H_mod, "_rademacher", spy)
-    got = S.compute("hutchinson", model, data, probes=3, seed=3)
+    got = S.compute("hutchinson", model, data, probes=3, seed=3, probe_batch=0)
     assert len(drawn) == 3 and all(set(z.unique().tolist()) <= {-1.0, 1.0} for z in drawn)
     ref = flat**2 * torch.stack([z * (H @ z) for z in drawn]).mean(0)
     assert close(torch.cat([got[n].reshape(-1) for n in names]), ref)
