@@ -337,7 +337,7 @@ def _compute_scores(ctx: Context, model: _EncoderWithHead, diagnostics: dict) ->
 
 
 def _scores_entry(ctx: Context) -> tuple[dict[str, Tensor], dict]:
-    key = cache.spec_key("scores", ctx.key("scores"))
+    key = str(cache.cache_dir() / cache.spec_key("scores", ctx.key("scores")))  # a path: one per cache folder
     if key in _SCORES:
         return _SCORES[key]
 

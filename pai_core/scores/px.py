@@ -93,7 +93,7 @@ def _fold_batchnorm(net: nn.Module) -> int:
     return folded
 
 
-#: Relative size below which ``Σ θ²|∂R/∂θ²|`` is rounding noise next to ``|R|`` (PX refuses then).
+#: Share of ``|R|`` below which a tensor's ``Σ θ²|∂R/∂θ²|`` is rounding noise (PX refuses then).
 NO_SIGNAL = 1e-9
 
 
@@ -147,8 +147,11 @@ def px_score(c: ScoreCall, *, bn_fold: int = 1) -> Scores:
     convolution, ``W' = aW``, then squared).  The authors' earlier eval-mode code squares the whole
     BatchNorm state instead, which gives the same ``a²`` scale and a shift ``β² − a²μ²`` in place of
     ``c``; here the shift is kept as is, like every bias.  Either way ``z₂`` depends on every weight
-    again.  With ``bn_fold=0`` (the authors' current code) and wherever ``Σ θ²|∂R/∂θ²| < 10⁻⁹|R|``
-    the score refuses with the reason rather than return noise.
+    again.  A weight tensor whose share ``Σ θ²|∂R/∂θ²| / |R|`` is below 10⁻⁹ is one ``z₂`` does not
+    see: the score refuses with the reason rather than return noise when that is due to
+    ``bn_fold=0`` on a BatchNorm network, or holds for every tensor; otherwise (a branch that is
+    really cut, e.g. a residual branch whose last BatchNorm has ``γ = 0``, as timm initialises them)
+    the blind tensors are listed in ``diagnostics["px_blind_tensors"]``.
 
     The surrogates run in float64 on deep copies, so ``model`` is never modified.  Activation
     *modules* are rewritten; activations called as functions inside a module's ``forward`` stay
@@ -230,18 +233,24 @@ def px_score(c: ScoreCall, *, bn_fold: int = 1) -> Scores:
     for (n, p), g in zip(named.items(), grads):
         th2 = p.detach() ** 2
         out[n] = th2 * (g.abs().to(th2.dtype) if g is not None else torch.zeros_like(th2))
-    signal = sum(float(t.double().sum()) for t in out.values())
+    # Σ_t θ²|∂R/∂θ²| over one weight tensor is (for a network without biases) R itself: a tensor
+    # whose share is rounding noise next to |R| is one z₂ does not see.
     r = abs(float(r.detach()))
-    c.diagnostics["px_signal_ratio"] = signal / r if r else float("inf")
-    if not signal > NO_SIGNAL * r:
-        how = (
-            "batch-statistics BatchNorm (bn_fold=0) makes the path kernel z₂ constant on this "
-            "network: use bn_fold=1"
-            if not bn_fold and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-            else "no weight reaches the path kernel z₂ on this network"
+    share = {n: float(t.double().sum()) / r if r else 0.0 for n, t in out.items()}
+    c.diagnostics["px_min_tensor_share"] = min(share.values())
+    blind = [n for n, v in share.items() if not v > NO_SIGNAL]
+    c.diagnostics["px_blind_tensors"] = blind
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if blind and ((not bn_fold and has_bn) or len(blind) == len(out)):
+        why = (
+            "batch-statistics BatchNorm (bn_fold=0) normalises the all-ones input of the path kernel z₂ "
+            "to its shift β, so z₂ is constant in every weight before a BatchNorm: use bn_fold=1"
+            if not bn_fold and has_bn
+            else "the path kernel z₂ does not depend on any weight (a normalisation PX cannot fold, "
+            "e.g. GroupNorm or LayerNorm, cuts it)"
         )
         raise ValueError(
-            f"px carries no signal here: Σ θ²|∂R/∂θ²| = {signal:.3g} against |R| = {r:.3g} "
-            f"(rounding noise), because {how}"
+            f"px carries no signal for {len(blind)} of {len(out)} weight tensors (e.g. {blind[:2]}: "
+            f"Σ θ²|∂R/∂θ²| ≤ {NO_SIGNAL:g}·|R|, rounding noise) because {why}"
         )
     return out
