@@ -130,50 +130,79 @@ class _Flat:
             out[sel] = tb[idx[sel] - self.starts[j]]
         return out
 
-    def split(self, removed: np.ndarray, scores: Mapping[str, Tensor]) -> Masks:
-        keep = torch.from_numpy(~removed)
+    def split(self, keep: np.ndarray, scores: Mapping[str, Tensor]) -> Masks:
+        """``{name: bool keep-mask}`` views of the flat keep array (no copy on the CPU)."""
+        flat = torch.from_numpy(keep)
         return {
-            n: keep[self.starts[j] : self.starts[j + 1]].view(scores[n].shape).to(scores[n].device)
+            n: flat[self.starts[j] : self.starts[j + 1]].view(scores[n].shape).to(scores[n].device)
             for j, n in enumerate(self.names)
         }
 
+    def collapsed(self, keep: np.ndarray) -> list[str]:
+        """Names whose every entry is removed."""
+        return [
+            n
+            for j, n in enumerate(self.names)
+            if self.sizes[j] and not keep[self.starts[j] : self.starts[j + 1]].any()
+        ]
 
-def _lowest(flat: np.ndarray, ks: Sequence[int], tiebreak: Callable[[np.ndarray], Any]) -> list[np.ndarray]:
-    """For each ``k``: a boolean "removed" array marking the ``k`` lowest entries of ``flat``.
+
+def _order_key(values: np.ndarray) -> np.ndarray:
+    """Integers in the same order as the (NaN-free) floats ``values``, equal exactly where they are.
+
+    A float's bits read as a signed integer are ordered like the float when it is ≥ 0, and in
+    reverse when it is < 0; flipping the 31 (63) value bits of the negatives fixes that.  ``−0.0``
+    is first made ``+0.0`` (they are equal as floats).  Integer selection is about twice as fast as
+    float selection (no NaN handling).
+    """
+    ints = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}[values.dtype]
+    key = (values + values.dtype.type(0)).view(ints)  # a copy in which -0.0 became +0.0
+    flip = ints(np.iinfo(ints).max)
+    np.bitwise_xor(key, flip, out=key, where=key < 0)
+    return key
+
+
+def _kept(flat: np.ndarray, ks: Sequence[int], tiebreak: Callable[[np.ndarray], Any]) -> list[np.ndarray]:
+    """For each ``k``: a boolean keep-array of ``flat`` without its ``k`` lowest entries.
 
     Order: score, then ``tiebreak(indices)`` (lower first; None: skipped), then flat index.  All
-    thresholds come from one multi-pivot partition of ``flat`` (O(n) for the seven of the paper,
-    not one selection per sparsity); each mask is then one comparison pass, plus a look at the tied
-    entries when the threshold value repeats.
+    thresholds come from one multi-pivot partition (O(n) for the seven of the paper, not one
+    selection per sparsity, and on :func:`_order_key` integers); each mask is then one comparison
+    pass, plus a look at the tied entries when the threshold value repeats.
     """
+    flat = _order_key(flat)
     n = flat.size
     inner = sorted({k for k in ks if 0 < k < n})
     part = np.partition(flat, [k - 1 for k in inner]) if inner else flat
     out = []
     for k in ks:
         if k <= 0:
-            out.append(np.zeros(n, dtype=bool))
-            continue
-        if k >= n:
             out.append(np.ones(n, dtype=bool))
             continue
+        if k >= n:
+            out.append(np.zeros(n, dtype=bool))
+            continue
         t = part[k - 1]
-        removed = flat <= t
-        if int(np.count_nonzero(removed)) != k:  # the threshold value repeats: pick among the tied
-            np.less(flat, t, out=removed)
+        keep = flat > t
+        kept = int(np.count_nonzero(keep))
+        if n - kept != k:  # the threshold value repeats: keep the last of the tied entries
             tied = np.flatnonzero(flat == t)
             values = tiebreak(tied)
             if values is not None:
                 tied = tied[np.argsort(values, kind="stable")]
-            removed[tied[: k - int(np.count_nonzero(removed))]] = True
-        out.append(removed)
+            below = n - kept - len(tied)
+            keep[tied[k - below :]] = True
+        out.append(keep)
     return out
 
 
 def _warn_collapsed(masks: Masks) -> None:
-    dead = collapsed_layers(masks)
+    _warn(collapsed_layers(masks))
+
+
+def _warn(dead: list[str]) -> None:
     if dead:
-        warnings.warn(f"layer collapse: no weight kept in {dead}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"layer collapse: no weight kept in {dead}", RuntimeWarning, stacklevel=4)
 
 
 def _eligible_names(scores: Mapping[str, Tensor], eligible: Collection[str] | None) -> list[str]:
@@ -212,11 +241,13 @@ def global_topk_many(
     """
     for q in sparsities:
         _check_sparsity(q)
-    _check_finite(scores)
     if not scores:
         return [{} for _ in sparsities]
     names = _eligible_names(scores, eligible)
+    _check_finite({n: s for n, s in scores.items() if n not in set(names)})
     flat = _Flat(scores, names, tiebreak)
+    if np.isnan(flat.values).any():
+        _check_finite({n: scores[n] for n in names})  # names them
     total = sum(s.numel() for s in scores.values())
     ks = [n_remove(q, total) for q in sparsities]
     if ks and max(ks) > flat.values.size:
@@ -225,11 +256,10 @@ def global_topk_many(
             f"layers hold only {flat.values.size}: lower the sparsity or prune more layers"
         )
     out = []
-    for removed in _lowest(flat.values, ks, flat.tiebreak):
-        part = flat.split(removed, scores)
-        masks = {n: part.get(n, torch.ones_like(s, dtype=torch.bool)) for n, s in scores.items()}
-        _warn_collapsed(masks)
-        out.append(masks)
+    for keep in _kept(flat.values, ks, flat.tiebreak):
+        part = flat.split(keep, scores)
+        out.append({n: part.get(n, torch.ones_like(s, dtype=torch.bool)) for n, s in scores.items()})
+        _warn(flat.collapsed(keep))
     return out
 
 
@@ -284,8 +314,8 @@ def layerwise_topk(
             out[n] = torch.ones_like(s, dtype=torch.bool)
             continue
         flat = _Flat(scores, [n], tiebreak)
-        (removed,) = _lowest(flat.values, [n_remove(min(q, 1.0), s.numel())], flat.tiebreak)
-        out[n] = flat.split(removed, scores)[n]
+        (keep,) = _kept(flat.values, [n_remove(min(q, 1.0), s.numel())], flat.tiebreak)
+        out[n] = flat.split(keep, scores)[n]
     _warn_collapsed(out)
     return out
 

@@ -318,3 +318,16 @@ def test_pack_keeps_its_bit_format():
     packed = M.pack(m)
     assert packed["x"].tolist() == [0b10110001, 0b10000000]
     assert torch.equal(M.unpack(packed)["x"], m["x"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_scores_zero_signs_and_infinities_select_like_floats(dtype):
+    """Selection runs on integer keys of the floats: order and equality must be the floats'."""
+    g = torch.Generator().manual_seed(7)
+    vals = torch.tensor([-0.0, 0.0, -1.5, 1.5, float("inf"), -float("inf"), -1e-30, 1e-30], dtype=dtype)
+    s = {"w": vals[torch.randint(0, len(vals), (200,), generator=g)]}
+    tb = {"w": torch.rand(200, generator=g, dtype=torch.float64)}
+    for q in (0.1, 0.3, 0.5, 0.77):
+        got = M.global_topk(s, q, tiebreak=tb)
+        ref = _reference_removed(s, tb, M.n_remove(q, 200))
+        assert torch.equal(got["w"], ref["w"]), q
