@@ -94,12 +94,15 @@ def fit(
 
 def predict(features: Tensor, xi: Tensor) -> Tensor:
     """Predicted class per row: argmax over φᵀξ (plus the intercept row when ξ has ``h + 1`` rows)."""
+    h = features.shape[1]
+    if xi.shape[0] not in (h, h + 1):
+        raise ValueError(
+            f"ξ has {xi.shape[0]} rows for {h} features (expected {h}, or {h + 1} with an intercept)"
+        )
     xi = xi.to(features.device)
-    out = features.to(xi.dtype) @ xi[: features.shape[1]]
-    if xi.shape[0] == features.shape[1] + 1:
+    out = features.to(xi.dtype) @ xi[:h]
+    if xi.shape[0] == h + 1:
         out = out + xi[-1]
-    elif xi.shape[0] != features.shape[1]:
-        raise ValueError(f"ξ has {xi.shape[0]} rows for {features.shape[1]} features")
     return out.argmax(dim=1)
 
 
