@@ -178,11 +178,13 @@ class Context:
         if stage == "channels":
             return key
         # Every option with its default filled in: a changed default is a new key.
+        options = s.resolved_score_options()
         key |= {
             "score": s.score,
-            "options": sorted(s.resolved_score_options().items()),
+            "options": sorted(options.items()),
             "loss": s.loss,
-            "bn_warmup_mode": s.bn_warmup_mode,
+            # the mode matters only when there is a warm-up
+            "bn_warmup_mode": s.bn_warmup_mode if options.get(scores.BN_WARMUP.name) else None,
         }
         if stage == "scores":
             return key
