@@ -21,7 +21,7 @@ import torch
 from pai_core import errors, experiment, figures, models, scores, store, tasks
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
-from pai_core.results import ExperimentResult, ExperimentSpec
+from pai_core.results import ExperimentResult, ExperimentSpec, spec_options
 
 __all__ = [
     # session state
@@ -42,6 +42,8 @@ __all__ = [
     "model_and_data_pickers",
     "score_option_inputs",
     "score_options",
+    "spec_option_inputs",
+    "spec_option_values",
     # cached loaders
     "device_text",
     "task_names",
@@ -208,6 +210,49 @@ def score_options(prefix: str, name: str) -> dict[str, Any]:
         value = st.session_state.get(_option_key(prefix, name, o.name), o.default)
         if value != o.default:
             out[o.name] = o.type(value)
+    return out
+
+
+def _spec_key(prefix: str, name: str) -> str:
+    return f"{prefix}_w_spec_{name}"
+
+
+def spec_option_inputs(prefix: str) -> None:
+    """A widget per protocol option of :func:`pai_core.results.spec_options` (the "advanced options").
+
+    Label, help, choices, bounds and default come from that one declaration: a selectbox for a
+    choice, a checkbox for a switch, a number input for an integer (left empty: ``None``, whose
+    meaning the help states).  Keyed ``{prefix}_w_spec_{name}``; read back with
+    :func:`spec_option_values`.
+    """
+    ss = st.session_state
+    items = list(spec_options().items())
+    cols = st.columns(3)
+    for i, (name, (opt, default)) in enumerate(items):
+        key = _spec_key(prefix, name)
+        ss.setdefault(key, default)
+        col = cols[i % 3]
+        if opt.type is bool:
+            col.checkbox(opt.label, key=key, help=opt.help)
+        elif opt.type is int:
+            col.number_input(
+                opt.label + (f" (empty: {opt.none})" if opt.none else ""),
+                min_value=opt.min,
+                max_value=opt.max,
+                step=1,
+                key=key,
+                help=opt.help,
+            )
+        else:
+            col.selectbox(opt.label, list(opt.choices), key=key, help=opt.help)
+
+
+def spec_option_values(prefix: str) -> dict[str, Any]:
+    """``{field: value}`` of the protocol options set in :func:`spec_option_inputs` (all of them)."""
+    out: dict[str, Any] = {}
+    for name, (opt, default) in spec_options().items():
+        value = st.session_state.get(_spec_key(prefix, name), default)
+        out[name] = int(value) if opt.type is int and value is not None else value
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import errors, experiment, masks, models, scores, store, sweep, tasks
 from .features import device_label, pick_device
-from .results import ExperimentResult, ExperimentSpec
+from .results import ExperimentResult, ExperimentSpec, spec_options
 from .validate import arg_int_at_least as _int_at_least
 from .validate import arg_positive_float as _positive_float
 from .validate import check_device, parse_sparsity
@@ -136,6 +136,20 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    """One flag per protocol option of :func:`pai_core.results.spec_options` (``--rounds``, …)."""
+    g = p.add_argument_group("protocol options (defaults: the paper's)")
+    for name, (opt, default) in spec_options().items():
+        flag = "--" + name.replace("_", "-")
+        text = opt.help if default is None else f"{opt.help} (default: {default})"
+        if opt.type is bool:
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif opt.type is int:
+            g.add_argument(flag, dest=name, type=int, default=default, metavar="N", help=text)
+        else:
+            g.add_argument(flag, dest=name, default=default, choices=opt.choices, help=text)
+
+
 def _fmt(v: float | None) -> str:
     return "   -  " if v is None else f"{100 * v:6.2f}"
 
@@ -170,6 +184,8 @@ def _cmd_scores(args) -> int:
             print(f"{'':15}refuses {family} encoders: {why}")
         for o in _own_options(i):
             print(f"{'':15}option {o.describe()}")
+        if i.rounds != 1:
+            print(f"{'':15}prunes in {i.rounds} rounds by default (--rounds)")
     print(f"every data-driven score: option {scores.BN_WARMUP.describe()}")
     return 0
 
@@ -256,7 +272,12 @@ def _cmd_run(args) -> int:
     base = _spec(args)
     bar = _Bar()
     results = []
-    for q in sparsities:
+    levels = sparsities
+    if len(levels) > 1:  # every sparsity's mask from one read of the scores and one partition
+        n_sources = len(experiment.prepare(base).suite.tasks) if args.all_sources else 1
+        for k in range(n_sources) if args.all_sources else [base.source]:
+            experiment.build_masks(base.replace(source=k), levels, bar)
+    for q in levels:
         spec = base.replace(sparsity=q)
         if args.all_sources:
             runs = experiment.run_all_sources(spec, bar)
@@ -305,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("evaluate", help="dense fit-and-evaluate accuracy per task")
     _add_data_args(p)
+    p.add_argument(
+        "--ridge",
+        default="closed-form",
+        choices=spec_options()["ridge"][0].choices,
+        help=spec_options()["ridge"][0].help,
+    )
     p.set_defaults(fn=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -322,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         default="0.5904",
         help="fractions in [0, 1) or percentages with %%, comma-separated (0.36,59.04%%), or 'paper'",
     )
-    p.add_argument("--mask-scope", default="global", choices=["global", "layerwise"])
     p.add_argument("--loss", default="mse", choices=scores.LOSSES)
+    _add_spec_options(p)
     p.add_argument(
         "--finetune",
         nargs="?",
@@ -344,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sparsity", type=_one_sparsity, default=0.6642, help="one level: a fraction in [0, 1) or 66.42%%"
     )
     p.add_argument("--finetune", default="short")
+    _add_spec_options(p)
     p.add_argument("--grid", type=_int_at_least(2, "--grid"), default=9, help="points per axis (at least 2)")
     p.add_argument(
         "--extent",

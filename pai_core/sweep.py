@@ -49,7 +49,7 @@ import pandas as pd
 from . import cache, errors, experiment, masks, models, scores, tasks
 from .errors import ClusterUnavailable, StorageError
 from .finetune import SCHEDULES
-from .results import ExperimentResult, ExperimentSpec
+from .results import ExperimentResult, ExperimentSpec, spec_options
 from .store import SUMMARY_COLUMNS, ResultsStore
 from .validate import arg_int_at_least, arg_positive_float, check_device, parse_sparsity
 
@@ -106,6 +106,9 @@ class SweepConfig:
         checkpoints: ``{model: local checkpoint file}`` for hub models on machines offline.
         score_options: ``{score: {option: value}}``, e.g. ``{"hutchinson": {"probes": 20}}``.
         mask_scope, loss, alpha, holdout, image_size: As in :class:`ExperimentSpec`.
+        protocol: The other protocol options of :func:`pai_core.results.spec_options` (``rounds``,
+            ``prune_layers``, ``bn_aware``, ``ridge``, ``bn_warmup_mode``), one value each for the
+            whole grid; a sweep file gives them as top-level keys (``rounds: 100``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (not part of result keys).
         skip_refused: Leave out the scores that refuse a model's family (PX on ViTs), as the paper
             does (:attr:`pai_core.scores.ScoreInfo.refuses`; such a spec fails otherwise).
@@ -129,6 +132,7 @@ class SweepConfig:
     image_size: int | None = None
     device: str = "auto"
     skip_refused: bool = True
+    protocol: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise what YAML, JSON and argparse hand us (lists, comma strings, dicts, percents)
@@ -188,6 +192,12 @@ class SweepConfig:
         if self.image_size is not None:
             norm("image_size", lambda: int(self.image_size), "a whole number of pixels, or null")
         ck_values = dict(self.checkpoints) if self.checkpoints != ("?",) else {}
+        pr = self.protocol.items() if isinstance(self.protocol, dict) else self.protocol
+        norm(
+            "protocol",
+            lambda: tuple(sorted((str(k).replace("-", "_"), v) for k, v in pr)),
+            "top-level keys such as rounds: 100",
+        )
 
         for m in self.models:
             if m not in models.available() and not m.startswith(("timm:", "open_clip:")):
@@ -202,6 +212,15 @@ class SweepConfig:
                 scores.info(s).check_options(dict(opts))
             except ValueError as exc:
                 problems.append(f"score_options: {exc}")
+        options = _protocol_options()
+        for k, v in self.protocol if self.protocol != ("?",) else ():
+            if k not in options:
+                problems.append(f"unknown protocol option {k!r}; valid: {', '.join(options)}")
+                continue
+            try:
+                options[k].check(k, v)
+            except ValueError as exc:
+                problems.append(str(exc))
         if self.finetune is not None and self.finetune not in SCHEDULES:
             problems.append(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
         try:
@@ -227,12 +246,14 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
         """Build from a mapping (keys may use ``-`` or ``_``); unknown keys raise ValueError listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"protocol"}
         clean = {str(k).replace("-", "_"): v for k, v in (d or {}).items()}
+        protocol = {k: clean.pop(k) for k in list(clean) if k in _protocol_options()}
         unknown = sorted(set(clean) - names)
         if unknown:
-            raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return cls(**clean)
+            valid = sorted(names | set(_protocol_options()))
+            raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {', '.join(valid)}")
+        return cls(**clean, protocol=protocol)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SweepConfig:
@@ -266,6 +287,7 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able settings (round-trips through :meth:`from_dict`)."""
         d = dataclasses.asdict(self)
+        d.update(dict(d.pop("protocol")))
         d["checkpoints"] = dict(self.checkpoints)
         d["score_options"] = {s: dict(o) for s, o in self.score_options}
         for k in ("models", "scores", "seeds", "sources", "sparsities"):
@@ -278,6 +300,11 @@ class SweepConfig:
         if self.sparsities == "paper":
             return tuple(float(q) for q in masks.PAPER_SPARSITIES)
         return tuple(self.sparsities)
+
+
+def _protocol_options() -> dict[str, Any]:
+    """The spec-level options a sweep file sets as top-level keys (mask_scope has its own field)."""
+    return {k: opt for k, (opt, _d) in spec_options().items() if k != "mask_scope"}
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -349,6 +376,7 @@ def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
                             data_root=cfg.data_root,
                             checkpoint=ck.get(model),
                             device=cfg.device,
+                            **dict(cfg.protocol),
                         )
                         if spec.key() not in seen:
                             seen.add(spec.key())
