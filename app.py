@@ -88,6 +88,14 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
             "CPU to no fine-tuning and 20 images per class, so a first run takes about a minute. Every "
             "run page has a device override (auto / cpu / cuda)."
         )
+        info, problem = common.process_runtime()
+        threads = "PyTorch's default" if info.threads is None else info.threads
+        st.markdown(
+            f"**CPU threads:** {threads} (set `PAI_THREADS` before `make app`: a number, `auto` or "
+            f"`torch`); allocator: {info.allocator}."
+        )
+        if problem:
+            st.warning(problem)
     with c2:
         try:
             usage = cache.usage()

@@ -18,7 +18,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pai_core import errors, experiment, figures, models, scores, store, tasks
+from pai_core import errors, experiment, figures, models, runtime, scores, store, tasks
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
 from pai_core.results import ExperimentResult, ExperimentSpec, spec_options
@@ -88,8 +88,29 @@ STATE_DEFAULTS: dict[str, Any] = {
 _PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_")
 
 
+@st.cache_resource(show_spinner=False)
+def _configure_runtime() -> runtime.RuntimeInfo:
+    return runtime.configure()
+
+
+def process_runtime() -> tuple[runtime.RuntimeInfo, str | None]:
+    """Thread count and allocator of this server process, set once from ``$PAI_THREADS``.
+
+    Returns:
+        What is set, and a message when ``$PAI_THREADS`` was unusable (the default is used then).
+    """
+    try:
+        return _configure_runtime(), None
+    except ValueError as exc:
+        return runtime.configure("auto"), f"{exc}; using the default"
+
+
 def init_state() -> None:
-    """Create the shared session state once; keep every page's widget values across page switches."""
+    """Create the shared session state once; keep every page's widget values across page switches.
+
+    Also sets this process's CPU threads and allocator (:mod:`pai_core.runtime`) before any work.
+    """
+    process_runtime()
     for key, value in STATE_DEFAULTS.items():
         st.session_state.setdefault(key, value)
     for key in list(st.session_state.keys()):

@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import errors, experiment, masks, models, scores, store, sweep, tasks
+from . import errors, experiment, masks, models, runtime, scores, store, sweep, tasks
 from .features import device_label, pick_device
 from .results import ExperimentResult, ExperimentSpec, spec_options
 from .validate import arg_int_at_least as _int_at_least
@@ -316,6 +316,20 @@ def _cmd_landscape(args) -> int:
     return 0
 
 
+_THREADS_HELP = (
+    f"CPU threads: a number, 'auto' (default: physical cores not busy at start, at most the CPUs this "
+    f"process may use) or 'torch' (PyTorch's default); also ${runtime.THREADS_ENV}"
+)
+
+
+def _threads(text: str) -> str:
+    try:
+        runtime.resolve_threads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (expected problems print one clear line, status 2)."""
     parser = argparse.ArgumentParser(prog="python -m pai_core", description=__doc__.splitlines()[0])
@@ -382,11 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_landscape)
 
     sweep.add_cli(sub)
+    # --threads is accepted before or after the command; SUPPRESS keeps a subcommand's absent flag
+    # from overwriting the one given before it.
+    for q, default in [(parser, None), *((q, argparse.SUPPRESS) for q in sub.choices.values())]:
+        q.add_argument("--threads", type=_threads, default=default, help=_THREADS_HELP)
 
     args = parser.parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warning_line  # a warning is one line too, not a source excerpt
     try:
+        runtime.configure(args.threads)
         return args.fn(args)
     except KeyboardInterrupt:
         print("interrupted: finished stages stay cached; run again to resume", file=sys.stderr)

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from . import cache, errors, experiment, masks, models, scores, tasks
+from . import cache, errors, experiment, masks, models, runtime, scores, tasks
 from .errors import ClusterUnavailable, StorageError
 from .finetune import SCHEDULES
 from .results import ExperimentResult, ExperimentSpec, spec_options
@@ -616,7 +616,12 @@ def _ray_initialized() -> bool:
 
 
 def _ray_execute(spec_json: str) -> dict[str, Any]:
-    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types."""
+    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types.
+
+    The task holds one CPU of Ray's (``num_cpus=1``), so it computes on one thread unless
+    ``$PAI_THREADS`` (passed on from the driver) says otherwise; the allocator is tuned as in the CLI.
+    """
+    runtime.configure(None if os.environ.get(runtime.THREADS_ENV) else 1)
     spec = ExperimentSpec.from_json(spec_json)
     t = time.perf_counter()
     res = experiment.run(spec)

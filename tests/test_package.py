@@ -118,9 +118,9 @@ def test_pai_core_never_imports_streamlit():
     assert users == []
 
 
-def test_results_store_and_cache_load_without_torch():
+def test_results_store_cache_and_runtime_load_without_torch():
     code = (
-        "import sys, pai_core.results, pai_core.store, pai_core.cache; "
+        "import sys, pai_core.results, pai_core.store, pai_core.cache, pai_core.runtime; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
