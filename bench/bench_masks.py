@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _timing  # noqa: E402
 import torch  # noqa: E402
 
 from pai_core import cache, masks  # noqa: E402
@@ -78,7 +80,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    print(_timing.setup(args.threads), flush=True)
     g = torch.Generator().manual_seed(0)
     sc = {n: torch.rand(s, generator=g) for n, s in shapes().items()}
     tb = {n: torch.rand(s.shape, generator=g) for n, s in sc.items()}  # stands in for θ²

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _timing  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -163,7 +165,7 @@ def main() -> None:
     ap.add_argument("--only", default="px,grasp,zeros,dead840,rounds,runs")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    print(_timing.setup(args.threads), flush=True)
     ctx = experiment.prepare(SPEC)
     print(
         f"{SPEC.model} ({ctx.encoder.weights_id}) on '{ctx.suite.tasks[SPEC.source].name}', "

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _timing  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -104,8 +106,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="source-task images")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--repeats", type=int, default=1, help="runs per score; the minimum is reported")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    _timing.add_args(ap, repeats=3)
     ap.add_argument("--scores", default=",".join(scores.available()))
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument(
@@ -119,14 +120,13 @@ def main() -> None:
     ap.add_argument(
         "--clock",
         choices=("wall", "cpu"),
-        default="wall",
-        help="cpu: this process's CPU time (with --threads 1, immune to other jobs on a shared box)",
+        default="cpu",
+        help="cpu (default): this process's CPU time (with --threads 1, immune to other jobs on a shared box)",
     )
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    conditions = _timing.setup(args.threads)
     torch.manual_seed(0)
 
     encoder, weights = load_model()
@@ -140,7 +140,7 @@ def main() -> None:
     print(
         f"model: {weights} + ridge head (5 classes), {sum(model.get_parameter(n).numel() for n in names):,} "
         f"scored weights; data: {data}, n={len(x)}, {args.size}px, batch {bs}; "
-        f"threads {torch.get_num_threads()}; {args.clock} clock, min of {args.repeats} runs\n",
+        f"{conditions}; {args.clock} clock, min of {args.repeats} runs\n",
         flush=True,
     )
 

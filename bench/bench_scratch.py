@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _timing  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -210,7 +212,7 @@ def main() -> int:
     p.add_argument("--out", default="artifacts/scratch_grid")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    print(_timing.setup(args.threads), flush=True)
     if args.part in ("timing", "all"):
         timing(args)
     if args.part in ("grid", "all"):

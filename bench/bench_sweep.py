@@ -11,7 +11,8 @@ Two measurements, each in a fresh cache folder, printed as markdown:
    (per-layer work such as K-FAC factor inverses) and a per-image part, extrapolated to a
    500-image source task (ImageNet-10: 10 classes x 50 images).
 
-Single-threaded by default: on a shared machine, a multi-threaded forward pass waits at every
+Timing follows ``bench/_timing.py`` (CPU time; the experiment's stage timings are switched to CPU
+time too). Single-threaded by default: on a shared machine, a multi-threaded forward pass waits at every
 OpenMP barrier for threads another process has pre-empted, which inflates some stages several
 times more than others and makes the ratios meaningless.  One thread keeps them comparable.
 
@@ -29,22 +30,19 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _timing  # noqa: E402
 
 PAPER_SCORES = ["magnitude", "diag", "kfac", "snip", "grasp", "px"]
 
 
 def _best(fn, repeat: int = 2) -> float:
-    """Least wall time of ``repeat`` calls (the machine may be shared: the minimum is the least noisy)."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    """Least CPU time of ``repeat`` calls (the machine may be shared: the minimum is the least noisy)."""
+    return _timing.best(fn, repeat)
 
 
 def offline(scores: list[str], images_per_class: int, device: str) -> dict:
@@ -53,6 +51,7 @@ def offline(scores: list[str], images_per_class: int, device: str) -> dict:
     from pai_core.features import device_label, extract, pick_device, task_inputs
     from pai_core.results import ExperimentSpec
 
+    experiment.stage_clock = _timing.clock  # stage timings in CPU time, as the unit
     dev = pick_device(device)
     base = ExperimentSpec(images_per_class=images_per_class, sparsity=0.5904, device=device)
     enc = experiment.get_encoder(base.model)
@@ -171,9 +170,9 @@ def _arch_one(name: str, scores: list[str], sizes: tuple[int, int], dev) -> dict
             continue  # e.g. PX on ViTs (the paper skips it)
         score_mod.compute(score, model, batches(4), params=names, loss="mse")  # warm-up
         for n in sizes:
-            t0 = time.perf_counter()
+            t0 = _timing.clock()
             score_mod.compute(score, model, batches(n), params=names, loss="mse")
-            res["scores"].setdefault(score, {})[n] = time.perf_counter() - t0
+            res["scores"].setdefault(score, {})[n] = _timing.clock() - t0
             print(f"  {name} n={n} {score}: {res['scores'][score][n]:.1f} s", file=sys.stderr, flush=True)
     return res
 
@@ -227,9 +226,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (see the module docstring)")
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     args = ap.parse_args()
-    import torch
 
-    torch.set_num_threads(args.threads)
+    print(_timing.setup(args.threads), flush=True)
     scores = [s for s in args.scores.split(",") if s]
     raw: dict = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "threads": args.threads}
     if args.part in ("offline", "both"):
