@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test bench lint clean-cache
+.PHONY: setup app test bench bench-gpu lint clean-cache
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,8 +26,13 @@ test: setup
 	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
 
+# Every bench/bench_*.py on one thread, CPU time, minimum over repeats (bench/_timing.py).
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# The GPU path (bench/gpu.py): no network, random weights, synthetic images; JSON report.
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py --json gpu.json
 
 lint: setup
 	$(BIN)/ruff format --check .

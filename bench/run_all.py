@@ -1,4 +1,8 @@
-"""Run every benchmark in this folder, one after the other (``make bench``)."""
+"""Run every benchmark in this folder, one after the other (``make bench``).
+
+Each script follows ``_timing.py`` (one thread, CPU time, minimum over repeats) with its own
+defaults; ``gpu.py`` is separate (``make bench-gpu``): on a CPU its full size takes hours.
+"""
 
 import subprocess
 import sys

@@ -88,7 +88,21 @@ def test_overview_renders_device_cache_models_and_suites() -> None:
     assert models_df.loc[models_df["model"] == "efficientnet_lite0", "works offline here"].item()
     assert not models_df.loc[models_df["model"] == "resnet50", "works offline here"].item()
     assert "needs" in suites_df.columns and "imagenet10" in set(suites_df["suite"])
+    assert "CPU threads" in text and "PAI_THREADS" in text
     assert not at.error
+
+
+def test_overview_says_when_pai_threads_is_unusable(monkeypatch) -> None:
+    from dashboard import common
+
+    common._configure_runtime.clear()  # the server process configures once: start afresh
+    monkeypatch.setenv("PAI_THREADS", "lots")
+    try:
+        at = _app(APP)
+    finally:
+        common._configure_runtime.clear()
+    assert any("PAI_THREADS='lots'" in w.value and "default" in w.value for w in at.warning)
+    assert not at.exception
 
 
 # ----------------------------------------------------------------------------- prune & evaluate
