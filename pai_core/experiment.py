@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import cache, layers, masks, scores
+from . import cache, layers, masks, runtime, scores
 from .evaluate import Heads, evaluate, fit_heads, split_indices
 from .features import pick_device, task_inputs
 from .finetune import finetune, schedule
@@ -623,6 +623,7 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
 
     def tick(name: str) -> None:
         nonlocal t0
+        runtime.release_memory()  # the stage's freed buffers go back to the kernel (pai_core.runtime)
         now = stage_clock()
         timings[name] = timings.get(name, 0.0) + now - t0
         t0 = now

@@ -15,8 +15,13 @@ Two things wasted most of the CPU of an end-to-end run (issue 15):
   to the kernel the same way. :func:`tune_allocator` raises the mmap threshold to 512 MiB and the
   trim threshold to 1 GiB with ``mallopt(3)`` (the ``MALLOC_MMAP_THRESHOLD_`` /
   ``MALLOC_TRIM_THRESHOLD_`` settings, but effective after start-up), so freed batches are reused
-  from the heap. Cost: up to the trim threshold of freed memory stays in the process (resident set
-  up to ~1 GB larger; ``bench/bench_runtime.py`` reports it). glibc only; on macOS, Windows or musl
+  from the heap. Cost: freed memory up to the trim threshold stays in the process, and PyTorch's
+  64-byte-aligned requests do not fit a freed hole of exactly their own size, so the heap can grow
+  by a few batch-sized buffers before such holes merge (a few re-faults, a larger resident set:
+  +0.1 GB on the default CLI run; ``bench/bench_runtime.py`` reports both). A loop that keeps a
+  small object allocated after every big buffer defeats the reuse and grows the heap by a buffer
+  per iteration; :func:`release_memory` (called between the experiment's stages) returns such
+  holes to the kernel. glibc only; on macOS, Windows or musl
   it does nothing and says so. ``PAI_MALLOC=default`` turns it off.
 
 This module imports no torch at import time: the CLI, the dashboard (``app.py``) and sweep workers
@@ -124,7 +129,8 @@ def resolve_threads(value: int | str | None = None) -> int | None:
 
     Args:
         value: a positive int (or its text), ``"auto"`` for the default, ``"torch"`` for
-            PyTorch's own choice, or ``None`` to read ``$PAI_THREADS``.
+            PyTorch's own choice, or ``None`` to read ``$PAI_THREADS`` (unset: PyTorch's choice
+            when ``$OMP_NUM_THREADS`` is set, which PyTorch follows; else the default).
 
     Returns:
         The count, or ``None`` for PyTorch's default.
@@ -134,8 +140,11 @@ def resolve_threads(value: int | str | None = None) -> int | None:
     """
     where = "threads"
     if value is None:
-        value = os.environ.get(THREADS_ENV, "").strip() or "auto"
+        value = os.environ.get(THREADS_ENV, "").strip()
         where = THREADS_ENV
+        if not value and os.environ.get("OMP_NUM_THREADS", "").strip():
+            return None  # an explicit OpenMP setting (yours, or Ray's for its tasks) is left alone
+        value = value or "auto"
     text = str(value).strip().lower()
     if text == "auto":
         return default_threads()
@@ -181,6 +190,24 @@ def tune_allocator(enable: bool | None = None) -> str:
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     _state["allocator"] = "tuned" if ok else "default (mallopt refused the thresholds)"
     return str(_state["allocator"])
+
+
+def release_memory() -> bool:
+    """Give the free pages inside glibc's heap back to the kernel (``malloc_trim(0)``) when tuned.
+
+    The tuning keeps freed buffers for reuse; between stages of different shapes (features,
+    scores, fine-tuning) that memory would otherwise stay with the process. The experiment calls
+    this at every stage boundary, so retained memory never outlives the stage that used it.
+
+    Returns:
+        Whether anything was released (False when the allocator is not tuned, or not glibc).
+    """
+    if _state["allocator"] != "tuned":
+        return False
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def configure(threads: int | str | None = None, *, allocator: bool | None = None) -> RuntimeInfo:
