@@ -598,7 +598,12 @@ def run(
         if use_cache and (hit := _cached_result(path)) is not None:
             progress("done", 1, 1, "result from cache (computed meanwhile by another run)")
             return hit
-        res = _run(spec, progress)
+        try:
+            res = _run(spec, progress)
+        finally:
+            # Freed buffers the tuned allocator kept for reuse go back to the kernel, so a
+            # long-lived process (dashboard, sweep) does not hold one run's memory into the next.
+            runtime.release_memory()
         cache.save_json(path, res.to_dict())
         progress("done", 1, 1, "finished")
         return res
@@ -623,7 +628,6 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
 
     def tick(name: str) -> None:
         nonlocal t0
-        runtime.release_memory()  # the stage's freed buffers go back to the kernel (pai_core.runtime)
         now = stage_clock()
         timings[name] = timings.get(name, 0.0) + now - t0
         t0 = now
