@@ -121,7 +121,9 @@ def finetune(
         progress: ``progress(done_steps, total_steps, message)``.
 
     Returns:
-        ``{"losses": [mean loss per epoch], "loss_before": float, "batch_size": int, "notes": [...]}``.
+        ``{"losses": [mean training loss per epoch], "loss_before": float, "loss_after": float,
+        "batch_size": int, "notes": [...], "config": {...}}``; ``loss_before`` and ``loss_after``
+        are the source loss of the whole task in eval mode before and after training.
     """
     device = torch.device(device)
     notes: list[str] = []
@@ -201,6 +203,9 @@ def _train(
                     progress(step, total, f"fine-tuning ({config.name}), epoch {epoch + 1}/{config.epochs}")
             sched.step()
             losses.append(running / seen)
+        # Measured like loss_before (eval mode, whole task, final weights): the epoch means above
+        # average over weights that kept changing, so only this pair says whether training helped.
+        loss_after = _mean_loss(model, head, inputs, labels, batch_size, device)
     finally:
         for h in hooks:
             h.remove()
@@ -212,6 +217,7 @@ def _train(
     return {
         "losses": losses,
         "loss_before": loss_before,
+        "loss_after": loss_after,
         "batch_size": batch_size,
         "notes": [],
         "config": dataclasses.asdict(config),
