@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,7 +29,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import scores
+from .reference import chance_levels
 from .results import SUMMARY_COLUMNS, ExperimentResult, ExperimentSpec
+from .verdicts import finetune_diverged, finetune_losses
 
 __all__ = [
     # palette and labels
@@ -36,18 +39,23 @@ __all__ = [
     "score_color",
     "score_label",
     "sparsity_label",
+    "sparsity_percent",
     "schedule_label",
     "run_label",
     "setting_label",
+    "setting_columns",
     "group_by_setting",
     # frames
     "results_frame",
+    "results_table",
     "tasks_frame",
     "fig3_frame",
     "layer_sparsity_frame",
     "jaccard_matrix",
     # figures
     "fig3_figure",
+    "finetune_figure",
+    "imagenet_figure",
     "layer_sparsity_figure",
     "jaccard_figure",
     "landscape_figure",
@@ -74,6 +82,7 @@ _BLACK = "#000000"
 _VERMILLION = "#D55E00"
 _BLUE = "#0072B2"
 _WHITE = "#FFFFFF"
+_GREY = "#666666"
 
 _ROLE_TITLES = {"source": "source task", "transfer": "transfer tasks (mean)"}
 
@@ -104,9 +113,18 @@ def _score_order(names: Iterable[str]) -> list[str]:
 
 
 def sparsity_label(q: float) -> str:
-    """``0.5904 -> "59.04%"``; trailing zeros dropped (``0.5 -> "50%"``)."""
-    text = f"{100 * q:.2f}".rstrip("0").rstrip(".")
+    """The sparsity as given, in %: ``0.5904 -> "59.04%"``, ``0.5 -> "50%"``, ``0.12345 -> "12.345%"``.
+
+    Up to four decimals of a percent (what a fraction with six decimals holds), trailing zeros
+    dropped, so float noise (``100 * 0.5904 = 59.040000000000006``) never shows.
+    """
+    text = f"{100 * q:.4f}".rstrip("0").rstrip(".")
     return f"{text}%"
+
+
+def sparsity_percent(q: float) -> float:
+    """``100 * q`` without float noise (``0.5904 -> 59.04``, not ``59.040000000000006``), for tables."""
+    return round(100 * q, 4)
 
 
 def schedule_label(name: str | None) -> str:
@@ -131,16 +149,30 @@ def _pct(x: float | None) -> float:
 
 # ----------------------------------------------------------------------------- frames
 
-_SETTING_COLUMNS = [
-    "suite",
-    "finetune",
-    "holdout",
-    "images_per_class",
-    "mask_scope",
-    "loss",
-    "alpha",
-    "image_size",
-]
+#: Spec fields that identify a run inside one Fig. 3 (its bars), or do not change what it computes;
+#: every other field is a *setting* that all runs of one panel must share (:func:`setting_columns`).
+_RUN_FIELDS = frozenset(
+    {"model", "score", "score_options", "sparsity", "source", "seed", "device", "data_root", "checkpoint"}
+)
+
+
+def setting_columns() -> list[str]:
+    """Spec fields that one Fig. 3 panel must hold equal: every :class:`ExperimentSpec` field but
+    model, score (and its options), sparsity, source, seed, device, data folder and checkpoint.
+
+    Derived from the spec itself, so an option added to the spec joins the settings on its own.
+    """
+    return [f.name for f in dataclasses.fields(ExperimentSpec) if f.name not in _RUN_FIELDS]
+
+
+_DEFAULT_SPEC: ExperimentSpec | None = None
+
+
+def _default(name: str) -> Any:
+    global _DEFAULT_SPEC
+    if _DEFAULT_SPEC is None:
+        _DEFAULT_SPEC = ExperimentSpec()
+    return getattr(_DEFAULT_SPEC, name)
 
 
 def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
@@ -160,13 +192,14 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
         src_task = next((t.task for t in r.tasks if t.role == "source"), f"task {s.source}")
         row: dict[str, Any] = {
             "key": s.key(),
+            "score_label": score_label(s.score),
             "model": s.model,
             "suite": s.suite,
             "source": s.source,
             "source_task": src_task,
             "score": s.score,
             "sparsity": s.sparsity,
-            "sparsity (%)": 100 * s.sparsity,
+            "sparsity (%)": sparsity_percent(s.sparsity),
             "finetune": schedule_label(s.finetune),
             "holdout": s.holdout,
             "images_per_class": s.images_per_class,
@@ -184,12 +217,14 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
     cols = [
         "key",
         "model",
+        "score_label",
+        "sparsity (%)",
+        *SUMMARY_COLUMNS,
         "suite",
         "source",
         "source_task",
         "score",
         "sparsity",
-        "sparsity (%)",
         "finetune",
         "holdout",
         "images_per_class",
@@ -199,9 +234,57 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
         "image_size",
         "seed",
         "device",
-        *SUMMARY_COLUMNS,
         "collapsed_layers",
         "seconds",
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+#: Column titles of :func:`results_table` (accuracies first, in the order a reader compares them).
+_TABLE_TITLES = {
+    "source_zero_shot": "source zero-shot (%)",
+    "transfer_zero_shot": "transfer zero-shot (%)",
+    "source_finetuned": "source fine-tuned (%)",
+    "transfer_finetuned": "transfer fine-tuned (%)",
+    "source_dense": "source dense (%)",
+    "transfer_dense": "transfer dense (%)",
+}
+
+
+def results_table(results: Sequence[ExperimentResult]) -> pd.DataFrame:
+    """The Results page's table: one row per run, what a reader compares first.
+
+    Columns: ``model, score`` (its label), ``sparsity (%)`` (as given: 59.04), the six accuracies
+    (zero-shot, fine-tuned, dense; source then transfer), ``fine-tuning``, ``settings`` (the
+    readable :func:`setting_label`), ``source task``, ``seconds``, ``key`` (last: the run's id).
+    """
+    rows = []
+    for r in results:
+        s = r.spec
+        summ = r.summary()
+        rows.append(
+            {
+                "model": s.model,
+                "score": score_label(s.score),
+                "sparsity (%)": sparsity_percent(s.sparsity),
+                **{title: _pct(summ[c]) for c, title in _TABLE_TITLES.items()},
+                "fine-tuning": schedule_label(s.finetune),
+                "settings": setting_label(s),
+                "source task": next((t.task for t in r.tasks if t.role == "source"), f"task {s.source}"),
+                "seconds": float(sum(r.timings.values())) if r.timings else float("nan"),
+                "key": s.key(),
+            }
+        )
+    cols = [
+        "model",
+        "score",
+        "sparsity (%)",
+        *_TABLE_TITLES.values(),
+        "fine-tuning",
+        "settings",
+        "source task",
+        "seconds",
+        "key",
     ]
     return pd.DataFrame(rows, columns=cols)
 
@@ -296,11 +379,34 @@ def fig3_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
     return out[cols]
 
 
+def _setting_values(spec: ExperimentSpec) -> tuple:
+    return tuple(
+        (c, tuple(v) if isinstance(v, list) else v) for c in setting_columns() for v in [getattr(spec, c)]
+    )
+
+
 def setting_label(spec: ExperimentSpec) -> str:
-    """The settings one Fig. 3 panel must share (everything but model, score, sparsity, source, seed)."""
-    d = {c: getattr(spec, c) for c in _SETTING_COLUMNS}
-    d["finetune"] = schedule_label(d["finetune"])
-    return " · ".join(f"{c}={v}" for c, v in d.items() if not (c == "image_size" and v is None))
+    """The settings one Fig. 3 panel shares, readable: suite, fine-tuning, images per class, how
+    dense accuracy is measured, then every other setting that differs from the paper's default.
+
+    Example:
+        >>> setting_label(ExperimentSpec(suite="fashion-mnist", images_per_class=20))
+        'fashion-mnist · no fine-tuning · 20 images/class · heads fit = evaluate images (the paper)'
+        >>> setting_label(ExperimentSpec(finetune="short", holdout=True, loss="ce"))
+        'digits · fine-tuned: short · 50 images/class · held-out evaluation · loss ce'
+    """
+    ft = "no fine-tuning" if spec.finetune is None else f"fine-tuned: {spec.finetune}"
+    ipc = "all images" if spec.images_per_class is None else f"{spec.images_per_class} images/class"
+    ev = "held-out evaluation" if spec.holdout else "heads fit = evaluate images (the paper)"
+    parts = [spec.suite, ft, ipc, ev]
+    names = {"alpha": "ridge α", "image_size": "image size", "mask_scope": "mask scope"}
+    for c in setting_columns():
+        if c in ("suite", "finetune", "images_per_class", "holdout"):
+            continue
+        v = getattr(spec, c)
+        if v != _default(c):
+            parts.append(f"{names.get(c, c.replace('_', ' '))} {v}")
+    return " · ".join(parts)
 
 
 def group_by_setting(results: Sequence[ExperimentResult]) -> dict[str, list[ExperimentResult]]:
@@ -312,9 +418,10 @@ def group_by_setting(results: Sequence[ExperimentResult]) -> dict[str, list[Expe
 
 
 def _check_comparable(results: Sequence[ExperimentResult]) -> None:
-    settings = {tuple(getattr(r.spec, c) for c in _SETTING_COLUMNS) for r in results}
+    settings = {_setting_values(r.spec) for r in results}
     if len(settings) > 1:
-        diff = [c for i, c in enumerate(_SETTING_COLUMNS) if len({s[i] for s in settings}) > 1]
+        cols = setting_columns()
+        diff = [c for i, c in enumerate(cols) if len({s[i][1] for s in settings}) > 1]
         raise ValueError(
             f"these runs differ in {', '.join(diff)}: one Fig. 3 panel must compare like with "
             "like; filter them to one setting first"
@@ -327,6 +434,7 @@ def _check_comparable(results: Sequence[ExperimentResult]) -> None:
 def fig3_figure(
     results: Sequence[ExperimentResult],
     *,
+    heldout: Mapping[str, Mapping[str, float | None]] | None = None,
     title: str | None = None,
     error_bars: bool = True,
     height_per_row: int = 330,
@@ -338,10 +446,18 @@ def fig3_figure(
     (zero-shot accuracy of the pruned encoder) and, when the runs were fine-tuned, a hatched bar of
     the same colour next to it (accuracy after fine-tuning on the source).  The hatched bar sits
     beside the solid one rather than behind it, so it stays visible where fine-tuning *lowers*
-    accuracy.  A dashed black line marks the dense (unpruned) accuracy in every panel.
+    accuracy.
+
+    Reference lines in every panel: dashed black, the dense (unpruned) accuracy, labelled for how
+    it was measured ("fit = evaluate images, as the paper", or "held-out"); dash-dotted grey, the
+    dense accuracy on a held-out half when ``heldout`` gives it (what the features carry beyond
+    fitting their own images); dotted grey, chance (1 / #classes, from the tasks' class counts).
 
     Args:
         results: Runs with the same settings apart from model, score, sparsity and source.
+        heldout: ``{model: {"source": …, "transfer": …}}`` held-out dense accuracies (fractions),
+            e.g. :func:`pai_core.reference.heldout_dense_means`; drawn for runs that fit and
+            evaluate on the same images.
         title: Figure title (default: names the suite and the fine-tuning schedule).
         error_bars: With several runs per bar (several sources), show ±1 standard deviation.
         height_per_row: Pixel height of each row.
@@ -363,6 +479,13 @@ def fig3_figure(
     cats = [sparsity_label(q) for q in levels]
     roles = [r for r in ("source", "transfer") if (frame["role"] == r).any()]
     has_ft = frame["finetuned"].notna().any()
+    holdout = results[0].spec.holdout
+    chance: dict[tuple[str, str], float] = {}
+    for model in models:
+        for role in roles:
+            vals = [chance_levels(r)[role] for r in results if r.spec.model == model]
+            if vals and all(v is not None for v in vals):
+                chance[(model, role)] = 100 * sum(vals) / len(vals)
 
     fig = make_subplots(
         rows=len(roles),
@@ -415,14 +538,41 @@ def fig3_figure(
                     )
             dense = panel["dense"].mean()
             if not math.isnan(dense):
+                how = "held-out" if holdout else "fit = evaluate images, as the paper"
                 fig.add_hline(
                     y=dense,
+                    name="dense",
                     line=dict(color=_BLACK, width=1.5, dash="dash"),
                     row=ri,
                     col=ci,
-                    annotation_text=f"dense {dense:.1f}%",
+                    annotation_text=f"dense {dense:.1f}% ({how})",
                     annotation_position="top left",
                     annotation_font_size=11,
+                )
+            held = None if holdout or heldout is None else (heldout.get(model) or {}).get(role)
+            if held is not None:
+                fig.add_hline(
+                    y=100 * held,
+                    name="held-out dense",
+                    line=dict(color=_GREY, width=1.5, dash="dashdot"),
+                    row=ri,
+                    col=ci,
+                    annotation_text=f"dense, held-out half {100 * held:.1f}%",
+                    annotation_position="bottom right",
+                    annotation_font_size=11,
+                    annotation_font_color=_GREY,
+                )
+            if (model, role) in chance:
+                fig.add_hline(
+                    y=chance[(model, role)],
+                    name="chance",
+                    line=dict(color=_GREY, width=1.5, dash="dot"),
+                    row=ri,
+                    col=ci,
+                    annotation_text=f"chance {chance[(model, role)]:.0f}%",
+                    annotation_position="bottom left",
+                    annotation_font_size=11,
+                    annotation_font_color=_GREY,
                 )
             fig.update_yaxes(
                 title_text=f"{_ROLE_TITLES[role]}<br>accuracy (%)" if ci == 1 else None,
@@ -439,20 +589,26 @@ def fig3_figure(
             col=ci,
         )
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=cats, col=ci)
-    # Legend-only entry explaining the dashed line (a shape has no legend entry of its own).
-    fig.add_trace(
-        go.Scatter(
-            x=[None],
-            y=[None],
-            mode="lines",
-            name="dense (unpruned)",
-            line=dict(color=_BLACK, width=1.5, dash="dash"),
-            legendgroup="dense",
-            legendgrouptitle_text="reference",
-        ),
-        row=1,
-        col=1,
-    )
+    # Legend-only entries explaining the reference lines (a shape has no legend entry of its own).
+    refs = [("dense (unpruned)", _BLACK, "dash")]
+    if heldout and not holdout:
+        refs.append(("dense, held-out half", _GREY, "dashdot"))
+    if chance:
+        refs.append(("chance (1 / #classes)", _GREY, "dot"))
+    for i, (name, colour, dash) in enumerate(refs):
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=name,
+                line=dict(color=colour, width=1.5, dash=dash),
+                legendgroup="dense",
+                legendgrouptitle_text="reference" if i == 0 else None,
+            ),
+            row=1,
+            col=1,
+        )
     if title is None:
         s = results[0].spec
         ft = (
@@ -470,6 +626,157 @@ def fig3_figure(
         height=60 + height_per_row * len(roles) + 40,
         legend=dict(groupclick="toggleitem", tracegroupgap=6, font_size=11),
         margin=dict(l=70, r=20, t=70, b=60),
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- fine-tuning curves
+
+_DASHES = ["solid", "dot", "dash", "dashdot", "longdash", "longdashdot"]
+
+
+def finetune_figure(results: Sequence[ExperimentResult], *, title: str | None = None) -> go.Figure:
+    """The source loss of every fine-tuned run, epoch by epoch, so that no hatched bar hides a failure.
+
+    Per run: the loss of the pruned encoder before training (epoch 0), the mean training loss of
+    each epoch, and the loss of the final weights (an open circle at the last epoch; epoch means
+    average over weights that kept changing).  Colour: the score; dash: the sparsity.  A run whose
+    final loss exceeds its first (:func:`pai_core.verdicts.finetune_diverged`) is named
+    "DIVERGED" and its final point is a red cross.
+
+    Raises:
+        ValueError: No run has a fine-tuning log.
+    """
+    runs = [r for r in results if finetune_losses(r.finetune_log) is not None]
+    if not runs:
+        raise ValueError("no fine-tuned runs to plot")
+    levels = sorted({r.spec.sparsity for r in runs})
+    fig = go.Figure()
+    for r in sorted(runs, key=lambda r: (_score_order([r.spec.score]), r.spec.sparsity)):
+        log = r.finetune_log or {}
+        first, final = finetune_losses(log)
+        curve = [first, *[float(v) for v in log.get("losses", [])]]
+        bad = finetune_diverged(log)
+        name = f"{score_label(r.spec.score)} @ {sparsity_label(r.spec.sparsity)}" + (
+            " — DIVERGED" if bad else ""
+        )
+        colour = score_color(r.spec.score)
+        dash = _DASHES[levels.index(r.spec.sparsity) % len(_DASHES)]
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(len(curve))),
+                y=curve,
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line=dict(color=colour, width=2, dash=dash),
+                marker=dict(size=5),
+                hovertemplate=f"<b>{name}</b><br>epoch %{{x}}<br>loss %{{y:.4f}}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[len(curve) - 1],
+                y=[final],
+                mode="markers",
+                name=f"{name}: final weights",
+                legendgroup=name,
+                showlegend=False,
+                marker=dict(
+                    symbol="x" if bad else "circle-open",
+                    size=12 if bad else 10,
+                    color=_VERMILLION if bad else colour,
+                    line=dict(width=2.5, color=_VERMILLION if bad else colour),
+                ),
+                hovertemplate=f"<b>{name}</b><br>loss of the final weights %{{y:.4f}}<extra></extra>",
+            )
+        )
+    s = runs[0].spec
+    fig.update_layout(
+        title=dict(
+            text=title or f"Fine-tuning on the source task ({s.finetune}): source loss per epoch",
+            font_size=15,
+        ),
+        template="plotly_white",
+        xaxis=dict(
+            title=dict(text="epoch (0: pruned, before fine-tuning)"), tickformat="d", rangemode="tozero"
+        ),
+        yaxis=dict(title=dict(text="source loss (squared error)"), rangemode="tozero"),
+        height=360,
+        margin=dict(l=70, r=20, t=60, b=50),
+        legend=dict(font_size=11),
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- ImageNet check
+
+
+def imagenet_figure(checks: Sequence[Any], *, title: str | None = None) -> go.Figure:
+    """Top-1 ImageNet accuracy of an encoder on foolbox's 20 photos: dense, then per score and sparsity.
+
+    Args:
+        checks: :class:`pai_core.imagenet_check.ImageNetCheck` objects; the one with sparsity 0 and
+            no ``score`` attribute (or ``score=None``) is the dense encoder.  Each pruned check
+            carries ``score`` (set by the caller) and ``sparsity``.
+        title: Figure title.
+    """
+    if not checks:
+        raise ValueError("no ImageNet checks to plot")
+    dense = [c for c in checks if getattr(c, "score", None) is None]
+    pruned = [c for c in checks if getattr(c, "score", None) is not None]
+    levels = sorted({c.sparsity for c in pruned})
+    cats = (["dense"] if dense else []) + [sparsity_label(q) for q in levels]
+    total = checks[0].total
+    fig = go.Figure()
+    if dense:
+        d = dense[0]
+        fig.add_trace(
+            go.Bar(
+                x=["dense"],
+                y=[100 * d.accuracy],
+                name="dense",
+                marker=dict(color="#BBBBBB", line=dict(color=_BLACK, width=0.6)),
+                text=[f"{d.correct}/{d.total}"],
+                textposition="outside",
+                hovertemplate=f"dense: {d.correct} of {d.total} photos<extra></extra>",
+            )
+        )
+    for score in _score_order([c.score for c in pruned]):
+        cs = {c.sparsity: c for c in pruned if c.score == score}
+        fig.add_trace(
+            go.Bar(
+                x=[sparsity_label(q) for q in levels],
+                y=[100 * cs[q].accuracy if q in cs else None for q in levels],
+                name=score_label(score),
+                marker=dict(color=score_color(score), line=dict(color=_BLACK, width=0.6)),
+                text=[f"{cs[q].correct}/{cs[q].total}" if q in cs else "" for q in levels],
+                textposition="outside",
+                hovertemplate=f"<b>{score_label(score)}</b> at %{{x}}: %{{text}} photos<extra></extra>",
+            )
+        )
+    fig.add_hline(
+        y=0.1,
+        name="chance",
+        line=dict(color=_GREY, width=1.5, dash="dot"),
+        annotation_text="chance 0.1% (1 / 1000 classes)",
+        annotation_position="top right",
+        annotation_font_size=10,
+        annotation_font_color=_GREY,
+    )
+    fig.update_layout(
+        title=dict(
+            text=title
+            or f"Its own ImageNet predictions: {total} real photos (one photo = {100 / total:.0f} points)",
+            font_size=13,
+        ),
+        template="plotly_white",
+        barmode="group",
+        xaxis=dict(type="category", categoryorder="array", categoryarray=cats, title=dict(text="sparsity")),
+        yaxis=dict(title=dict(text="ImageNet top-1 (%)"), range=[0, 115]),
+        height=360,
+        margin=dict(l=60, r=10, t=60, b=50),
+        legend=dict(orientation="h", yanchor="bottom", y=-0.45, font_size=11),
     )
     return fig
 
