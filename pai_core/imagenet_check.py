@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from torch import nn
 from . import masks as masks_mod
 from .errors import DataError
 from .models import Encoder
+from .results import ExperimentSpec
 
-__all__ = ["Photo", "ImageNetCheck", "imagenet_photos", "classify", "imagenet_check"]
+__all__ = ["Photo", "ImageNetCheck", "imagenet_photos", "classify", "imagenet_check", "for_runs"]
 
 _NAME = re.compile(r"imagenet_(\d+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 
@@ -49,6 +51,7 @@ class ImageNetCheck:
     Attributes:
         model: Encoder name.
         sparsity: Fraction of scored weights removed (0 for the dense encoder).
+        score: The score whose mask was applied (None for the dense encoder).
         correct: Photos classified correctly (top-1).
         total: Photos classified.
         predictions: ``[(file name, true label, predicted label)]`` in file order.
@@ -59,6 +62,7 @@ class ImageNetCheck:
     correct: int
     total: int
     predictions: list[tuple[str, int, int]] = field(default_factory=list)
+    score: str | None = None
 
     @property
     def accuracy(self) -> float:
@@ -124,7 +128,11 @@ def classify(
 
 
 def imagenet_check(
-    encoder: Encoder, keep_masks: dict[str, torch.Tensor] | None = None, *, sparsity: float = 0.0
+    encoder: Encoder,
+    keep_masks: dict[str, torch.Tensor] | None = None,
+    *,
+    sparsity: float = 0.0,
+    score: str | None = None,
 ) -> ImageNetCheck:
     """Classify the photos with ``encoder`` (dense), or with ``keep_masks`` applied to a copy of it.
 
@@ -133,6 +141,7 @@ def imagenet_check(
         keep_masks: ``{parameter name: bool keep-mask}`` of ``encoder.model`` (e.g.
             :func:`pai_core.experiment.load_masks` of a run); None judges the dense encoder.
         sparsity: The masks' sparsity, recorded in the result.
+        score: The score that made the masks, recorded in the result.
 
     Example:
         >>> from pai_core.experiment import get_encoder
@@ -145,4 +154,38 @@ def imagenet_check(
         model = masks_mod.prune_(encoder.copy().model, keep_masks)
     preds = classify(encoder, model)
     correct = sum(int(t == p) for _, t, p in preds)
-    return ImageNetCheck(encoder.name, float(sparsity), correct, len(preds), preds)
+    return ImageNetCheck(encoder.name, float(sparsity), correct, len(preds), preds, score)
+
+
+def for_runs(specs: Sequence[ExperimentSpec]) -> list[ImageNetCheck]:
+    """The ImageNet check of one model, dense and with the mask of each run (one per score and sparsity).
+
+    The masks are the runs' own (:func:`pai_core.experiment.load_masks`: read from the cache,
+    computed when missing), so the check shows what the pruning chosen on the source task did to
+    the encoder's ImageNet competence.
+
+    Args:
+        specs: Runs of one encoder (the first one's model and checkpoint are used).
+
+    Returns:
+        The dense check first, then one per distinct (score, sparsity), in the given order.
+
+    Raises:
+        ValueError: No specs, specs of several models, or an encoder without an ImageNet head.
+    """
+    from .experiment import get_encoder, load_masks  # the experiment stack, only when asked
+
+    if not specs:
+        raise ValueError("no runs to check")
+    if len({(s.model, s.checkpoint) for s in specs}) > 1:
+        raise ValueError("the ImageNet check compares runs of one encoder; these name several")
+    enc = get_encoder(specs[0].model, specs[0].checkpoint)
+    out = [imagenet_check(enc)]
+    seen: set[tuple] = set()
+    for s in specs:
+        ident = (s.score, s.score_options, s.sparsity, s.source)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        out.append(imagenet_check(enc, load_masks(s), sparsity=s.sparsity, score=s.score))
+    return out

@@ -56,3 +56,16 @@ def test_random_weights_run_end_to_end() -> None:
     keep = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in enc.model.named_parameters() if p.dim() > 1}
     ic.imagenet_check(enc, keep, sparsity=0.99)
     assert all(torch.equal(v, enc.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_for_runs_checks_each_runs_own_mask(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PAI_CACHE_DIR", str(tmp_path))
+    from pai_core.results import ExperimentSpec
+
+    base = ExperimentSpec(model="test_resnet", images_per_class=3, score="magnitude")
+    specs = [base.replace(sparsity=0.2), base.replace(sparsity=0.9), base.replace(sparsity=0.9)]
+    checks = ic.for_runs(specs)
+    assert [(c.score, c.sparsity) for c in checks] == [(None, 0.0), ("magnitude", 0.2), ("magnitude", 0.9)]
+    assert all(c.total == 20 for c in checks)
+    with pytest.raises(ValueError, match="several"):
+        ic.for_runs([base, base.replace(model="test_vit")])

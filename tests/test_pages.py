@@ -14,7 +14,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from pai_core import experiment, masks, store
+from pai_core import defaults, experiment, masks, store
 from pai_core.results import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +98,20 @@ def test_prune_page_renders_defaults() -> None:
     at = _app(PRUNE)
     assert at.title[0].value.startswith("Prune & evaluate")
     assert at.selectbox(key="prune_w_model").value == "efficientnet_lite0"
-    assert at.selectbox(key="prune_w_suite").value == "digits"
+    # The defaults come from pai_core.defaults: Fashion-MNIST where installed, the model's own levels,
+    # fine-tuning on (the safe CPU schedule without a GPU).
+    assert at.selectbox(key="prune_w_suite").value == defaults.suite()
     assert len(at.multiselect(key="prune_w_scores").value) == 2
-    assert len(at.multiselect(key="prune_w_levels").value) == 2
+    gpu = torch.cuda.is_available()
+    assert at.multiselect(key="prune_w_levels").value == list(
+        defaults.for_model("efficientnet_lite0").selection(gpu)
+    )
+    assert at.selectbox(key="prune_w_finetune").value == defaults.schedule(gpu)
     assert not _button(at, "Run").disabled
     assert not at.error
+    # Another model gets its own levels.
+    at.selectbox(key="prune_w_model").set_value("mobilenet_v2").run()
+    assert at.multiselect(key="prune_w_levels").value == list(defaults.for_model("mobilenet_v2").selection(gpu))
 
 
 def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:
@@ -121,6 +130,18 @@ def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:
     assert any(t.get("marker", {}).get("pattern", {}).get("shape") == "/" for t in bars)
     assert all(0.0 <= y <= 100.0 for t in bars for y in t["y"])
     assert "accuracy (%)" in spec["layout"]["yaxis"]["title"]["text"]
+    # Reference lines: the dense line says how it was measured; chance (5 classes) and held-out dense.
+    shapes = {sh.get("name") for sh in spec["layout"]["shapes"]}
+    assert {"dense", "chance", "held-out dense"} <= shapes
+    notes = " ".join(a.get("text", "") for a in spec["layout"]["annotations"])
+    assert "fit = evaluate images, as the paper" in notes and "chance 20%" in notes
+    # The verdict under the figure, the fine-tuning curve and the ImageNet check come with it.
+    text = " ".join(m.value for m in at.markdown)
+    assert "What these runs say" in text and "**P1**" in text and "**P2**" in text
+    assert _chart(at, "prune_finetune")["data"]
+    inet = _chart(at, "prune_imagenet")
+    assert "20 real photos" in inet["layout"]["title"]["text"]
+    assert {b.proto.label for b in at.get("download_button")} >= {"HTML", "PNG", "SVG"}
     # The per-task table and the per-layer sparsity chart come with it; the result persists.
     assert _chart(at, "prune_layers")["data"]
     assert len(at.session_state["prune_output"]["results"]) == 1
