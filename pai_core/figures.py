@@ -964,108 +964,164 @@ def landscape_figure(
 ) -> go.Figure:
     """Source and transfer loss side by side over the PCA plane, in the style of the paper's Fig. 4.
 
+    One row per landscape (e.g. magnitude and diagonal Hessian, as the paper shows them), two
+    columns: the source loss and the transfer loss.  In every panel: ○ θ₀, ✕ θ̃₀ and ★ θ̃ₛ*, each
+    filled with the colour of its *exactly evaluated* loss on the panel's scale (the landscape's
+    grid holds the points, so contours and markers agree); a vermillion arrow for pruning
+    (θ₀ → θ̃₀) and a blue one for fine-tuning (θ̃₀ → θ̃ₛ*).
+
     Args:
         landscape: A :class:`pai_core.landscape.Landscape` (``xs, ys, source_loss, transfer_loss,
-            points, source_name, transfer_name, explained_variance``).
+            points, point_losses, source_name, transfer_name, explained_variance``), or a list of
+            them (one row each; their ``spec`` names the row).
         log_scale: Colour by log10 of the loss (losses of pruned points span decades).
         n_levels: Contour levels per panel.
         title: Figure title.
     """
-    xs, ys = np.asarray(landscape.xs), np.asarray(landscape.ys)
-    ev = np.atleast_1d(np.asarray(getattr(landscape, "explained_variance", [np.nan, np.nan]), dtype=float))
-    panels = [
-        ("source", landscape.source_name, np.asarray(landscape.source_loss)),
-        ("transfer", landscape.transfer_name, np.asarray(landscape.transfer_loss)),
-    ]
+    lands = list(landscape) if isinstance(landscape, list | tuple) else [landscape]
+    if not lands:
+        raise ValueError("no landscape to plot")
     spacing = 0.16
+    titles = []
+    for land in lands:
+        spec = getattr(land, "spec", None)
+        row = (
+            f"{score_label(spec.score)} at {sparsity_label(spec.sparsity)}: "
+            if spec is not None and len(lands) > 1
+            else ""
+        )
+        titles += [f"{row}source: {land.source_name}", f"{row}transfer (unseen): {land.transfer_name}"]
     fig = make_subplots(
-        rows=1,
+        rows=len(lands),
         cols=2,
         horizontal_spacing=spacing,
+        vertical_spacing=0.12 if len(lands) > 1 else 0.0,
         shared_yaxes=False,
-        subplot_titles=[f"source: {panels[0][1]}", f"transfer (unseen): {panels[1][1]}"],
+        subplot_titles=titles,
     )
-    # Draw the fine-tuned point first and the pruned one last: a short fine-tuning step leaves them on top
-    # of each other at the plane's scale, and a small ✕ over a large ★ keeps both visible.
-    order = sorted(
-        landscape.points.items(), key=lambda kv: {"star": 0, "circle": 1}.get(_point_style(kv[0])[0], 2)
-    )
-    ranks = {label: i for i, label in enumerate(landscape.points)}
-    for ci, (role, _, z) in enumerate(panels, start=1):
-        zz = np.log10(np.maximum(z, 1e-12)) if log_scale else z
-        fig.add_trace(
-            go.Contour(
-                x=xs,
-                y=ys,
-                z=zz,
-                name=f"{role} loss",
-                colorscale="Viridis",
-                reversescale=True,
-                ncontours=n_levels,
-                contours=dict(coloring="fill", showlines=True),
-                line=dict(width=0.5, color="rgba(0,0,0,0.3)"),
-                showlegend=False,
-                colorbar=dict(
-                    title=dict(text=("log₁₀ " if log_scale else "") + f"{role} loss", side="right"),
-                    x=(1 - spacing) / 2 + 0.005 if ci == 1 else 1.0,
-                    len=0.85,
-                    thickness=14,
-                ),
-                customdata=z,
-                hovertemplate="PC1 %{x:.2f}, PC2 %{y:.2f}<br>loss %{customdata:.4g}<extra></extra>",
-            ),
-            row=1,
-            col=ci,
+
+    def _tf(v: Any) -> Any:
+        return np.log10(np.maximum(v, 1e-12)) if log_scale else v
+
+    for ri, land in enumerate(lands, start=1):
+        xs, ys = np.asarray(land.xs), np.asarray(land.ys)
+        ev = np.atleast_1d(np.asarray(getattr(land, "explained_variance", [np.nan, np.nan]), dtype=float))
+        exact = getattr(land, "point_losses", None) or {}
+        panels = [("source", np.asarray(land.source_loss)), ("transfer", np.asarray(land.transfer_loss))]
+        # Draw the fine-tuned point first and the pruned one last: a short fine-tuning step leaves them on
+        # top of each other at the plane's scale, and a small ✕ over a large ★ keeps both visible.
+        order = sorted(
+            land.points.items(), key=lambda kv: {"star": 0, "circle": 1}.get(_point_style(kv[0])[0], 2)
         )
-        for label, (px, py) in order:
-            symbol, size, colour = _point_style(label)
+        ranks = {label: i for i, label in enumerate(land.points)}
+        for ci, (role, z) in enumerate(panels, start=1):
+            zz = _tf(z)
+            zmin, zmax = float(np.nanmin(zz)), float(np.nanmax(zz))
+            axis = (ri - 1) * 2 + ci
+            ref = "" if axis == 1 else str(axis)
             fig.add_trace(
-                go.Scatter(
-                    x=[px],
-                    y=[py],
-                    mode="markers",
-                    name=label,
-                    legendgroup=label,
-                    showlegend=ci == 1,
-                    legendrank=1000 + ranks[label],
-                    marker=dict(symbol=symbol, size=size, color=colour, line=dict(color=_BLACK, width=1.5)),
-                    hovertemplate=f"<b>{label}</b><br>PC1 %{{x:.3f}}, PC2 %{{y:.3f}}<extra></extra>",
+                go.Contour(
+                    x=xs,
+                    y=ys,
+                    z=zz,
+                    name=f"{role} loss",
+                    colorscale="Viridis",
+                    reversescale=True,
+                    ncontours=n_levels,
+                    zmin=zmin,
+                    zmax=zmax,
+                    contours=dict(coloring="fill", showlines=True),
+                    line=dict(width=0.5, color="rgba(0,0,0,0.3)"),
+                    showlegend=False,
+                    colorbar=dict(
+                        title=dict(text=("log₁₀ " if log_scale else "") + f"{role} loss", side="right"),
+                        x=(1 - spacing) / 2 + 0.005 if ci == 1 else 1.0,
+                        y=1 - (ri - 0.5) / len(lands),
+                        len=0.85 / len(lands),
+                        thickness=14,
+                    ),
+                    customdata=z,
+                    hovertemplate="PC1 %{x:.3g}, PC2 %{y:.3g}<br>loss %{customdata:.4g}<extra></extra>",
                 ),
-                row=1,
+                row=ri,
                 col=ci,
             )
-        pruned = next((v for k, v in landscape.points.items() if k.startswith("θ̃₀")), None)
-        tuned = next((v for k, v in landscape.points.items() if k.startswith("θ̃ₛ*")), None)
-        if pruned is not None and tuned is not None:
-            (x0, y0), (x1, y1) = pruned, tuned
-            fig.add_annotation(
-                x=x1,
-                y=y1,
-                ax=x0,
-                ay=y0,
-                xref=f"x{ci}" if ci > 1 else "x",
-                yref=f"y{ci}" if ci > 1 else "y",
-                axref=f"x{ci}" if ci > 1 else "x",
-                ayref=f"y{ci}" if ci > 1 else "y",
-                showarrow=True,
-                arrowhead=2,
-                arrowwidth=2,
-                arrowcolor=_BLUE,
-                standoff=8,
-                text="",
-            )
-        pc1 = f"PC 1 ({100 * ev[0]:.0f}% of variance)" if len(ev) > 0 and np.isfinite(ev[0]) else "PC 1"
-        pc2 = f"PC 2 ({100 * ev[1]:.0f}% of variance)" if len(ev) > 1 and np.isfinite(ev[1]) else "PC 2"
-        fig.update_xaxes(title_text=pc1, row=1, col=ci)
-        # Both panels show the same plane: one y title is enough, and a second one would sit under the
-        # left panel's colour bar.
-        fig.update_yaxes(title_text=pc2 if ci == 1 else None, row=1, col=ci)
+            for label, (px, py) in order:
+                symbol, size, colour = _point_style(label)
+                loss = exact.get(label)
+                value = None if loss is None else float(loss[ci - 1])
+                marker = dict(symbol=symbol, size=size, color=colour, line=dict(color=_BLACK, width=1.5))
+                if value is not None:
+                    # Filled with the colour of its own exact loss on the panel's scale.
+                    marker |= dict(
+                        color=[float(_tf(value))],
+                        colorscale="Viridis",
+                        reversescale=True,
+                        cmin=zmin,
+                        cmax=zmax,
+                    )
+                    if symbol == "x":
+                        marker["size"] = size + 4
+                fig.add_trace(
+                    go.Scatter(
+                        x=[px],
+                        y=[py],
+                        mode="markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=ri == 1 and ci == 1,
+                        legendrank=1000 + ranks[label],
+                        marker=marker,
+                        hovertemplate=f"<b>{label}</b><br>PC1 %{{x:.4g}}, PC2 %{{y:.4g}}"
+                        + (f"<br>{role} loss {value:.4g} (exact)" if value is not None else "")
+                        + "<extra></extra>",
+                    ),
+                    row=ri,
+                    col=ci,
+                )
+            dense = next((v for k, v in land.points.items() if k.startswith("θ₀")), None)
+            pruned = next((v for k, v in land.points.items() if k.startswith("θ̃₀")), None)
+            tuned = next((v for k, v in land.points.items() if k.startswith("θ̃ₛ*")), None)
+            arrows = [(dense, pruned, _VERMILLION, 3), (pruned, tuned, _BLUE, 2)]
+            for a, b, colour, width in arrows:
+                if a is None or b is None:
+                    continue
+                fig.add_annotation(
+                    x=b[0],
+                    y=b[1],
+                    ax=a[0],
+                    ay=a[1],
+                    xref=f"x{ref}",
+                    yref=f"y{ref}",
+                    axref=f"x{ref}",
+                    ayref=f"y{ref}",
+                    showarrow=True,
+                    arrowhead=2,
+                    arrowwidth=width,
+                    arrowcolor=colour,
+                    standoff=8,
+                    startstandoff=7,
+                    text="",
+                )
+            pc1 = f"PC 1 ({100 * ev[0]:.0f}% of variance)" if len(ev) > 0 and np.isfinite(ev[0]) else "PC 1"
+            pc2 = f"PC 2 ({100 * ev[1]:.0f}% of variance)" if len(ev) > 1 and np.isfinite(ev[1]) else "PC 2"
+            fig.update_xaxes(title_text=pc1, row=ri, col=ci)
+            # Both panels of a row show the same plane: one y title is enough, and a second one would
+            # sit under the left panel's colour bar.
+            fig.update_yaxes(title_text=pc2 if ci == 1 else None, row=ri, col=ci)
+    # Legend-only entries for the arrows.
+    for name, colour in (("pruning θ₀ → θ̃₀", _VERMILLION), ("fine-tuning on the source θ̃₀ → θ̃ₛ*", _BLUE)):
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="lines", name=name, line=dict(color=colour, width=3)),
+            row=1,
+            col=1,
+        )
     fig.update_layout(
         title=dict(text=title or "Loss landscapes over the plane of θ₀, θ̃₀ and θ̃ₛ* (PCA)", font_size=15),
         template="plotly_white",
-        height=520,
+        height=120 + 430 * len(lands),
         margin=dict(l=60, r=30, t=80, b=90),
-        legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="center", x=0.5),
+        legend=dict(orientation="h", yanchor="top", y=-0.16 / len(lands), xanchor="center", x=0.5),
     )
     return fig
 

@@ -287,7 +287,7 @@ def landscape_verdict(point_losses: dict[str, Sequence[float]]) -> str:
 
     Example:
         >>> landscape_verdict({"θ₀": (0.1, 0.1), "θ̃₀": (0.9, 0.8), "θ̃ₛ*": (0.2, 0.5)})[:63]
-        'Pruning raised the source loss from 0.1 to 0.9 and the transfer'
+        'Pruning raised the source loss from 0.1 to 0.9 and raised the t'
     """
 
     def get(prefix: str) -> tuple[float, float] | None:
@@ -302,18 +302,33 @@ def landscape_verdict(point_losses: dict[str, Sequence[float]]) -> str:
     def f(x: float) -> str:
         return f"{x:.3g}"
 
+    def moved(a: float, b: float) -> bool:  # more than 1 % (relative) or round-off
+        return abs(b - a) > 0.01 * max(abs(a), abs(b)) + 1e-12
+
+    def change(what: str, a: float, b: float, start: bool = True) -> str:
+        if not moved(a, b):
+            return f"left the {what} at about {f(a)}" if start else f"left the {what} at about {f(b)}"
+        verb = "raised" if b > a else "lowered"
+        return f"{verb} the {what} from {f(a)} to {f(b)}" if start else f"{verb} the {what} to {f(b)}"
+
     text = (
-        f"Pruning raised the source loss from {f(dense[0])} to {f(pruned[0])} and the transfer loss from "
-        f"{f(dense[1])} to {f(pruned[1])}. Fine-tuning on the source "
-        f"{'lowered' if tuned[0] < pruned[0] else 'raised'} the source loss to {f(tuned[0])} and "
-        f"{'lowered' if tuned[1] < pruned[1] else 'raised'} the transfer loss to {f(tuned[1])}"
+        f"Pruning {change('source loss', dense[0], pruned[0])} and {change('transfer loss', dense[1], pruned[1])}. "
+        f"Fine-tuning on the source {change('source loss', pruned[0], tuned[0], False)} and "
+        f"{change('transfer loss', pruned[1], tuned[1], False)}"
     )
-    if tuned[0] >= pruned[0]:
-        return text + ": fine-tuning failed on its own task, so this plane tests nothing about P2."
+    if not (moved(pruned[0], tuned[0]) and tuned[0] < pruned[0]):
+        return text + ": fine-tuning did not lower its own loss, so this plane tests nothing about P2."
+    if not moved(pruned[1], tuned[1]):
+        return text + ": the transfer loss did not move, neither supporting nor contradicting P2."
     if tuned[1] < pruned[1]:
-        share = (pruned[1] - tuned[1]) / max(pruned[1] - dense[1], 1e-12)
+        damage = pruned[1] - dense[1]
+        share = (
+            f" ({100 * (pruned[1] - tuned[1]) / damage:.0f} % of the pruning damage to the transfer loss undone)"
+            if moved(dense[1], pruned[1]) and damage > 0
+            else ""
+        )
         return (
-            text + f": the step downhill for the source is downhill for the transfer task too "
-            f"({100 * share:.0f} % of the pruning damage to the transfer loss undone), as P2 predicts."
+            text
+            + f": the step downhill for the source is downhill for the transfer task too{share}, as P2 predicts."
         )
     return text + ": the step downhill for the source climbs the transfer landscape, which contradicts P2."

@@ -189,7 +189,7 @@ def test_landscape_figure_two_panels_with_points() -> None:
     contours = [t for t in fig.data if t.type == "contour"]
     assert len(contours) == 2 and {c.xaxis for c in contours} == {"x", "x2"}
     assert np.allclose(contours[0].z, np.log10(z))
-    markers = [t for t in fig.data if t.type == "scatter"]
+    markers = [t for t in fig.data if t.type == "scatter" and t.mode == "markers"]
     assert len(markers) == 6  # three points in each panel
     assert {m.marker.symbol for m in markers} == {"circle", "x", "star"}
     assert "80%" in fig.layout.xaxis.title.text
@@ -309,3 +309,45 @@ def test_settings_cover_every_spec_field_but_the_runs_identity() -> None:
     assert "ridge α 0.5" in figures.setting_label(b.spec)
     with pytest.raises(ValueError, match="alpha"):
         figures.fig3_figure([a, b])
+
+
+def test_landscape_points_coloured_by_exact_loss_with_both_arrows_and_one_row_per_score() -> None:
+    xs = ys = np.linspace(-1, 1, 5)
+    z = np.add.outer(ys**2, xs**2) + 0.1
+    pts = {"θ₀ (dense)": (0.0, 0.0), "θ̃₀ (pruned)": (0.5, 0.2), "θ̃ₛ* (pruned + fine-tuned)": (0.3, 0.1)}
+    exact = {"θ₀ (dense)": (0.001, 0.002), "θ̃₀ (pruned)": (0.4, 0.9), "θ̃ₛ* (pruned + fine-tuned)": (0.2, 0.5)}
+
+    def land(score: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            xs=xs,
+            ys=ys,
+            source_loss=z,
+            transfer_loss=2 * z,
+            points=pts,
+            point_losses=exact,
+            source_name="a",
+            transfer_name="b",
+            explained_variance=(0.8, 0.2),
+            spec=ExperimentSpec(score=score, sparsity=0.4752, finetune="cpu"),
+        )
+
+    fig = figures.landscape_figure([land("magnitude"), land("diag")])
+    contours = [t for t in fig.data if t.type == "contour"]
+    assert len(contours) == 4  # 2 scores x (source, transfer)
+    titles = [a.text for a in fig.layout.annotations if a.text]
+    assert any(t.startswith("magnitude at 47.52%") for t in titles)
+    assert any(t.startswith("diagonal Hessian at 47.52%") for t in titles)
+    dense_src = next(
+        t
+        for t in fig.data
+        if t.type == "scatter" and t.mode == "markers" and t.name.startswith("θ₀") and t.xaxis == "x"
+    )
+    # Filled by its exact loss on the contour's own scale (log10 0.001 = -3, below the grid's minimum).
+    assert dense_src.marker.color[0] == pytest.approx(-3.0)
+    assert dense_src.marker.cmin == pytest.approx(float(np.log10(z).min()))
+    assert "exact" in dense_src.hovertemplate
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 8  # pruning and fine-tuning in each of the 4 panels
+    assert {a.arrowcolor for a in arrows} == {"#D55E00", "#0072B2"}
+    prune = next(a for a in arrows if a.arrowcolor == "#D55E00" and a.xref == "x")
+    assert (prune.ax, prune.ay, prune.x, prune.y) == (0.0, 0.0, 0.5, 0.2)

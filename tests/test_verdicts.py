@@ -120,6 +120,9 @@ def test_landscape_verdict_supports_or_contradicts_p2() -> None:
     failed = verdicts.landscape_verdict({"θ₀": (0.01, 0.02), "θ̃₀": (0.8, 0.5), "θ̃ₛ*": (0.9, 0.4)})
     assert "tests nothing" in failed
     assert verdicts.landscape_verdict({"θ₀": (0.0, 0.0)}) == ""
+    # Nothing moves (a random-weight encoder): no percentage, no claim of a move.
+    flat = verdicts.landscape_verdict({"θ₀": (0.797, 0.799), "θ̃₀": (0.7971, 0.7992), "θ̃ₛ*": (0.7970, 0.7991)})
+    assert "%" not in flat and "raised" not in flat and "lowered" not in flat and "tests nothing" in flat
 
 
 def test_chance_levels_from_class_counts() -> None:
