@@ -14,7 +14,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from pai_core import defaults, experiment, masks, store
+from pai_core import defaults, experiment, figures, masks, store
 from pai_core.results import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,11 +248,20 @@ def test_results_page_lists_runs_draws_grid_and_offers_downloads() -> None:
     store.record_run(experiment.run(spec.replace(score="random")))
     at = _app(RESULTS)
     table = next(d.value for d in at.dataframe if "score" in d.value.columns)
-    assert set(table["score"]) == {"magnitude", "random"}
+    # Score labels, not keys; sparsity as given; accuracy columns straight after the run's identity.
+    assert set(table["score"]) == {figures.score_label("magnitude"), figures.score_label("random")}
+    assert list(table["sparsity (%)"]) == [100 * TINY_LEVEL] * 2 and list(table.columns)[3].endswith("(%)")
+    assert "images/class" in table["settings"].iloc[0]
     bars = [t for t in _chart(at, "results_fig3")["data"] if t["type"] == "bar"]
     assert len(bars) == 4  # 2 scores x (source, transfer); no fine-tuning: solid only
     labels = {b.proto.label for b in at.get("download_button")}
-    assert {"Download table (CSV)", "Download runs (JSON)", "Download figure (HTML)"} <= labels
+    assert {"Download table (CSV)", "Download runs (JSON)", "HTML", "PNG", "SVG"} <= labels
+    # Choosing fewer runs to draw redraws the figure with fewer bars.
+    keys = at.multiselect(key="results_w_overlay").value
+    assert len(keys) == 2
+    at.multiselect(key="results_w_overlay").set_value(keys[:1]).run()
+    assert len([t for t in _chart(at, "results_fig3")["data"] if t["type"] == "bar"]) == 2
+    assert any("What these runs say" in m.value or "P1 and P2" in m.value for m in at.markdown)
     _button(at, "Prepare masks file").click().run()
     assert not at.exception, at.exception
     blob = at.session_state["results_masks"]
