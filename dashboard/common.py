@@ -428,7 +428,9 @@ class ProgressPanel:
         self._started.clear()
         if self._overall is not None:
             self._overall.progress(index / self._runs, text=f"run {index + 1} of {self._runs}: {label}")
-        self._status.caption(label)
+            self._status.empty()  # the overall bar names the run already
+        else:
+            self._status.caption(label)
         self._job_line.caption(self._job_text())
 
     def finish(self, text: str = "done") -> None:
