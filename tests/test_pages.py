@@ -111,7 +111,9 @@ def test_prune_page_renders_defaults() -> None:
     assert not at.error
     # Another model gets its own levels.
     at.selectbox(key="prune_w_model").set_value("mobilenet_v2").run()
-    assert at.multiselect(key="prune_w_levels").value == list(defaults.for_model("mobilenet_v2").selection(gpu))
+    assert at.multiselect(key="prune_w_levels").value == list(
+        defaults.for_model("mobilenet_v2").selection(gpu)
+    )
 
 
 def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:

@@ -394,7 +394,12 @@ def test_fig1_presets_differ_from_fig2s_tilted_and_show_p1_and_p2() -> None:
     al, mis, tilted = (toy.preset(n) for n in ("aligned", "misaligned", "tilted"))
     assert al != tilted and not np.allclose(al.source_hessian(), tilted.source_hessian())
     # Fig. 1's pair differs only by the rotation between the tasks.
-    assert (al.eigvals, al.tilt_deg, al.theta0, al.score) == (mis.eigvals, mis.tilt_deg, mis.theta0, mis.score)
+    assert (al.eigvals, al.tilt_deg, al.theta0, al.score) == (
+        mis.eigvals,
+        mis.tilt_deg,
+        mis.theta0,
+        mis.score,
+    )
     ra, rm = toy.scenario_from_spec(al), toy.scenario_from_spec(mis)
     # P1 picture: aligned, the transfer task's score removes the same weight; misaligned, the other one.
     assert toy.transfer_choice(ra) == ra.pruned_index
