@@ -224,16 +224,27 @@ def test_landscape_page_computes_a_small_grid() -> None:
     at.number_input(key="land_w_images").set_value(5)
     at.select_slider(key="land_w_grid").set_value(5)
     at.selectbox(key="land_w_finetune").set_value("smoke")
+    # The default is magnitude and the diagonal Hessian side by side: one row of two panels each.
+    assert at.multiselect(key="land_w_scores").value == ["magnitude", "diag"]
     _button(at, "Compute landscape").click()
     at.run(timeout=TIMEOUT)
     assert not at.exception, at.exception
     assert not at.error, _errors(at)
     spec = _chart(at, "land_fig")
     contours = [t for t in spec["data"] if t["type"] == "contour"]
-    assert len(contours) == 2
-    assert _shape(contours[0]["z"]) == (5, 5)
+    assert len(contours) == 4
+    # 5 evenly spaced lines per axis plus the three points' own coordinates.
+    rows, cols = _shape(contours[0]["z"])
+    assert 5 < rows <= 8 and 5 < cols <= 8
     names = {t["name"] for t in spec["data"] if t["type"] == "scatter"}
     assert any(n.startswith("θ̃ₛ*") for n in names) and any(n.startswith("θ̃₀") for n in names)
+    text = " ".join(m.value for m in at.markdown)
+    assert "What the planes show" in text and "Pruning" in text
+    # The log toggle redraws the stored landscapes: no job is queued, the colour values change.
+    at.toggle(key="land_w_log").set_value(False).run()
+    assert at.session_state["land_job"] is None and not at.exception
+    linear = [t for t in _chart(at, "land_fig")["data"] if t["type"] == "contour"]
+    assert "log" not in linear[0]["colorbar"]["title"]["text"]
 
 
 # ----------------------------------------------------------------------------- results
