@@ -399,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--finetune",
         nargs="?",
-        const="short",
+        const="cpu",
         default=None,
-        help="fine-tune on the source: schedule paper|short|smoke (flag alone: short)",
+        help="fine-tune on the source: schedule paper|cpu|short|smoke (flag alone: cpu, the safe CPU "
+        "schedule; short and smoke use lr 1e-3, which can raise the loss of a lightly pruned model)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument(
