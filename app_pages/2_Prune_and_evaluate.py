@@ -122,7 +122,7 @@ def _work(job: dict, panel: common.ProgressPanel):
 running = JOB.running
 model_defaults = defaults.for_model(ss["prune_w_model"])
 with st.form("prune_form"):
-    f1, f2, f3 = st.columns(3)
+    f1, f2, f3 = st.columns([1, 1.3, 1])
     with f1:
         st.selectbox(
             "Fine-tuning on the source task",
@@ -286,7 +286,7 @@ with st.container(border=True):
     for w in verdict.warnings:
         st.warning(w, icon=":material/warning:")
     if verdict.contradictions:
-        st.error(
+        st.warning(
             "**Runs that contradict the paper** (beyond the noise floor: twice the standard error of the "
             "difference for this many images):\n\n" + "\n".join(f"- {c}" for c in verdict.contradictions),
             icon=":material/report:",

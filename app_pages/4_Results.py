@@ -177,7 +177,7 @@ else:
                 for w in v.warnings:
                     st.warning(w, icon=":material/warning:")
                 if v.contradictions:
-                    st.error(
+                    st.warning(
                         "**Runs that contradict the paper:**\n\n"
                         + "\n".join(f"- {c}" for c in v.contradictions),
                         icon=":material/report:",

@@ -762,7 +762,15 @@ def model_and_data_pickers(
                 f"Weights come from: {entry.source}.",
             )
     with c2:
-        suite = st.selectbox("Task suite", tasks.available(), key=f"{prefix}_w_suite")
+        current = (
+            tasks.info(ss[f"{prefix}_w_suite"]) if ss.get(f"{prefix}_w_suite") in tasks.available() else None
+        )
+        suite = st.selectbox(
+            "Task suite",
+            tasks.available(),
+            key=f"{prefix}_w_suite",
+            help=None if current is None else f"{current.description}. Needs: {current.needs}.",
+        )
         suite_info = tasks.info(suite)
         if suite_info.needs_root:
             if not ss[f"{prefix}_w_root"]:
@@ -773,7 +781,8 @@ def model_and_data_pickers(
                 help=suite_info.needs,
                 placeholder=f"or set {suite_env_var(suite)}",
             )
-        st.caption(f"Needs: {suite_info.needs}")
+        if suite_info.needs_root:  # offline suites say what they are in the help; folders need saying
+            st.caption(f"Needs: {suite_info.needs}")
     root = (ss[f"{prefix}_w_root"] or None) if suite_info.needs_root else None
     checkpoint = (ss[f"{prefix}_w_checkpoint"] or None) if not entry.offline else None
     names: list[str] | None = None
