@@ -266,6 +266,7 @@ def _print_result(res: ExperimentResult) -> None:
 def _cmd_run(args) -> int:
     # Everything that can be checked is checked before computing anything.
     json_out = _check_writable(args.json, "output file (--json)") if args.json else None
+    out_dir = _check_out_dir(args.out)
     sparsities = _parse_sparsities(args.sparsity)
     pick_device(args.device)
     store.ResultsStore().check_writable()  # a corrupt or read-only results store is reported now, not after the run
@@ -295,24 +296,95 @@ def _cmd_run(args) -> int:
             store.record_run(res)
             _print_result(res)
             results.append(res)
+    _print_verdict(results)
     if json_out is not None:
         from .cache import atomic_write_bytes
 
         text = json.dumps([r.to_dict() for r in results], indent=1)
         atomic_write_bytes(json_out, text.encode(), what="output file (--json)")
+    if out_dir is not None:
+        from . import figures
+
+        _write_figure(figures.fig3_figure(results), out_dir / "fig3")
     return 0
 
 
-def _cmd_landscape(args) -> int:
-    from . import landscape
+def _print_verdict(results: list[ExperimentResult]) -> None:
+    """The page's verdict under Fig. 3, as text (per source task: each is its own experiment)."""
+    from . import figures, verdicts
 
+    for src in sorted({r.spec.source for r in results}):
+        v = verdicts.fig3_verdict([r for r in results if r.spec.source == src], label=figures.score_label)
+        if not v.lines:
+            continue
+        print(f"\nverdict (source {src}):")
+        for line in v.lines + v.warnings:
+            print("  " + line.replace("**", ""))
+        for c in v.contradictions:
+            print("  contradicts the paper: " + c)
+
+
+def _check_out_dir(path: str | None) -> Path | None:
+    """``--out``: a folder that can be written, checked before any work."""
+    if path is None:
+        return None
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.storage_error(exc, "output folder (--out)", out) from None
+    _check_writable(str(out / ".pai_write_test"), "output folder (--out)")
+    return out
+
+
+def _write_figure(fig, stem: Path) -> None:
+    from . import export
+
+    paths = export.write_figure(fig, stem)
+    for fmt, p in paths.items():
+        print(f"wrote {fmt.upper():4} {p}")
+    ok, why = export.renderer_status()
+    if not ok:
+        print(f"no PNG/SVG: {why} (the HTML has the same figure)")
+
+
+def _cmd_landscape(args) -> int:
+    from . import figures, landscape, verdicts
+    from .cache import atomic_write_bytes
+
+    out = _check_out_dir(args.out)
     pick_device(args.device)
-    spec = _spec(args, sparsity=args.sparsity)
-    ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
-    print(f"PCA plane: explained variance {ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}")
-    for label, (x, y) in ls.points.items():
-        src, tr = ls.point_losses[label]
-        print(f"{label:30} at ({x:+.4g}, {y:+.4g})  source loss {src:.4f}  transfer loss {tr:.4f}")
+    names = [n for n in args.score.split(",") if n.strip()]
+    unknown = [n for n in names if n not in scores.available()]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown score(s) {unknown or args.score!r}; valid: {', '.join(scores.available())}"
+        )
+    from . import defaults
+
+    sparsity = (
+        args.sparsity if args.sparsity is not None else defaults.for_model(args.model).landscape_sparsity
+    )
+    finetune = args.finetune or defaults.schedule(pick_device(args.device).type == "cuda")
+    lands = []
+    for name in names:
+        spec = _spec(args, sparsity=sparsity, score=name.strip(), finetune=finetune)
+        ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
+        lands.append(ls)
+        print(
+            f"\n{figures.score_label(spec.score)}: PCA plane, explained variance "
+            f"{ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}; grid {len(ls.xs)}x{len(ls.ys)}"
+        )
+        for label, (x, y) in ls.points.items():
+            src, tr = ls.point_losses[label]
+            print(f"{label:30} at ({x:+.4g}, {y:+.4g})  source loss {src:.4f}  transfer loss {tr:.4f}")
+        print(verdicts.landscape_verdict(ls.point_losses))
+    if out is not None:
+        stem = out / "fig4_landscape"
+        _write_figure(figures.landscape_figure(lands), stem)
+        data = json.dumps([ls.to_dict() for ls in lands], indent=1).encode()
+        atomic_write_bytes(stem.with_name(stem.name + ".json"), data, what="output file (--out)")
+        print(f"wrote JSON {stem.with_name(stem.name + '.json')}")
     return 0
 
 
@@ -354,23 +426,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--finetune",
         nargs="?",
-        const="short",
+        const="cpu",
         default=None,
-        help="fine-tune on the source: schedule paper|short|smoke (flag alone: short)",
+        help="fine-tune on the source: schedule paper|cpu|short|smoke (flag alone: cpu, the safe CPU "
+        "schedule; short and smoke use lr 1e-3, which can raise the loss of a lightly pruned model)",
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--out", default=None, help="folder for Fig. 3 of these runs: fig3.html, and fig3.png/.svg (kaleido)"
+    )
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser("landscape", help="PCA loss landscape of a source/transfer pair (Fig. 4)")
     _add_data_args(p)
     p.add_argument("--source", type=_int_at_least(0, "--source"), default=0)
     p.add_argument("--transfer", type=_int_at_least(0, "--transfer"), default=1)
-    p.add_argument("--score", default="magnitude", choices=scores.available(), help="pruning score")
+    p.add_argument(
+        "--score",
+        default="magnitude,diag",
+        help=f"pruning score(s), comma-separated: one row of panels each ({', '.join(scores.available())})",
+    )
     p.add_argument("--score-options", default=None, help=_score_options_help())
     p.add_argument(
-        "--sparsity", type=_one_sparsity, default=0.6642, help="one level: a fraction in [0, 1) or 66.42%%"
+        "--sparsity",
+        type=_one_sparsity,
+        default=None,
+        help="one level: a fraction in [0, 1) or 47.52%%; default: the model's (pai_core.defaults)",
     )
-    p.add_argument("--finetune", default="short")
+    p.add_argument(
+        "--finetune",
+        default=None,
+        help="schedule that gives θ̃ₛ* (paper|cpu|short|smoke); default: paper on a GPU, cpu on a CPU",
+    )
+    p.add_argument(
+        "--out", default=None, help="folder for fig4_landscape.html (.png/.svg with kaleido) and .json"
+    )
     _add_spec_options(p)
     p.add_argument("--grid", type=_int_at_least(2, "--grid"), default=9, help="points per axis (at least 2)")
     p.add_argument(

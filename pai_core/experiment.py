@@ -668,6 +668,7 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
             dense=dense[k],
             zero_shot=zs[k],
             finetuned=ft_accs[k],
+            num_classes=t.num_classes,
         )
         for k, t in enumerate(ctx.suite.tasks)
     ]

@@ -36,7 +36,8 @@ class Landscape:
     """Losses over the PCA plane of (θ₀, θ̃₀, θ̃ₛ*).
 
     Attributes:
-        xs, ys: Grid coordinates along the first and second principal direction.
+        xs, ys: Grid coordinates along the first and second principal direction (increasing; they
+            include the three points' coordinates).
         source_loss, transfer_loss: ``[len(ys), len(xs)]`` mean squared errors.
         points: Label → (x, y) coordinates of the three weight vectors.
         point_losses: Label → (source loss, transfer loss) at the exact points.
@@ -55,6 +56,21 @@ class Landscape:
     transfer_name: str
     explained_variance: tuple[float, float]
     spec: ExperimentSpec | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able: the grid, both loss surfaces, the points and their exact losses, the spec."""
+        return {
+            "spec": None if self.spec is None else dataclasses.asdict(self.spec),
+            "source_name": self.source_name,
+            "transfer_name": self.transfer_name,
+            "xs": np.asarray(self.xs).tolist(),
+            "ys": np.asarray(self.ys).tolist(),
+            "source_loss": np.asarray(self.source_loss).tolist(),
+            "transfer_loss": np.asarray(self.transfer_loss).tolist(),
+            "points": {k: list(v) for k, v in self.points.items()},
+            "point_losses": {k: list(v) for k, v in self.point_losses.items()},
+            "explained_variance": list(self.explained_variance),
+        }
 
 
 def pca_plane(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,7 +127,8 @@ def compute(
         spec: The experiment: its source, score, sparsity and fine-tuning schedule
             (``spec.finetune`` None means the "short" schedule).
         transfer: Index of the transfer task.
-        grid: Points per axis.
+        grid: Evenly spaced points per axis; the three points' own coordinates are added to each
+            axis, so the grid has up to ``grid + 3`` lines per axis and holds every point exactly.
         extent: Half-width of the grid along each direction, in units of the
             largest |coordinate| of the three points along it (1.0 = just enclosing
             them); the two axes are scaled separately, so read their units.
@@ -138,6 +155,7 @@ def compute(
         "grid": grid,
         "extent": extent,
         "n": images_per_task,
+        "points_on_grid": True,
     }
 
     def build() -> dict:
@@ -156,21 +174,23 @@ def compute(
         # One half-width per axis: the pruning step (first direction) is often orders of
         # magnitude longer than the fine-tuning step (second), which a square grid would hide.
         half = extent * np.maximum(np.abs(coords).max(axis=0), 1e-12)
-        xs = np.linspace(-half[0], half[0], grid)
-        ys = np.linspace(-half[1], half[1], grid)
+        # The three points' own coordinates join the grid lines, so the surface is evaluated exactly
+        # at θ₀, θ̃₀ and θ̃ₛ* (a plain grid can put θ₀ between nodes and draw it off the valley floor).
+        xs = np.unique(np.concatenate([np.linspace(-half[0], half[0], grid), coords[:, 0]]))
+        ys = np.unique(np.concatenate([np.linspace(-half[1], half[1], grid), coords[:, 1]]))
         data = {}
         for role, k in (("source", spec.source), ("transfer", transfer)):
             x, y = ctx.split(k, "eval")
             sel = np.linspace(0, len(x) - 1, min(images_per_task, len(x))).astype(int)
             data[role] = (x[sel], y[sel], ctx.heads.module(k).to(device))
         model.to(device).eval()
-        surf = {"source": np.zeros((grid, grid)), "transfer": np.zeros((grid, grid))}
+        surf = {"source": np.zeros((len(ys), len(xs))), "transfer": np.zeros((len(ys), len(xs)))}
         for i, b in enumerate(ys):
             for j, a in enumerate(xs):
                 _load_flat(model, names, mean + a * basis[0] + b * basis[1])
                 for role, (x, y, head) in data.items():
                     surf[role][i, j] = _loss(model, head, x, y, device)
-            ctx.progress("landscape", i + 1, grid, f"loss grid row {i + 1}/{grid}")
+            ctx.progress("landscape", i + 1, len(ys), f"loss grid row {i + 1}/{len(ys)}")
         point_losses = {}
         for label, vec in zip(LABELS, (theta0, theta_pruned, theta_tuned), strict=True):
             _load_flat(model, names, vec)

@@ -291,13 +291,14 @@ class ExperimentSpec:
 
 @dataclass
 class TaskResult:
-    """Accuracies on one task."""
+    """Accuracies on one task (fractions), and its number of classes (chance is ``1 / num_classes``)."""
 
     task: str
     role: str  # "source" or "transfer"
     dense: float
     zero_shot: float
     finetuned: float | None = None
+    num_classes: int | None = None  # None in results recorded before it was kept
 
 
 @dataclass

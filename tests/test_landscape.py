@@ -22,10 +22,21 @@ def test_landscape_on_the_offline_default():
     ls = landscape.compute(
         spec, transfer=1, grid=3, extent=1.2, images_per_task=10, progress=lambda *e: events.append(e)
     )
-    assert ls.source_loss.shape == ls.transfer_loss.shape == (3, 3)
+    # 3 evenly spaced lines per axis plus the three points' own coordinates (fewer where they coincide).
+    assert 3 < len(ls.xs) <= 6 and 3 < len(ls.ys) <= 6
+    assert np.all(np.diff(ls.xs) > 0) and np.all(np.diff(ls.ys) > 0)
+    assert ls.source_loss.shape == ls.transfer_loss.shape == (len(ls.ys), len(ls.xs))
     assert np.isfinite(ls.source_loss).all()
-    assert [e for e in events if e[0] == "landscape"][-1][1:3] == (3, 3)
+    assert [e for e in events if e[0] == "landscape"][-1][1:3] == (len(ls.ys), len(ls.ys))
     assert set(ls.points) == set(landscape.LABELS)
+    # Every point lies on a grid node, where the surface holds its exactly evaluated losses.
+    for lab, (x, y) in ls.points.items():
+        i, j = int(np.flatnonzero(ls.ys == y)[0]), int(np.flatnonzero(ls.xs == x)[0])
+        np.testing.assert_allclose(
+            (ls.source_loss[i, j], ls.transfer_loss[i, j]), ls.point_losses[lab], rtol=1e-4, atol=1e-6
+        )
+    d = ls.to_dict()
+    assert d["point_losses"].keys() == ls.points.keys() and len(d["xs"]) == len(ls.xs)
     # the three points are the dense, pruned and fine-tuned weights: rebuild them and check
     ctx = prepare(spec.replace(device="cpu"))
     mask = get_masks(ctx)
