@@ -329,9 +329,9 @@ def _score_key(spec: ScratchSpec, data: datasets.ImageData) -> dict[str, Any]:
 
 def _score_options(spec: ScratchSpec) -> dict[str, Any]:
     opts = dict(spec.score_options)
-    # Seeded scores follow the run's seed unless the options fix one.
-    # TODO(phase B): take "accepts a seed" from the score registry's metadata once it has it.
-    if spec.score in ("random", "hutchinson"):
+    # Stochastic scores (the registry says which) follow the run's seed unless the options fix one,
+    # as the transfer protocol does (pai_core.experiment.get_scores).
+    if scores.info(spec.score).stochastic:
         opts.setdefault("seed", spec.seed)
     return opts
 

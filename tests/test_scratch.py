@@ -232,10 +232,29 @@ def test_spec_keys_are_stable_and_ignore_the_device():
     assert out.stdout.strip() == a.key()
 
 
-def test_spec_module_imports_without_torch():
-    code = "import sys, pai_core.scratch_spec, pai_core.scratch_figures; print('torch' in sys.modules)"
+def test_spec_and_store_import_without_torch():
+    """Specs, results and the store (which holds both kinds of run) read without the engine.
+
+    The figures are not in this list on purpose: they name and colour scores from the score
+    registry (:mod:`pai_core.scores`, which needs torch), as the transfer figures do.
+    """
+    code = (
+        "import sys, pai_core.scratch_spec, pai_core.store, pai_core.results; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
+
+
+def test_stochastic_scores_follow_the_runs_seed_from_the_registry():
+    stochastic = [n for n in scores.available() if scores.info(n).stochastic]
+    assert {"random", "hutchinson"} <= set(stochastic)
+    for name in scores.available():
+        opts = scratch._score_options(ScratchSpec(score=name, seed=7))
+        assert opts == ({"seed": 7} if name in stochastic else {}), name
+    # a seed fixed in the options wins over the run's
+    fixed = ScratchSpec(score="hutchinson", seed=7, score_options={"seed": 3, "probes": 2})
+    assert scratch._score_options(fixed) == {"seed": 3, "probes": 2}
 
 
 def test_result_round_trip_and_version_check():
