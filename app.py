@@ -193,5 +193,6 @@ pages = [
     st.Page("app_pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon=":material/content_cut:"),
     st.Page("app_pages/3_Loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
     st.Page("app_pages/4_Results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("app_pages/5_From_scratch.py", title="From scratch", icon=":material/restart_alt:"),
 ]
 st.navigation(pages).run()

@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pai_core import datasets, masks, nets, scores, scratch
+from pai_core.__main__ import main
 from pai_core.scratch_spec import RESULT_VERSION, ScratchResult, ScratchSpec, TrainSchedule
 from pai_core.tasks import DataError
 
@@ -361,8 +362,9 @@ def test_tiny_run_end_to_end_is_sensible_and_cached(fresh_cache, monkeypatch):
 
 @needs_fashion
 def test_dense_run_and_cli(fresh_cache, capsys, tmp_path):
-    rc = scratch.main(
+    rc = main(
         [
+            "scratch",
             "run",
             "--model",
             "test_vgg",
@@ -391,7 +393,7 @@ def test_missing_cifar_gives_a_clear_data_error(fresh_cache, tmp_path, capsys):
         scratch.run_scratch(ScratchSpec(dataset="cifar10"))
     with pytest.raises(DataError, match="does not exist"):
         scratch.run_scratch(ScratchSpec(dataset="cifar100", data_root=str(tmp_path / "none")))
-    assert scratch.main(["run", "--dataset", "cifar10", "--data-root", str(tmp_path / "none")]) == 2
+    assert main(["scratch", "run", "--dataset", "cifar10", "--data-root", str(tmp_path / "none")]) == 2
     assert "error: cifar10" in capsys.readouterr().err
     assert not list(fresh_cache.glob("scratch-*/*.json"))  # nothing half-written
 
