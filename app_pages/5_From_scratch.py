@@ -14,7 +14,7 @@ import time
 import streamlit as st
 
 from dashboard import common
-from pai_core import datasets, figures, nets, scores, scratch, store
+from pai_core import datasets, errors, figures, nets, scores, scratch, store
 from pai_core import scratch_figures as sf
 from pai_core.scratch_spec import BN_WARMUPS, EXTREME_SPARSITIES, SCHEDULES, ScratchSpec
 
@@ -230,6 +230,37 @@ if JOB.running:
         caption=f"{n} run(s): {SCHEDULES[JOB.job['specs'][0].schedule].label}. Leaving this page pauses the job; "
         "it picks up where it stopped when you come back (finished runs are cached).",
     )
+
+with st.expander("Every from-scratch run in the results store (this page, the CLI, sweeps)"):
+    try:
+        stored = store.ResultsStore().scratch_frame()
+    except errors.StorageError as exc:  # a corrupt or unreadable store: said, the page goes on
+        common.show_error(exc)
+    else:
+        if stored.empty:
+            st.caption("None yet.")
+        else:
+            st.dataframe(
+                stored.drop(columns=["key", "score_options", "data_root"]),
+                hide_index=True,
+                key="scratch_stored",
+                column_config={
+                    c: st.column_config.NumberColumn(format="%.4f")
+                    for c in ("final_acc", "best_acc", "density")
+                },
+            )
+            st.caption(
+                f"{len(stored)} run(s); accuracies as fractions. `python -m pai_core report --kind scratch` "
+                "draws their figures, for any subset."
+            )
+            st.download_button(
+                "Download all (CSV)",
+                data=stored.to_csv(index=False).encode(),
+                file_name="scratch_store.csv",
+                mime="text/csv",
+                on_click="ignore",
+                key="btn_scratch_store_csv",
+            )
 
 out = JOB.output
 if out is None:

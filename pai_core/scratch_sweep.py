@@ -153,8 +153,10 @@ class ScratchSweepConfig:
             put("score_options", ())
         put("train_size", _positive_or_none(self.train_size, "train_size", problems))
         put("test_size", _positive_or_none(self.test_size, "test_size", problems))
-        spc = _positive_or_none(self.score_per_class, "score_per_class", problems)
-        put("score_per_class", 10 if spc is None else spc)
+        if isinstance(self.score_per_class, bool) or not (
+            isinstance(self.score_per_class, int) and self.score_per_class >= 1
+        ):
+            problems.append(f"score_per_class must be a positive whole number, got {self.score_per_class!r}")
         try:
             put("width", float(self.width))
             if not self.width > 0:
@@ -316,7 +318,7 @@ def summary_table(results: Sequence[Any]) -> str:
     return "\n".join(parts)
 
 
-def _setting_name(setting: dict[str, Any]) -> str:
+def _setting_parts(setting: dict[str, Any]) -> list[str]:
     parts = [str(setting["model"])]
     if setting.get("width") not in (None, 1.0) and not pd.isna(setting.get("width")):
         parts.append(f"width {setting['width']:g}")
@@ -330,11 +332,16 @@ def _setting_name(setting: dict[str, Any]) -> str:
         parts.append(f"prune {setting['prune_layers']}")
     if setting.get("mask_scope") != "global":
         parts.append(f"{setting['mask_scope']} masks")
-    return ", ".join(parts)
+    return parts
+
+
+def _setting_name(setting: dict[str, Any]) -> str:
+    return ", ".join(_setting_parts(setting))
 
 
 def _stem(setting: dict[str, Any]) -> str:
-    return "_".join(_setting_name(setting).replace(" ", "-").replace("/", "-").split(",-"))
+    """The setting as a file-name suffix: ``vgg11_width-0.25_fashion-mnist_train-2500_…``."""
+    return "_".join(p.replace(" ", "-").replace("/", "-").replace("+", "-") for p in _setting_parts(setting))
 
 
 def report(

@@ -88,14 +88,17 @@ def test_page_runs_a_tiny_experiment_end_to_end(tmp_cache: Path) -> None:
     assert len(acc["data"]) == 3 and any("SNIP" in n and "paper" in n for n in names)
     assert all(0.0 <= y <= 100.0 for t in acc["data"] for y in t["y"])
     assert _chart(at, "scratch_warmup")["data"] and _chart(at, "scratch_layers")["data"]
-    table = next(d.value for d in at.dataframe if "final_acc" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "seconds" in d.value.columns)  # this job's runs
     assert len(table) == 4 and set(table["score"]) == {"magnitude", "snip"}
+    assert table["final_acc"].between(0, 100).all()  # in %
     assert any("smoke" in c.value for c in at.caption)  # the CPU deviation is named with the numbers
 
     # recorded in the store, in the from-scratch table only
     st = ResultsStore(tmp_cache / "results.sqlite")
     assert st.count("scratch") == 4 and st.count("transfer") == 0
     assert set(st.scratch_frame()["key"]) == {r.spec.key() for r in results}
+    stored = next(d.value for d in at.dataframe if "finished_at" in d.value.columns)  # the store's view
+    assert len(stored) == 4 and stored["final_acc"].between(0, 1).all()
 
     # a rerun (another sparsity for the layer view) keeps the output without running again
     at.run()
@@ -112,3 +115,13 @@ def test_page_refuses_an_empty_selection_with_a_message() -> None:
     assert not at.exception
     assert "choose at least one pruning criterion" in " ".join(e.value for e in at.error)
     assert at.session_state["scratch_job"] is None
+
+
+def test_a_broken_store_is_explained_and_the_page_still_works(tmp_path, monkeypatch) -> None:
+    bad = tmp_path / "broken.sqlite"
+    bad.write_bytes(b"this is not a SQLite file" * 100)
+    monkeypatch.setenv("PAI_RESULTS_DB", str(bad))
+    at = _app()
+    errors = " ".join(e.value for e in at.error)
+    assert "cannot use results store" in errors and "move it aside" in errors
+    assert not _button(at, "Run").disabled

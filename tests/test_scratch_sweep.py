@@ -407,3 +407,29 @@ def test_ray_runs_the_scratch_kind_like_in_process(tmp_path, monkeypatch):
     a = local.scratch_frame().set_index("key")["final_acc"]
     b = remote.scratch_frame().set_index("key")["final_acc"]
     assert a.sort_index().tolist() == b.sort_index().tolist()
+
+
+def test_report_draws_one_set_of_figures_per_setting(tmp_path):
+    """Runs of two networks are never averaged together: one set of figures each, named by setting."""
+    from tests.test_store import fake_scratch_result
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    for model in ("resnet20", "vgg11"):
+        for seed, acc in ((0, 0.6), (1, 0.7)):
+            for q in (0.0, 0.9, 0.99):
+                store.record(fake_scratch_result(model=model, seed=seed, sparsity=q, acc=acc), elapsed=1.0)
+    paths = report(store, tmp_path / "rep")
+    stems = sorted(k.split(":", 1)[1] for k in paths if k.startswith("accuracy_vs_sparsity:"))
+    assert stems == [
+        "resnet20_fashion-mnist_train-500_schedule-cpu-short",
+        "vgg11_fashion-mnist_train-500_schedule-cpu-short",
+    ]
+    assert all(paths[f"{f}:{s}"].exists() for f in ("warmup", "layer_density") for s in stems)
+    summary = paths["summary_md"].read_text()
+    assert summary.count("Dense (unpruned) network: 65.0 ± 7.1 (n=2, 1.0 collapsed).") == 2  # a fake result
+    assert "**resnet20, fashion-mnist, train 500, schedule cpu-short**" in summary
+    grid = pd.read_csv(paths["grid_csv"])
+    assert len(grid) == 2 * 3 and set(grid["n"]) == {2}
+    # a selection of one network: unsuffixed names
+    one = report(store, tmp_path / "one", model="vgg11")
+    assert one["accuracy_vs_sparsity"].name == "accuracy_vs_sparsity.html"
