@@ -73,6 +73,16 @@ PAGES = [
             "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, masks).",
         ),
     ),
+    PageEntry(
+        "app_pages/5_From_scratch.py",
+        "From scratch",
+        ":material/restart_alt:",
+        (
+            "From scratch (the scalable second-order paper)",
+            "Prune a randomly initialised small network before training, train it, and compare scores across "
+            "sparsities, the way the scalable second-order PaI paper does.",
+        ),
+    ),
 ]
 
 

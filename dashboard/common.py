@@ -90,7 +90,7 @@ STATE_DEFAULTS: dict[str, Any] = {
 # Widget keys carry one of these prefixes; re-assigning them on every run keeps a page's settings
 # when the user visits another page and comes back (Streamlit drops the state of widgets that
 # were not drawn in a run).  Buttons are keyed "btn_…" and never re-assigned (that is an error).
-_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_")
+_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_", "scratch_w_")
 
 
 def init_state() -> None:

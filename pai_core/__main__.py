@@ -1,9 +1,13 @@
-"""Command line: ``python -m pai_core {models,suites,scores,evaluate,run,landscape,sweep,report}``.
+"""Command line: ``python -m pai_core {models,suites,scores,evaluate,run,landscape,sweep,report,scratch}``.
 
 Examples:
     python -m pai_core evaluate --model efficientnet_lite0 --suite digits
     python -m pai_core run --score kfac --sparsity 0.5904 --finetune short
     python -m pai_core run --score magnitude --sparsity paper --all-sources
+    python -m pai_core scratch run --model resnet20 --score diag --sparsity 0.98 --bn-warmup paper
+
+``scratch`` is the other experiment kind, the scalable second-order paper's own protocol (prune a
+randomly initialised network, train it from scratch): :mod:`pai_core.scratch_cli`.
 
 Every expected failure (no weights, no data, bad settings, a file or folder that cannot be used,
 memory running out) ends with one line on stderr that names the file or setting, and exit status
@@ -22,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import errors, experiment, masks, models, scores, store, sweep, tasks
+from . import errors, experiment, masks, models, scores, scratch_cli, store, sweep, tasks
 from .features import device_label, pick_device
 from .results import ExperimentResult, ExperimentSpec, spec_options
 from .validate import arg_int_at_least as _int_at_least
@@ -472,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_landscape)
 
     sweep.add_cli(sub)
+    scratch_cli.add_cli(sub, bar=_Bar)
 
     args = parser.parse_args(argv)
     shown = warnings.showwarning

@@ -11,6 +11,12 @@ models × sources × scores × sparsities × seeds plus the fine-tuning schedule
   ``$PAI_CACHE_DIR``; the driver collects results as they finish and is the only
   writer of the store.
 
+The same machinery runs sweeps of the other experiment kind, the scalable second-order paper's
+own protocol (prune a randomly initialised network, train it from scratch): a sweep file with
+``kind: scratch`` is a :class:`~pai_core.scratch_sweep.ScratchSweepConfig`
+(:func:`load_config` reads either), its specs are :class:`~pai_core.scratch_spec.ScratchSpec` s
+run by :func:`pai_core.scratch.run_scratch`, and its rows go to the store's from-scratch table.
+
 Each finished spec is one committed row, so a killed sweep loses at most the
 specs in flight, and running the same command again skips every finished spec.
 A failed spec is retried once, then recorded as a failure without stopping the
@@ -46,15 +52,19 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from . import cache, errors, experiment, masks, models, scores, tasks
+from . import cache, errors, experiment, masks, models, scores, scratch, scratch_sweep, tasks
 from .errors import ClusterUnavailable, StorageError
 from .finetune import SCHEDULES
 from .results import ExperimentResult, ExperimentSpec, spec_options
-from .store import SUMMARY_COLUMNS, ResultsStore
+from .scratch_spec import ScratchResult, ScratchSpec
+from .scratch_sweep import ScratchSweepConfig
+from .store import SUMMARY_COLUMNS, ResultsStore, compute_seconds
 from .validate import arg_int_at_least, arg_positive_float, check_device, parse_sparsity
 
 __all__ = [
     "SweepConfig",
+    "ScratchSweepConfig",
+    "load_config",
     "SweepReport",
     "expand",
     "plan",
@@ -257,27 +267,19 @@ class SweepConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SweepConfig:
-        """Load a sweep file: JSON (``.json``) or YAML (anything else).
+        """Load a sweep file of the transfer kind: JSON (``.json``) or YAML (anything else).
 
         Raises:
-            ValueError: Unreadable file, not a mapping, or bad settings.
+            ValueError: Unreadable file, not a mapping, bad settings, or a file of the other kind
+                (:func:`load_config` reads both).
         """
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read sweep file {path}: {exc}") from exc
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as exc:
-            raise ValueError(f"sweep file {path} is not valid {path.suffix or 'YAML'}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"sweep file {path} must hold a mapping of settings, got {type(data).__name__}")
+        data = _read_sweep_file(path)
+        if data.get("kind") == scratch_sweep.KIND:
+            raise ValueError(
+                f"sweep file {path} is a from-scratch sweep (kind: scratch); read it with sweep.load_config"
+            )
+        if data.get("kind") == "transfer":
+            data.pop("kind")
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> SweepConfig:
@@ -305,6 +307,43 @@ class SweepConfig:
 def _protocol_options() -> dict[str, Any]:
     """The spec-level options a sweep file sets as top-level keys (mask_scope has its own field)."""
     return {k: opt for k, (opt, _d) in spec_options().items() if k != "mask_scope"}
+
+
+def _read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read sweep file {path}: {exc}") from exc
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ValueError(f"sweep file {path} is not valid {path.suffix or 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"sweep file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike) -> SweepConfig | ScratchSweepConfig:
+    """Load a sweep file of either kind: ``kind: scratch`` → :class:`ScratchSweepConfig`, else
+    (no ``kind``, or ``kind: transfer``) → :class:`SweepConfig`.
+
+    Raises:
+        ValueError: Unreadable file, not a mapping, an unknown kind, or bad settings.
+    """
+    data = _read_sweep_file(path)
+    kind = data.get("kind", "transfer")
+    if kind == scratch_sweep.KIND:
+        return ScratchSweepConfig.from_dict(data)
+    if kind != "transfer":
+        raise ValueError(f"sweep file {path}: unknown kind {kind!r}; valid: transfer, {scratch_sweep.KIND}")
+    data.pop("kind", None)
+    return SweepConfig.from_dict(data)
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -470,8 +509,19 @@ class _Progress:
             self.bar.close()
 
 
-def _label(spec: ExperimentSpec) -> str:
+def _label(spec: ExperimentSpec | ScratchSpec) -> str:
+    if isinstance(spec, ScratchSpec):
+        return scratch_sweep.label(spec)
     return f"{spec.model}/src{spec.source}/{spec.score}/{100 * spec.sparsity:.2f}%"
+
+
+def _execute(
+    spec: ExperimentSpec | ScratchSpec, progress: Callable[[str, int, int, str], None] | None = None
+) -> ExperimentResult | ScratchResult:
+    """Run one spec of either kind (looked up at call time, so tests can stand in for the engine)."""
+    if isinstance(spec, ScratchSpec):
+        return scratch.run_scratch(spec, progress)
+    return experiment.run(spec, progress)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -485,7 +535,7 @@ def _is_deterministic(exc: BaseException) -> bool:
 
 
 def run_sweep(
-    config: SweepConfig | Sequence[ExperimentSpec],
+    config: SweepConfig | ScratchSweepConfig | Sequence[ExperimentSpec | ScratchSpec],
     *,
     store: ResultsStore | None = None,
     ray: str | None = None,
@@ -497,7 +547,7 @@ def run_sweep(
     """Run every spec of a sweep that the store does not hold yet.
 
     Args:
-        config: A sweep config, or explicit specs.
+        config: A sweep config of either kind, or explicit specs (of either kind, mixed too).
         store: Where results go (and what counts as done); default :class:`ResultsStore` ().
         ray: None → in-process, unless this process has already called ``ray.init`` (then that
             session is used as it is); ``"auto"`` → the running Ray cluster; ``"local"`` → start Ray
@@ -523,8 +573,8 @@ def run_sweep(
         raise ValueError(f"gpus_per_task must be positive (0.5 = two specs per GPU), got {gpus_per_task}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     store = ResultsStore() if store is None else store
-    if isinstance(config, SweepConfig):
-        specs, notes = plan(config)
+    if isinstance(config, SweepConfig | ScratchSweepConfig):
+        specs, notes = plan(config) if isinstance(config, SweepConfig) else scratch_sweep.plan(config)
         for n in notes:
             log(f"note: {n}")
     else:
@@ -575,7 +625,11 @@ def _stopped(exc: BaseException, store: ResultsStore, rep: SweepReport) -> Stora
 
 
 def _run_local(
-    todo: list[ExperimentSpec], store: ResultsStore, retries: int, bar: _Progress, rep: SweepReport
+    todo: list[ExperimentSpec | ScratchSpec],
+    store: ResultsStore,
+    retries: int,
+    bar: _Progress,
+    rep: SweepReport,
 ) -> None:
     for spec in todo:
         key = spec.key()
@@ -586,7 +640,7 @@ def _run_local(
         for attempt in range(retries + 1):
             t = time.perf_counter()
             try:
-                res = experiment.run(spec, bar.stage(_label(spec)))
+                res = _execute(spec, bar.stage(_label(spec)))
             except Exception as exc:
                 if errors.is_storage_error(exc):
                     raise  # disk full, read-only cache…: every other spec would fail the same way
@@ -598,7 +652,7 @@ def _run_local(
                 break
             elapsed = time.perf_counter() - t
             # A cache hit took no time now; its stage timings say what it cost when computed.
-            store.record(res, elapsed=sum(res.timings.values()) if res.cached else elapsed)
+            store.record(res, elapsed=compute_seconds(res) if res.cached else elapsed)
             rep.finished.append(key)
             bar.advance(text=f"{_label(spec)} done")
             break
@@ -615,17 +669,29 @@ def _ray_initialized() -> bool:
     return ray.is_initialized()
 
 
-def _ray_execute(spec_json: str) -> dict[str, Any]:
-    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types."""
-    spec = ExperimentSpec.from_json(spec_json)
+def _ray_execute(spec_json: str, kind: str = "transfer") -> dict[str, Any]:
+    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types.
+
+    Args:
+        spec_json: The spec's JSON.
+        kind: ``"transfer"`` (:class:`ExperimentSpec`) or ``"scratch"`` (:class:`ScratchSpec`).
+    """
+    spec = ScratchSpec.from_json(spec_json) if kind == "scratch" else ExperimentSpec.from_json(spec_json)
     t = time.perf_counter()
-    res = experiment.run(spec)
+    res = _execute(spec)
     elapsed = time.perf_counter() - t
     return {
         "result": res.to_dict(),
-        "elapsed": sum(res.timings.values()) if res.cached else elapsed,
+        "elapsed": compute_seconds(res) if res.cached else elapsed,
         "host": socket.gethostname(),
     }
+
+
+def _submit(task: Any, spec: ExperimentSpec | ScratchSpec) -> Any:
+    # The transfer kind keeps its one-argument call (what a stand-in for _ray_execute receives).
+    if isinstance(spec, ScratchSpec):
+        return task.remote(spec.to_json(), "scratch")
+    return task.remote(spec.to_json())
 
 
 def _worker_env() -> dict[str, str]:
@@ -643,7 +709,7 @@ def _worker_env() -> dict[str, str]:
 
 
 def _run_ray(
-    todo: list[ExperimentSpec],
+    todo: list[ExperimentSpec | ScratchSpec],
     store: ResultsStore,
     address: str | None,
     retries: int,
@@ -678,10 +744,10 @@ def _run_ray(
     # wave computes distinct scores in parallel instead of queueing on one score's file lock.
     rank = {q: i for i, q in enumerate(sorted({s.sparsity for s in todo}))}
     order = sorted(range(len(todo)), key=lambda i: (rank[todo[i].sparsity], i))
-    pending: dict[Any, tuple[ExperimentSpec, int]] = {}
+    pending: dict[Any, tuple[ExperimentSpec | ScratchSpec, int]] = {}
     for i in order:
         spec = todo[i]
-        pending[task.remote(spec.to_json())] = (spec, 0)
+        pending[_submit(task, spec)] = (spec, 0)
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
@@ -696,12 +762,16 @@ def _run_ray(
                         raise cause from exc  # the shared cache is full or read-only: stop the sweep
                     store.record_failure(spec, _error_text(exc))
                     if attempt < retries and not _is_deterministic(exc):
-                        pending[task.remote(spec.to_json())] = (spec, attempt + 1)
+                        pending[_submit(task, spec)] = (spec, attempt + 1)
                         continue
                     rep.failed[key] = _error_text(exc)
                     bar.advance(failed=True, text=f"{_label(spec)} failed")
                     continue
-                res = ExperimentResult.from_dict(out["result"])
+                res = (
+                    ScratchResult.from_dict(out["result"])
+                    if isinstance(spec, ScratchSpec)
+                    else ExperimentResult.from_dict(out["result"])
+                )
                 store.record(res, elapsed=out["elapsed"], host=out["host"])
                 rep.finished.append(key)
                 bar.advance(text=f"{_label(spec)} done")
@@ -950,8 +1020,22 @@ def report(
 # ----------------------------------------------------------------------------- CLI
 
 
-def _config_from_args(args: argparse.Namespace) -> SweepConfig:
-    base = SweepConfig.from_file(args.file) if args.file else SweepConfig()
+#: Flags of ``sweep`` that a from-scratch sweep has no setting for.
+_TRANSFER_ONLY_FLAGS = ("suite", "sources", "finetune", "images_per_class", "loss")
+
+
+def _config_from_args(args: argparse.Namespace) -> SweepConfig | ScratchSweepConfig:
+    base = load_config(args.file) if args.file else SweepConfig()
+    if isinstance(base, ScratchSweepConfig):
+        wrong = [n for n in _TRANSFER_ONLY_FLAGS if getattr(args, n) is not None]
+        if wrong:
+            flags = ", ".join("--" + n.replace("_", "-") for n in wrong)
+            raise ValueError(
+                f"{flags}: no such setting in a from-scratch sweep ({args.file} has kind: scratch)"
+            )
+        names = ("models", "scores", "sparsities", "seeds", "data_root", "device", "mask_scope")
+        over = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        return base.replace(**over) if over else base
     over: dict[str, Any] = {}
     for name in (
         "models",
@@ -981,7 +1065,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     store = ResultsStore(args.store) if args.store else ResultsStore()
     if args.dry_run:
-        specs, notes = plan(cfg)
+        specs, notes = plan(cfg) if isinstance(cfg, SweepConfig) else scratch_sweep.plan(cfg)
         done = store.done_keys()
         left = [s for s in specs if s.key() not in done]
         import yaml
@@ -1011,24 +1095,52 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    frame = store.frame()
-    frame = frame[frame["key"].isin(set(rep.keys))]
     print(
         f"\n{rep.total} specs: {rep.skipped} already done, {len(rep.finished)} run now, {len(rep.failed)} failed "
         f"({rep.elapsed:.1f} s, {rep.backend})"
     )
-    print(summary_table(frame))
+    if isinstance(cfg, ScratchSweepConfig):
+        keys = set(rep.keys)
+        print(scratch_sweep.summary_table([r for r in store.scratch_results() if r.spec.key() in keys]))
+    else:
+        frame = store.frame()
+        print(summary_table(frame[frame["key"].isin(set(rep.keys))]))
     if rep.failed:
         print("\nfailed (details: ResultsStore().failures()):")
-        by_key = {s.key(): s for s in expand(cfg)}
+        by_key = {
+            s.key(): s for s in (expand(cfg) if isinstance(cfg, SweepConfig) else scratch_sweep.expand(cfg))
+        }
         for key, err in rep.failed.items():
             print(f"  {_label(by_key[key]) if key in by_key else key}: {err}")
         return 1
     return 0
 
 
+def _cmd_report_scratch(args: argparse.Namespace, store: ResultsStore) -> int:
+    wrong = [f for f, v in (("--suite", args.suite), ("--finetune", args.finetune)) if v is not None]
+    wrong += ["--images-per-class"] if args.images_per_class is not None else []
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: no such setting for from-scratch runs (--kind scratch)")
+    filters: dict[str, Any] = {}
+    for name in ("model", "score", "dataset"):
+        v = getattr(args, name)
+        if v:
+            filters[name] = [x for part in v for x in part.split(",") if x]
+    out = args.out or "artifacts/report-scratch"
+    paths = scratch_sweep.report(store, out, **filters)
+    n = len(store.scratch_frame(**filters))
+    print(f"{n} from-scratch result rows from {store.path}")
+    for kind, p in paths.items():
+        print(f"{kind:24} {p}")
+    return 0 if n else 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     store = ResultsStore(args.store) if args.store else ResultsStore()
+    if args.kind == scratch_sweep.KIND:
+        return _cmd_report_scratch(args, store)
+    if args.dataset:
+        raise ValueError("--dataset is a setting of from-scratch runs: add --kind scratch")
     filters: dict[str, Any] = {}
     for name in ("model", "suite", "score"):
         v = getattr(args, name)
@@ -1038,7 +1150,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         filters["finetune"] = None if args.finetune.lower() in ("none", "off") else args.finetune
     if args.images_per_class is not None:
         filters["images_per_class"] = args.images_per_class
-    paths = report(store, args.out, **filters)
+    paths = report(store, args.out or "artifacts/report", **filters)
     n = len(store.frame(**filters))
     print(f"{n} result rows from {store.path}")
     for kind, p in paths.items():
@@ -1061,9 +1173,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "the sweep file. Run the same command again to resume.",
     )
     p.add_argument(
-        "file", nargs="?", default=None, help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml"
+        "file",
+        nargs="?",
+        default=None,
+        help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml; with 'kind: scratch' a from-scratch "
+        "sweep, e.g. sweeps/scratch_cpu.yaml",
     )
-    p.add_argument("--models", default=None, help="comma-separated encoders")
+    p.add_argument(
+        "--models", default=None, help="comma-separated encoders (networks, for a from-scratch sweep file)"
+    )
     p.add_argument("--suite", default=None)
     p.add_argument("--sources", default=None, help="'all' (each task once, as the paper) or indices: 0,1")
     p.add_argument("--scores", default=None, help=f"comma-separated ({', '.join(scores.available())})")
@@ -1103,12 +1221,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(fn=_cmd_sweep)
 
-    p = subparsers.add_parser("report", help="Fig. 3 (HTML) and CSVs from the results store, for any subset")
+    p = subparsers.add_parser(
+        "report",
+        help="figures (HTML) and CSVs from the results store, for any subset: Fig. 3 (transfer runs), or "
+        "with --kind scratch the from-scratch figures",
+    )
+    p.add_argument(
+        "--kind",
+        default="transfer",
+        choices=("transfer", scratch_sweep.KIND),
+        help="which experiments: transfer (Fig. 3) or scratch (accuracy vs sparsity, warm-up, layer density)",
+    )
     p.add_argument("--model", action="append", default=None, help="repeatable or comma-separated")
+    p.add_argument("--dataset", action="append", default=None, help="from-scratch runs only")
     p.add_argument("--suite", action="append", default=None)
     p.add_argument("--score", action="append", default=None)
     p.add_argument("--finetune", default=None, help="schedule name, or 'none' for zero-shot-only runs")
     p.add_argument("--images-per-class", type=int, default=None)
     p.add_argument("--store", default=None)
-    p.add_argument("--out", default="artifacts/report", help="output folder")
+    p.add_argument(
+        "--out", default=None, help="output folder (default artifacts/report, artifacts/report-scratch)"
+    )
     p.set_defaults(fn=_cmd_report)

@@ -43,6 +43,8 @@ __all__ = [
     "IMAGENET10_NAMES",
     "MIN_READABLE",
     "DataError",
+    "FASHION_DIRS",
+    "read_idx",
     "ImageSet",
     "Task",
     "TaskSuite",
@@ -411,7 +413,8 @@ def _is_image(p: Path) -> bool:
 
 # ----------------------------------------------------------------------------- suites
 
-_FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
+#: Where Debian's ``dataset-fashion-mnist`` puts the files (also read by :mod:`pai_core.datasets`).
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -426,17 +429,42 @@ FASHION_CLASSES = (
 )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+_IDX_TYPES = {0x08: np.uint8}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (MNIST format, optionally gzipped) of unsigned bytes, checking its header.
+
+    The one IDX reader of the project: the digits suite's Fashion-MNIST tasks and
+    :mod:`pai_core.datasets` (training from scratch) both read through it.  Kept here, in the
+    torch-free module, so that reading a suite never imports torch.
+
+    Raises:
+        DataError: Not an IDX ``uint8`` file, or its size disagrees with its header.
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or not 1 <= data[3] <= 4:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: IDX header announces {dims} ({expected} bytes) but the file has {len(data)}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find_fashion(root: Path | None) -> Path | None:
-    for cand in ([root] if root else []) + [Path(d) for d in _FASHION_DIRS]:
+    for cand in ([root] if root else []) + [Path(d) for d in FASHION_DIRS]:
         if cand and cand.is_dir() and any(cand.rglob("t10k-images-idx3-ubyte*")):
             return cand
     return None
@@ -445,7 +473,7 @@ def _find_fashion(root: Path | None) -> Path | None:
 def _fashion_arrays(root: Path, split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
     img = next(root.rglob(f"{split}-images-idx3-ubyte*"))
     lab = next(root.rglob(f"{split}-labels-idx1-ubyte*"))
-    return _read_idx(img), _read_idx(lab).astype(np.int64)
+    return read_idx(img), read_idx(lab).astype(np.int64)
 
 
 @register_suite(
@@ -517,12 +545,12 @@ def _fashion(root, images_per_class, seed) -> TaskSuite:
                 found = _find_fashion(root)
             except Exception as exc:
                 raise DataError(
-                    f"Fashion-MNIST not found in {root} or {_FASHION_DIRS[0]}, and the download "
+                    f"Fashion-MNIST not found in {root} or {FASHION_DIRS[0]}, and the download "
                     f"failed ({exc}). Install Debian's dataset-fashion-mnist."
                 ) from exc
         if found is None:
             raise DataError(
-                f"Fashion-MNIST not found in {_FASHION_DIRS[0]}: `apt-get install "
+                f"Fashion-MNIST not found in {FASHION_DIRS[0]}: `apt-get install "
                 "dataset-fashion-mnist`, or give a folder (downloads there when online)"
             )
     imgs, labels = _fashion_arrays(found)
