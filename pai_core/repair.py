@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scores import KFactors
@@ -98,6 +99,11 @@ _CHUNK_ELEMS = 1 << 22
 # Per-row factorisations kept across PCG iterations (the "kfac" preconditioner) up to this many
 # elements (2^25 = 256 MiB in float64); beyond, they are recomputed at every application.
 _KEEP_ELEMS = 1 << 25
+# Systems at least this big are factorised in float32 and refined in float64 (module docstring).
+_FP32_MIN = 128
+# Relative residual a direct float64 solve reaches on the damped factors of real layers
+# (κ up to ~1e6): below it, "converged" cannot be asked of the direct form.
+_ROUND_OFF = 1e-10
 
 
 class RepairForm(StrEnum):
@@ -139,8 +145,9 @@ class LayerRepair:
             ``form``: the quadratic model of Eq. (2) of the layer's loss increase.
         cost_repaired: The same after the OBS update (never larger).
         iterations: PCG iterations (0 for the direct ``"a"`` form).
-        residual: Final ``‖H_KK δ_K − H_KR θ_R‖ / ‖H_KR θ_R‖`` (0 when there is nothing to solve).
-        converged: ``residual <= tol`` (always true for the direct form).
+        residual: Final ``‖H_KK δ_K − H_KR θ_R‖ / ‖H_KR θ_R‖`` (0 when there is nothing to solve);
+            for the ``"a"`` form, of all its rows' systems stacked.
+        converged: ``residual <= tol`` (the direct form: ``<= max(tol, 1e-10)``, round-off).
         seconds: Wall time of the layer.
     """
 
@@ -326,20 +333,34 @@ class _Chunk:
 
 
 class _RowSolver:
-    """``v_o ↦ (A_d[g(o)])_{K_o K_o}⁻¹ v_o`` for every row ``o`` at once (zero outside ``K_o``).
+    """``v_o ↦ (A_d[g(o)])_{K_o K_o}⁻¹ v_o`` for every row ``o`` of a layer (zero outside ``K_o``).
+
+    Rows are ordered group-major (row ``o`` is in group ``o // rows_per_group``), as in a weight.
 
     Two exact routes, chosen per layer by flop count: factorise ``(A_d)_KK`` (size ``k``), or
     ``(A_d⁻¹)_RR`` (size ``r``) and use ``(A_KK)⁻¹ = (A⁻¹)_KK − (A⁻¹)_KR ((A⁻¹)_RR)⁻¹ (A⁻¹)_RK``
     with one ``A_d⁻¹`` per group.  Rows are sorted by system size and batched with identity
     padding (a padded system ``[[S, 0], [0, I]]`` has the same solution on its leading block).
+
+    Big systems are factorised in float32 (half the memory traffic and flops of float64, which
+    is what the solve is bound by) and :meth:`solve` restores float64 accuracy by iterative
+    refinement with float64 residuals; when float32 is too coarse for the conditioning
+    (refinement stalls, or the float32 Cholesky fails) the layer is redone in float64.
     """
 
     def __init__(
-        self, a: Tensor, keep: Tensor, group: Tensor, *, chunk_elems: int | None = None, keep_elems: int = 0
+        self,
+        a: Tensor,
+        keep: Tensor,
+        rows_per_group: int,
+        *,
+        chunk_elems: int | None = None,
+        keep_elems: int = 0,
     ):
         chunk_elems = _CHUNK_ELEMS if chunk_elems is None else chunk_elems
-        self.a, self.keep, self.group = a, keep, group
+        self.a, self.keep, self.rpg = a, keep, rows_per_group
         rows, d = keep.shape
+        self.group = torch.arange(rows, device=keep.device) // rows_per_group
         k = keep.sum(1)
         self.active = (k > 0).nonzero().flatten()  # rows without unknowns need no solve
         k_act = k[self.active].double()
@@ -355,11 +376,16 @@ class _RowSolver:
             self.ainv = torch.cholesky_inverse(chol)
         sel = keep[self.active] if self.mode == "K" else ~keep[self.active]
         sizes = sel.sum(1)
+        self.dtype = (
+            torch.float32
+            if (int(sizes.max()) if len(sizes) else 0) >= _FP32_MIN and a.dtype == torch.float64
+            else a.dtype
+        )
         order = torch.argsort(sizes, stable=True)
         self.chunks: list[_Chunk] = []
         lo = 0
         n = len(order)
-        extra = d * d if (self.mode == "R" and n_groups > 1) else 0  # gathered A⁻¹ per row
+        extra = d * d if n_groups > 1 else 0  # a gathered A (or A⁻¹) per row
         while lo < n:
             hi = lo + 1
             while hi < n:
@@ -368,63 +394,152 @@ class _RowSolver:
                     break
                 hi += 1
             part = order[lo:hi]
-            m = int(sizes[part].max())
+            m = max(int(sizes[part].max()), 1)
             s = sel[part]
             # Column indices of the selected entries, left-aligned and padded with 0.
             pos = torch.cumsum(s.long(), 1) - 1
-            idx = torch.zeros(len(part), max(m, 1), dtype=torch.long, device=keep.device)
+            # Padding points at index d: an extra zero row/column of the gathered-from matrices.
+            idx = torch.full((len(part), m), d, dtype=torch.long, device=keep.device)
             r_i, c_i = s.nonzero(as_tuple=True)
             idx[r_i, pos[r_i, c_i]] = c_i
-            valid = torch.arange(max(m, 1), device=keep.device)[None, :] < sizes[part][:, None]
+            valid = torch.arange(m, device=keep.device)[None, :] < sizes[part][:, None]
             self.chunks.append(_Chunk(self.active[part], idx, valid, None))
             lo = hi
         total = sum(c.idx.shape[0] * c.idx.shape[1] ** 2 for c in self.chunks)
         self.store = total <= keep_elems
+        self._cast: dict = {}
+
+    def _mats(self) -> tuple[Tensor, Tensor | None]:
+        """``(A_d, A_d⁻¹ or None)`` in the working precision."""
+        if self.dtype not in self._cast:
+            ai = None if self.ainv is None else self.ainv.to(self.dtype)
+            self._cast[self.dtype] = (self.a.to(self.dtype), ai)
+        return self._cast[self.dtype]
+
+    def _padded(self) -> Tensor:
+        """The matrix systems are gathered from, with a zero row and column appended (index d)."""
+        key = ("pad", self.dtype)
+        if key not in self._cast:
+            a, ai = self._mats()
+            mat = a if self.mode == "K" else ai
+            assert mat is not None
+            self._cast[key] = F.pad(mat, (0, 1, 0, 1))
+        return self._cast[key]
 
     def _factor(self, ch: _Chunk) -> Tensor:
         if ch.chol is not None:
             return ch.chol
-        mat = self.a if self.mode == "K" else self.ainv
-        assert mat is not None
-        g = self.group[ch.rows]
-        sys = mat[g[:, None, None], ch.idx[:, :, None], ch.idx[:, None, :]]
-        v = ch.valid.to(sys.dtype)
-        sys = sys * (v[:, :, None] * v[:, None, :]) + torch.diag_embed(1.0 - v)
+        mat = self._padded()
+        c, m = ch.idx.shape
+        if m >= 64:  # two index_selects per row copy contiguous runs: 1.5x faster than fancy indexing
+            sys = torch.empty(c, m, m, dtype=mat.dtype, device=mat.device)
+            g = self.group[ch.rows].tolist()
+            for i in range(c):
+                torch.index_select(mat[g[i]].index_select(0, ch.idx[i]), 1, ch.idx[i], out=sys[i])
+        else:
+            g = self.group[ch.rows]
+            sys = mat[g[:, None, None], ch.idx[:, :, None], ch.idx[:, None, :]]
+        # Padded rows/columns came from the zero row/column: put 1 on their diagonal.
+        sys.diagonal(dim1=1, dim2=2).add_((~ch.valid).to(sys.dtype))
         chol, info = torch.linalg.cholesky_ex(sys)
         if bool((info != 0).any()):
-            raise _NotPD()
+            if self.dtype == torch.float64:
+                raise _NotPD()
+            raise _Coarse()
         if self.store:
             ch.chol = chol
         return chol
 
-    def solve(self, rhs: Tensor) -> Tensor:
-        """``rhs`` (rows, d), read on ``K_o`` only; returns (rows, d), zero outside ``K_o``."""
+    def _tri(self, chol: Tensor, b: Tensor) -> Tensor:
+        # Two triangular solves: batched trsm is several times faster than cholesky_solve here.
+        y = torch.linalg.solve_triangular(chol, b[:, :, None], upper=False)
+        return torch.linalg.solve_triangular(chol.transpose(1, 2), y, upper=True)[:, :, 0]
+
+    def _apply_chunk(self, ch: _Chunk, chol: Tensor, rhs: Tensor) -> Tensor:
+        """The factorised inverse on the rows of one chunk: ``(c, d)`` in, ``(c, d)`` float64 out."""
+        _, ai_all = self._mats()
+        keep = self.keep[ch.rows]
+        v = (rhs * keep).to(chol.dtype)
+        c, d = v.shape
+        # Gathers read index d (padding) from an appended zero column, scatters write it there
+        # and it is dropped: each row's real entries are written exactly once.
+        if self.mode == "K":
+            x = self._tri(chol, F.pad(v, (0, 1)).gather(1, ch.idx))
+            sol = v.new_zeros(c, d + 1).scatter_(1, ch.idx, x)[:, :d]
+        else:
+            assert ai_all is not None
+            if ai_all.shape[0] == 1:
+                y = v @ ai_all[0]
+            else:
+                ai_rows = ai_all[self.group[ch.rows]]
+                y = torch.bmm(v[:, None, :], ai_rows)[:, 0]
+            u = self._tri(chol, F.pad(y, (0, 1)).gather(1, ch.idx))
+            corr = v.new_zeros(c, d + 1).scatter_(1, ch.idx, u)[:, :d]
+            corr = corr @ ai_all[0] if ai_all.shape[0] == 1 else torch.bmm(corr[:, None, :], ai_rows)[:, 0]
+            sol = (y - corr) * keep
+        return sol.to(rhs.dtype)
+
+    def apply(self, rhs: Tensor) -> Tensor:
+        """One pass of the factorised inverse over all rows (float32 accuracy for big systems)."""
         out = torch.zeros_like(rhs)
         for ch in self.chunks:
-            chol = self._factor(ch)
-            v = rhs[ch.rows] * self.keep[ch.rows]
-            if self.mode == "K":
-                b = v.gather(1, ch.idx) * ch.valid
-                x = torch.cholesky_solve(b[:, :, None], chol)[:, :, 0]
-                sol = torch.zeros_like(v)
-                r_i, c_i = ch.valid.nonzero(as_tuple=True)
-                sol[r_i, ch.idx[r_i, c_i]] = x[r_i, c_i]
-            else:
-                assert self.ainv is not None
-                if self.ainv.shape[0] == 1:
-                    ai = self.ainv[0]
-                    y = v @ ai
-                else:
-                    ai_rows = self.ainv[self.group[ch.rows]]
-                    y = torch.bmm(v[:, None, :], ai_rows)[:, 0]
-                u = torch.cholesky_solve((y.gather(1, ch.idx) * ch.valid)[:, :, None], chol)[:, :, 0]
-                corr = torch.zeros_like(v)
-                r_i, c_i = ch.valid.nonzero(as_tuple=True)
-                corr[r_i, ch.idx[r_i, c_i]] = u[r_i, c_i]
-                corr = corr @ ai if self.ainv.shape[0] == 1 else torch.bmm(corr[:, None, :], ai_rows)[:, 0]
-                sol = (y - corr) * self.keep[ch.rows]
-            out[ch.rows] = sol
+            out[ch.rows] = self._apply_chunk(ch, self._factor(ch), rhs[ch.rows])
         return out
+
+    def _matvec_rows(self, rows: Tensor, x: Tensor) -> Tensor:
+        """``x_o ↦ (A_d)_{K_o K_o} x_o`` for the given rows, in float64 (zero outside ``K_o``)."""
+        keep = self.keep[rows]
+        xk = x * keep
+        if self.a.shape[0] == 1:
+            return (xk @ self.a[0]) * keep
+        return torch.bmm(xk[:, None, :], self.a[self.group[rows]])[:, 0] * keep
+
+    def solve(self, rhs: Tensor, tol: float = 1e-12, max_refine: int = 10) -> tuple[Tensor, float]:
+        """``(x, relative residual)`` with ``x_o = (A_d)_{K_oK_o}⁻¹ rhs_o`` (rhs read on ``K_o``).
+
+        Chunk by chunk: factorise once, solve, then refine ``x ← x + S⁻¹(b − A_KK x)`` with
+        float64 residuals until ``tol`` or round-off; memory stays one chunk's.
+        """
+        b = rhs * self.keep
+        out = torch.zeros_like(rhs)
+        res2 = 0.0
+        for ch in self.chunks:
+            bc = b[ch.rows]
+            bn = float(bc.norm())
+            if bn == 0.0:
+                continue
+            while True:
+                try:
+                    chol = self._factor(ch)
+                    x = self._apply_chunk(ch, chol, bc)
+                    r = bc - self._matvec_rows(ch.rows, x)
+                    rel = float(r.norm()) / bn
+                    for _ in range(max_refine):
+                        if rel <= tol:
+                            break
+                        x_new = x + self._apply_chunk(ch, chol, r)
+                        r_new = bc - self._matvec_rows(ch.rows, x_new)
+                        rel_new = float(r_new.norm()) / bn
+                        if rel_new >= 0.5 * rel:  # stalls: float32 too coarse, or round-off reached
+                            if self.dtype != self.a.dtype and rel > 1e-8:
+                                raise _Coarse()
+                            if rel_new < rel:
+                                x, r, rel = x_new, r_new, rel_new
+                            break
+                        x, r, rel = x_new, r_new, rel_new
+                    break
+                except _Coarse:  # redo this chunk (and the rest of the layer) in float64
+                    self.dtype = self.a.dtype
+                    for c in self.chunks:
+                        c.chol = None
+            out[ch.rows] = x
+            res2 += float(r.norm()) ** 2
+        bn = float(b.norm())
+        return out, (math.sqrt(res2) / bn if bn > 0 else 0.0)
+
+
+class _Coarse(RuntimeError):
+    """Float32 factorisations are too coarse for this layer's conditioning: redo in float64."""
 
 
 class _NotPD(RuntimeError):
@@ -455,7 +570,8 @@ def repair_layer(
         factors: The layer's K-FAC factors at θ (:func:`pai_core.scores.kfac_factors`).
         form: ``"a"`` (direct, rows independent) or ``"kfac"`` (PCG on ``B_d ⊗ A_d``).
         damping: Relative damping of both factors (``λ = damping · tr/d``).
-        tol: Relative residual at which PCG stops (``"kfac"`` only).
+        tol: Relative residual at which PCG stops (``"kfac"``); the direct ``"a"`` form always
+            refines to round-off and only reports against ``tol``.
         max_iter: PCG iteration budget (``"kfac"`` only).
         name: Label for the report.
 
@@ -506,7 +622,6 @@ def repair_layer(
             return float((xa * delta).sum())
         return float((torch.bmm(b, xa) * delta).sum())
 
-    group = torch.arange(g, device=dev).repeat_interleave(d_b)
     iters, resid, converged = 0, 0.0, True
     try:
         if removed == 0 or not bool(kp_c.any()):
@@ -515,10 +630,12 @@ def repair_layer(
             # Rows that lost nothing keep δ = 0: leave them out of the solve.
             unknown = kp_c & (~kp).any(2, keepdim=True)
             rhs = torch.bmm(wr, a_solve) * unknown  # (A_d θ_R)_K per row
-            solver = _RowSolver(a_solve, unknown.reshape(g * d_b, d_a), group)
-            dk = solver.solve(rhs.reshape(g * d_b, d_a)).reshape(g, d_b, d_a)
+            solver = _RowSolver(a_solve, unknown.reshape(g * d_b, d_a), d_b)
+            dk, resid = solver.solve(rhs.reshape(g * d_b, d_a), tol=min(tol, _ROUND_OFF))
+            dk = dk.reshape(g, d_b, d_a)
+            converged = resid <= max(tol, _ROUND_OFF)
         else:
-            dk, iters, resid, converged = _pcg_kfac(a_solve, b_solve, kp_c, wr, group, tol, max_iter)
+            dk, iters, resid, converged = _pcg_kfac(a_solve, b_solve, kp_c, wr, tol, max_iter)
     except _NotPD:
         raise RuntimeError(
             f"{name or 'layer'}: a damped curvature factor is not positive definite "
@@ -544,7 +661,7 @@ def repair_layer(
 
 
 def _pcg_kfac(
-    a: Tensor, b: Tensor, keep: Tensor, wr: Tensor, group: Tensor, tol: float, max_iter: int
+    a: Tensor, b: Tensor, keep: Tensor, wr: Tensor, tol: float, max_iter: int
 ) -> tuple[Tensor, int, float, bool]:
     """Solve ``H_KK x = H_KR θ_R`` for ``H = B ⊗ A`` per group by PCG; returns ``(x, its, rel. residual, ok)``."""
     g, d_b, d_a = keep.shape
@@ -557,16 +674,18 @@ def _pcg_kfac(
     bn = float(rhs.norm())
     if bn == 0.0:
         return torch.zeros_like(rhs), 0, 0.0, True
-    solver = _RowSolver(a, keep.reshape(g * d_b, d_a), group, keep_elems=_KEEP_ELEMS)
+    solver = _RowSolver(a, keep.reshape(g * d_b, d_a), d_b, keep_elems=_KEEP_ELEMS)
     diag_b = torch.diagonal(b, dim1=-2, dim2=-1).reshape(g * d_b, 1)
     diag_b = torch.where(diag_b > 0, diag_b, torch.ones_like(diag_b))  # dead output (damping 0)
 
     def prec(r: Tensor) -> Tensor:
-        return solver.solve(r.reshape(g * d_b, d_a) / diag_b).reshape(g, d_b, d_a)
+        # One pass of the (float32) factorised block-row inverse: a fixed SPD operator is all
+        # PCG needs from a preconditioner; the float64 operator hv keeps the solve exact.
+        return solver.apply(r.reshape(g * d_b, d_a) / diag_b).reshape(g, d_b, d_a)
 
     # Start from the better of 0 and the rows-independent ("a") solution, by the objective
     # ½xᵀHx − bᵀx that CG decreases: a warm start that can only help.
-    x_a = solver.solve(torch.bmm(wr, a).reshape(g * d_b, d_a)).reshape(g, d_b, d_a)
+    x_a = solver.solve(torch.bmm(wr, a).reshape(g * d_b, d_a))[0].reshape(g, d_b, d_a)
     hx_a = hv(x_a)
     x, r = torch.zeros_like(rhs), rhs.clone()
     if float(0.5 * (x_a * hx_a).sum() - (rhs * x_a).sum()) < 0.0:

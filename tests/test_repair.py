@@ -105,10 +105,10 @@ def test_both_direct_routes_are_exercised_and_agree(sparsity, mode):
     a = R.damped(spd(1, 40, gen), 1e-3)[0]
     keep = torch.rand(30, 40, generator=gen) >= sparsity
     rhs = torch.randn(30, 40, generator=gen, dtype=DT)
-    group = torch.zeros(30, dtype=torch.long)
-    solver = R._RowSolver(a, keep, group)
+    solver = R._RowSolver(a, keep, 30)
     assert solver.mode == mode
-    got = solver.solve(rhs)
+    got, rel = solver.solve(rhs)
+    assert rel < 1e-12
     for o in range(30):
         k = keep[o]
         ref = torch.zeros(40, dtype=DT)
@@ -116,8 +116,42 @@ def test_both_direct_routes_are_exercised_and_agree(sparsity, mode):
             ref[k] = torch.linalg.solve(a[0][k][:, k], rhs[o][k])
         assert torch.allclose(got[o], ref, atol=1e-9 * float(ref.abs().max() + 1)), o
     # tiny chunks (one row per padded batch) give the same answer
-    small = R._RowSolver(a, keep, group, chunk_elems=1).solve(rhs)
+    small = R._RowSolver(a, keep, 30, chunk_elems=1).solve(rhs)[0]
     assert torch.allclose(small, got, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", R.available_forms())
+@pytest.mark.parametrize("cond", [1e4, 1e8])
+def test_float32_factorisations_refined_to_float64_accuracy(monkeypatch, form, cond):
+    """Big systems are factorised in float32 and refined with float64 residuals, to float64
+    accuracy on well- and ill-conditioned (κ = 1e8, undamped) factors alike."""
+    monkeypatch.setattr(R, "_FP32_MIN", 0)  # small test layers take the big-layer path
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 40, generator=gen, dtype=DT)
+    f = S.KFactors(spd(1, 40, gen, cond), spd(1, 6, gen, 1e2))
+    for sparsity in (0.2, 0.8):  # both the (A⁻¹)_RR and the A_KK route
+        keep = torch.rand(6, 40, generator=gen) >= sparsity
+        got, rep = R.repair_layer(w, keep, f, form=form, damping=0.0, tol=1e-13, max_iter=3000)
+        ref = reference(w, keep, f, form, 0.0)
+        assert torch.allclose(got, ref, rtol=0, atol=1e-8 * float(ref.abs().max())), (
+            sparsity,
+            (got - ref).abs().max(),
+        )
+        assert rep.converged
+
+
+def test_float32_falls_back_to_float64_when_too_coarse(monkeypatch):
+    monkeypatch.setattr(R, "_FP32_MIN", 0)
+    gen = torch.Generator().manual_seed(8)
+    a = spd(1, 40, gen, 1e12)  # float32 cannot even factorise its principal blocks
+    keep = torch.rand(10, 40, generator=gen) >= 0.5
+    easy = R._RowSolver(R.damped(a, 1e-2)[0], keep, 10)
+    _, rel = easy.solve(torch.randn(10, 40, generator=gen, dtype=DT))
+    assert easy.dtype == torch.float32 and rel < 1e-12  # damped: float32 + refinement suffices
+    hard = R._RowSolver(a, keep, 10)
+    assert hard.dtype == torch.float32
+    _, rel = hard.solve(torch.randn(10, 40, generator=gen, dtype=DT))
+    assert hard.dtype == torch.float64 and rel < 1e-8
 
 
 def test_kfac_preconditioner_without_stored_factors(monkeypatch):
@@ -357,10 +391,8 @@ def test_report_round_trip_and_errors():
         R.repair_layer(w.reshape(12, 3), keep.reshape(12, 3), f)
     with pytest.raises(ValueError, match="unknown parameters"):
         R.repair_(net, {"nope": keep}, {})
-    singular = S.KFactors(
-        torch.zeros(2, 6, 6, dtype=DT) + torch.eye(6, dtype=DT)[0:1, :].T @ torch.eye(6, dtype=DT)[0:1, :],
-        f.B,
-    )
+    ones = torch.ones(2, 6, 1, dtype=DT)
+    singular = S.KFactors(ones @ ones.transpose(1, 2), f.B)  # rank one: no kept block is invertible
     with pytest.raises(RuntimeError, match="not positive definite"):
         R.repair_layer(w, keep, singular, damping=0.0)
     # nothing was modified by the failed calls above: a bad mask shape is refused up front
