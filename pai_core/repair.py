@@ -97,8 +97,8 @@ DEFAULT_DAMPING = 1e-2
 # Elements of one padded batch of per-row systems (float64): 2^22 = 32 MiB bounds peak memory.
 _CHUNK_ELEMS = 1 << 22
 # Per-row factorisations kept across PCG iterations (the "kfac" preconditioner) up to this many
-# elements (2^25 = 256 MiB in float64); beyond, they are recomputed at every application.
-_KEEP_ELEMS = 1 << 25
+# bytes (one layer at a time); beyond, they are recomputed at every application.
+_KEEP_BYTES = 512 << 20
 # Systems at least this big are factorised in float32 and refined in float64 (module docstring).
 _FP32_MIN = 128
 # Relative residual a direct float64 solve reaches on the damped factors of real layers
@@ -355,7 +355,7 @@ class _RowSolver:
         rows_per_group: int,
         *,
         chunk_elems: int | None = None,
-        keep_elems: int = 0,
+        keep_bytes: int = 0,
     ):
         chunk_elems = _CHUNK_ELEMS if chunk_elems is None else chunk_elems
         self.a, self.keep, self.rpg = a, keep, rows_per_group
@@ -406,7 +406,8 @@ class _RowSolver:
             self.chunks.append(_Chunk(self.active[part], idx, valid, None))
             lo = hi
         total = sum(c.idx.shape[0] * c.idx.shape[1] ** 2 for c in self.chunks)
-        self.store = total <= keep_elems
+        self._elems, self._keep_bytes = total, keep_bytes
+        self.store = total * self.dtype.itemsize <= keep_bytes
         self._cast: dict = {}
 
     def _mats(self) -> tuple[Tensor, Tensor | None]:
@@ -443,9 +444,10 @@ class _RowSolver:
         sys.diagonal(dim1=1, dim2=2).add_((~ch.valid).to(sys.dtype))
         chol, info = torch.linalg.cholesky_ex(sys)
         if bool((info != 0).any()):
-            if self.dtype == torch.float64:
+            if self.dtype == self.a.dtype:
                 raise _NotPD()
-            raise _Coarse()
+            self._to_full_precision()  # float32 cannot factorise it: redo in float64
+            return self._factor(ch)
         if self.store:
             ch.chol = chol
         return chol
@@ -485,6 +487,12 @@ class _RowSolver:
         for ch in self.chunks:
             out[ch.rows] = self._apply_chunk(ch, self._factor(ch), rhs[ch.rows])
         return out
+
+    def _to_full_precision(self) -> None:
+        self.dtype = self.a.dtype
+        self.store = self._elems * self.dtype.itemsize <= self._keep_bytes
+        for c in self.chunks:
+            c.chol = None
 
     def _matvec_rows(self, rows: Tensor, x: Tensor) -> Tensor:
         """``x_o ↦ (A_d)_{K_o K_o} x_o`` for the given rows, in float64 (zero outside ``K_o``)."""
@@ -529,9 +537,7 @@ class _RowSolver:
                         x, r, rel = x_new, r_new, rel_new
                     break
                 except _Coarse:  # redo this chunk (and the rest of the layer) in float64
-                    self.dtype = self.a.dtype
-                    for c in self.chunks:
-                        c.chol = None
+                    self._to_full_precision()
             out[ch.rows] = x
             res2 += float(r.norm()) ** 2
         bn = float(b.norm())
@@ -570,8 +576,8 @@ def repair_layer(
         factors: The layer's K-FAC factors at θ (:func:`pai_core.scores.kfac_factors`).
         form: ``"a"`` (direct, rows independent) or ``"kfac"`` (PCG on ``B_d ⊗ A_d``).
         damping: Relative damping of both factors (``λ = damping · tr/d``).
-        tol: Relative residual at which PCG stops (``"kfac"``); the direct ``"a"`` form always
-            refines to round-off and only reports against ``tol``.
+        tol: Relative residual at which PCG (``"kfac"``) or the iterative refinement of the
+            float32 factorisations (``"a"``) stops.
         max_iter: PCG iteration budget (``"kfac"`` only).
         name: Label for the report.
 
@@ -631,7 +637,7 @@ def repair_layer(
             unknown = kp_c & (~kp).any(2, keepdim=True)
             rhs = torch.bmm(wr, a_solve) * unknown  # (A_d θ_R)_K per row
             solver = _RowSolver(a_solve, unknown.reshape(g * d_b, d_a), d_b)
-            dk, resid = solver.solve(rhs.reshape(g * d_b, d_a), tol=min(tol, _ROUND_OFF))
+            dk, resid = solver.solve(rhs.reshape(g * d_b, d_a), tol=tol)
             dk = dk.reshape(g, d_b, d_a)
             converged = resid <= max(tol, _ROUND_OFF)
         else:
@@ -674,7 +680,7 @@ def _pcg_kfac(
     bn = float(rhs.norm())
     if bn == 0.0:
         return torch.zeros_like(rhs), 0, 0.0, True
-    solver = _RowSolver(a, keep.reshape(g * d_b, d_a), d_b, keep_elems=_KEEP_ELEMS)
+    solver = _RowSolver(a, keep.reshape(g * d_b, d_a), d_b, keep_bytes=_KEEP_BYTES)
     diag_b = torch.diagonal(b, dim1=-2, dim2=-1).reshape(g * d_b, 1)
     diag_b = torch.where(diag_b > 0, diag_b, torch.ones_like(diag_b))  # dead output (damping 0)
 

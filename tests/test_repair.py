@@ -158,7 +158,7 @@ def test_kfac_preconditioner_without_stored_factors(monkeypatch):
     """Beyond the memory budget the per-row factorisations are recomputed: same solution."""
     w, keep, f = random_case("linear", 0.5, seed=5)
     ref, _ = R.repair_layer(w, keep, f, form="kfac", tol=1e-14, max_iter=2000)
-    monkeypatch.setattr(R, "_KEEP_ELEMS", 0)
+    monkeypatch.setattr(R, "_KEEP_BYTES", 0)
     got, rep = R.repair_layer(w, keep, f, form="kfac", tol=1e-14, max_iter=2000)
     assert rep.converged and torch.allclose(got, ref, atol=1e-10)
 
