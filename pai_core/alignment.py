@@ -164,15 +164,25 @@ def top_eigvecs(x: Tensor, k: int) -> Tensor | None:
     of it, and near that the overlap says nothing (its chance level ``k/d`` approaches 1).
 
     Returns:
-        ``(d, k_eff)`` float64, or None when ``k_eff < 1`` or ``x`` is zero (no curvature).
+        ``(d, k_eff)`` float64 (computed in ``x``'s precision), or None when ``k_eff < 1`` or
+        ``x`` is zero (no curvature).
     """
     d = x.shape[-1]
     k_eff = min(int(k), d // 2)
-    xd = x.double()
-    if k_eff < 1 or float(torch.diagonal(xd).sum()) <= 0.0:
+    if k_eff < 1 or float(torch.diagonal(x).double().sum()) <= 0.0:
         return None
-    _, vecs = torch.linalg.eigh(0.5 * (xd + xd.T))
-    return vecs[:, -k_eff:].flip(1)
+    # Scaled to unit mean eigenvalue (factors of late layers can be ~1e-12), in the factor's own
+    # precision (float32: 2x faster than float64 on a 1152 x 1152 factor, and the span of the
+    # top eigenvalues does not need more); float64 when float32's eigh does not converge.
+    xs = x if x.is_floating_point() else x.double()
+    xs = 0.5 * (xs + xs.T) / (torch.diagonal(xs).sum() / d)
+    try:
+        _, vecs = torch.linalg.eigh(xs)
+    except torch.linalg.LinAlgError:
+        _, vecs = torch.linalg.eigh(xs.double())
+    # Re-orthonormalised in float64: principal cosines need orthonormal columns to round-off.
+    q, _ = torch.linalg.qr(vecs[:, -k_eff:].flip(1).double())
+    return q
 
 
 @dataclass(frozen=True)
