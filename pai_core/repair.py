@@ -327,7 +327,7 @@ def quadratic_cost(
 @dataclass
 class _Chunk:
     rows: Tensor  # (c,) row indices into the layer
-    idx: Tensor  # (c, m) kept (K mode) or removed (R mode) column indices, padded with 0
+    idx: Tensor  # (c, m) kept (K mode) or removed (R mode) column indices, padded with d
     valid: Tensor  # (c, m) bool, False on padding
     chol: Tensor | None  # (c, m, m) Cholesky factor of the padded system, when kept
 
@@ -396,7 +396,7 @@ class _RowSolver:
             part = order[lo:hi]
             m = max(int(sizes[part].max()), 1)
             s = sel[part]
-            # Column indices of the selected entries, left-aligned and padded with 0.
+            # Column indices of the selected entries, left-aligned.
             pos = torch.cumsum(s.long(), 1) - 1
             # Padding points at index d: an extra zero row/column of the gathered-from matrices.
             idx = torch.full((len(part), m), d, dtype=torch.long, device=keep.device)
