@@ -173,12 +173,15 @@ def top_eigvecs(x: Tensor, k: int) -> Tensor | None:
         return None
     # Scaled to unit mean eigenvalue (factors of late layers can be ~1e-12), in the factor's own
     # precision (float32: 2x faster than float64 on a 1152 x 1152 factor, and the span of the
-    # top eigenvalues does not need more); float64 when float32's eigh does not converge.
+    # top eigenvalues does not need more); float64 when float32's eigh fails.
     xs = x if x.is_floating_point() else x.double()
     xs = 0.5 * (xs + xs.T) / (torch.diagonal(xs).sum() / d)
     try:
         _, vecs = torch.linalg.eigh(xs)
     except torch.linalg.LinAlgError:
+        vecs = None
+    if vecs is None or not bool(torch.isfinite(vecs).all()):
+        # float32's eigh can also return NaN without raising (seen on a real 1x1-conv factor).
         _, vecs = torch.linalg.eigh(xs.double())
     # Re-orthonormalised in float64: principal cosines need orthonormal columns to round-off.
     q, _ = torch.linalg.qr(vecs[:, -k_eff:].flip(1).double())

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import cache, masks, scores
+from . import cache, masks, scores, transfer_stages
 from .evaluate import Heads, evaluate, fit_heads, split_indices
 from .features import pick_device, task_inputs
 from .finetune import finetune, schedule
@@ -388,15 +388,22 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
     tick("load")
 
     dense = ctx.heads.dense
-    tick("features+heads")
 
     mask = get_masks(ctx)
     report = masks.sparsity_report(mask)
     collapsed = masks.collapsed_layers(mask)
     tick("scores+masks")
 
+    # Tasks of spec.transfer_suite (cross-domain), evaluated after the suite's own at every stage.
+    xdom = None
+    if spec.transfer_suite is not None:
+        xdom = transfer_stages.CrossDomain(prepare(transfer_stages.cross_spec(spec), progress))
+    if xdom is not None:
+        dense = dense + xdom.dense
+    tick("features+heads")
+
     def accuracies(model: nn.Module, stage: str) -> list[float]:
-        return evaluate(
+        accs = evaluate(
             model,
             ctx.encoder,
             ctx.suite,
@@ -405,12 +412,14 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
             device=ctx.device,
             progress=ctx.stage(stage),
         )
+        return accs + (xdom.evaluate(model, stage) if xdom is not None else [])
 
     pruned = masks.prune_(ctx.encoder.copy().model, mask)
     zs = accuracies(pruned, "zero-shot")
     tick("zero-shot")
 
-    ft_accs: list[float | None] = [None] * len(ctx.suite.tasks)
+    n_tasks = len(zs)
+    ft_accs: list[float | None] = [None] * n_tasks
     ft_log = None
     if spec.finetune:
         state, ft_log = get_finetuned(ctx, mask)
@@ -420,17 +429,35 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
         ft_accs = accuracies(tuned, "evaluate")
         tick("evaluate")
 
+    # OBS-corrected: the pruned encoder with the source's optimal update δ of Eq. (3), no SGD.
+    rep_accs: list[float | None] = [None] * n_tasks
+    rep_report = None
+    if spec.repair:
+        state, rep_report = transfer_stages.get_repaired(ctx, mask)
+        tick("repair")
+        fixed = ctx.encoder.copy().model
+        fixed.load_state_dict(state)
+        rep_accs = accuracies(fixed, "repaired")
+        tick("evaluate repaired")
+
+    n = len(ctx.suite.tasks)
+    names = [t.name for t in ctx.suite.tasks] + (xdom.names if xdom is not None else [])
     tasks = [
         TaskResult(
-            task=t.name,
-            role="source" if k == spec.source else "transfer",
+            task=name,
+            role="source" if k == spec.source else "transfer" if k < n else "cross-domain",
             dense=dense[k],
             zero_shot=zs[k],
             finetuned=ft_accs[k],
+            repaired=rep_accs[k],
         )
-        for k, t in enumerate(ctx.suite.tasks)
+        for k, name in enumerate(names)
     ]
     notes = list(ctx.suite.notes)
+    if xdom is not None:
+        notes += [xdom.note(), *xdom.ctx.suite.notes]
+    if rep_report is not None:
+        notes += rep_report.notes()
     if collapsed:
         notes.append(f"layer collapse: {len(collapsed)} layer(s) lost every weight, e.g. {collapsed[:3]}")
     if ctx.suite.skipped:

@@ -1,117 +1,107 @@
-"""Experiment stages beyond the paper: OBS repair, the oracle mask and task alignment (issue 13).
+"""Experiment stages beyond the paper: the K-FAC factors, the OBS repair and cross-domain tasks.
 
-Built on :mod:`pai_core.experiment`'s cached stages (encoder, suite, heads, scores, masks,
-results), which are called, never copied:
+:func:`pai_core.experiment.run` calls these for the specs that ask for them (``spec.repair``,
+``spec.transfer_suite``); they work on its :class:`~pai_core.experiment.Context` and cache like
+its other stages.  (This module does not import :mod:`pai_core.experiment`; the pair-wise
+analyses that need whole runs, the oracle mask and the alignment, are in :mod:`pai_core.task_pairs`.)
 
-* :func:`get_factors` — K-FAC factors at θ₀ of any task of the suite, through that task's own
-  frozen head (cached on disk per task; shared by the repair and the alignment).
-* :func:`get_fisher` — the diagonal empirical Fisher of any task, from the experiment's cached
-  ``diag`` scores of that task (``F = s/θ²``).
-* :func:`get_repaired` — the encoder pruned by the spec's mask and corrected by the OBS update
-  of :mod:`pai_core.repair` with the *source* task's factors (cached like fine-tuned weights).
-* :func:`repair_run` — zero-shot vs OBS-corrected accuracy on every task (P2 without SGD).
-* :func:`oracle_run` — a transfer task's zero-shot accuracy pruned with the source's data vs
-  with its own ("oracle", Eq. (1) with the transfer data): the price of not seeing it.
-* :func:`alignment_run` — :class:`pai_core.alignment.Alignment` of the source and a transfer task.
+* :func:`get_factors` — K-FAC factors at θ₀ of a context's source task, through that task's own
+  frozen head (cached on disk per task; the one home of the factors the repair and the
+  alignment use).
+* :func:`get_repaired` — the encoder pruned by the spec's mask and corrected by the OBS update of
+  :mod:`pai_core.repair` with the *source* task's factors (``spec.repair``; cached like
+  fine-tuned weights).  :func:`pai_core.experiment.run` evaluates it as the "OBS-corrected" stage.
+* :func:`cross_spec`, :class:`CrossDomain` — the tasks of ``spec.transfer_suite`` with heads fitted
+  on the dense encoder with that suite's data, evaluated beside the source suite's (role
+  ``"cross-domain"``).
 
-The result types are plain dataclasses of numbers (no tensors) with ``to_dict``/``from_dict``.
+Why the factors are not shared with the ``kfac`` score: the score computes its own inside
+:func:`pai_core.scores.compute` (and may use another Kronecker approximation, e.g. K-FAC-reduce for
+CNN convolutions, and another damping), while the OBS update's layer-reconstruction form needs
+the "expand" factor ``A = E_{n,t}[a aᵀ]`` over every position.  Reading them out of the score would
+mean changing its internals; so the factors are their own cached stage, one extra pass per task
+(about two forward+backward passes; ``docs/REPAIR_ALIGNMENT.md``) that the repair of every
+sparsity and score, and the alignment of every pair, then share.
 
 Example:
-    >>> from pai_core.experiment import ExperimentSpec                     # doctest: +SKIP
-    >>> spec = ExperimentSpec(score="diag", sparsity=0.4, images_per_class=20)  # doctest: +SKIP
-    >>> repair_run(spec).mean("transfer", "repaired")                       # doctest: +SKIP
-    >>> oracle_run(spec, transfer=1).price                                  # doctest: +SKIP
+    >>> from pai_core.results import ExperimentSpec
+    >>> spec = ExperimentSpec(score="diag", sparsity=0.4, images_per_class=20, repair="a")
+    >>> repair_options(spec)["form"], cross_spec(spec.replace(transfer_suite="fashion-mnist")).suite
+    ('a', 'fashion-mnist')
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import json
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from . import alignment as al
-from . import cache, masks, repair, scores
-from . import experiment as E
-from .evaluate import Heads, evaluate
-from .features import pick_device
-from .models import Encoder
-from .tasks import TaskSuite
+from . import cache, repair, scores
+from .evaluate import evaluate
+from .results import ExperimentSpec, Progress
+
+if TYPE_CHECKING:
+    from .experiment import Context
 
 __all__ = [
+    "STAGE_VERSION",
+    "KFAC_MAX_ITER",
+    "REPAIR_TOL",
     # cached stages
     "get_factors",
-    "get_fisher",
+    "repair_options",
     "get_repaired",
-    # runs
-    "RepairTask",
-    "RepairResult",
-    "repair_run",
-    "OracleResult",
-    "oracle_run",
-    "alignment_run",
+    # cross-domain tasks
+    "cross_spec",
+    "CrossDomain",
 ]
 
-Progress = Callable[[int, int, str], None]
-#: Bump when the meaning of a cached factor or repaired-weight file changes.
-STAGE_VERSION = 1
-
-
-def _quiet(*args) -> None:
-    pass
-
-
-def _context(spec: E.ExperimentSpec) -> tuple[Encoder, TaskSuite, torch.device]:
-    enc = E.get_encoder(spec.model, spec.checkpoint)
-    suite = E.get_suite(spec.suite, spec.data_root, spec.images_per_class, spec.seed)
-    if not 0 <= spec.source < len(suite.tasks):
-        raise ValueError(
-            f"source task {spec.source} out of range: suite {spec.suite!r} has {len(suite.tasks)} tasks"
-        )
-    return enc, suite, pick_device(spec.device)
-
-
-def _check_task(suite: TaskSuite, task: int, what: str = "task") -> int:
-    if not 0 <= int(task) < len(suite.tasks):
-        names = ", ".join(f"{i}: {t.name}" for i, t in enumerate(suite.tasks))
-        raise ValueError(f"{what} {task} out of range; the suite's tasks are {names}")
-    return int(task)
+#: Bump when the meaning of a cached factor, repaired-weight or alignment file changes.
+STAGE_VERSION = 2
+#: PCG iterations of the ``"kfac"`` repair form in an experiment (it does not converge on real
+#: encoders at a usable cost, so its budget is fixed; every iterate is a valid correction).
+KFAC_MAX_ITER = 30
+#: Relative residual asked of the repair's solves.
+REPAIR_TOL = 1e-6
 
 
 # --------------------------------------------------------------------------------------
-# Cached stages
+# K-FAC factors
 # --------------------------------------------------------------------------------------
 
 
-def get_factors(
-    spec: E.ExperimentSpec,
-    enc: Encoder,
-    suite: TaskSuite,
-    heads: Heads,
-    device,
-    task: int | None = None,
-    progress: Progress | None = None,
-) -> dict[str, scores.KFactors]:
-    """K-FAC factors at θ₀ of task ``task`` (default: the source) through its frozen head (cached).
+def _expand() -> dict[str, str]:
+    # The layer-reconstruction A must average a aᵀ over every position ("expand"); a kfac_factors
+    # that offers other approximations is asked for it by name.
+    return {"approx": "expand"} if "approx" in inspect.signature(scores.kfac_factors).parameters else {}
 
-    Covers the encoder weights that :func:`pai_core.scores.kfac_factors` can factor (see
-    :func:`pai_core.repair.factor_params`); keys are encoder parameter names.
+
+def get_factors(ctx: Context, progress: Progress | None = None) -> dict[str, scores.KFactors]:
+    """K-FAC factors at θ₀ of the context's source task through its frozen head (cached on disk).
+
+    ``A`` and ``B`` of Eq. (5) in the "expand" form (:func:`pai_core.scores.kfac_factors`), for the
+    encoder weights it can factor (:func:`pai_core.repair.factor_params`); keys are encoder
+    parameter names.  For another task, use :func:`pai_core.task_pairs.task_context` first.
     """
-    t = spec.source if task is None else _check_task(suite, task)
-    tspec = spec.replace(source=t)
-    key = {**E._data_spec(tspec, enc, suite), "task": t, "loss": spec.loss, "v": STAGE_VERSION}
+    spec = ctx.spec
+    t = spec.source
+    key = {**ctx.key("heads"), "task": t, "loss": spec.loss, "approx": "expand", "v": STAGE_VERSION}
 
     def compute() -> dict[str, Tensor]:
-        model = E._EncoderWithHead(enc.copy().model, heads.module(t)).to(device)
-        wanted = [f"encoder.{n}" for n in E._scored_names(model.encoder)]
+        x, y = ctx.split(t, "fit")
+        # Named "encoder.…" and "head", like the model the scores differentiate.
+        model = nn.Sequential(OrderedDict(encoder=ctx.encoder.copy().model, head=ctx.heads.module(t)))
+        model.to(ctx.device)
+        wanted = [f"encoder.{n}" for n in scores.default_params(model.encoder)]
         names = repair.factor_params(model, wanted)
-        batches = [(x.to(device), y.to(device)) for x, y in E._source_batches(tspec, enc, suite)]
-        f = scores.kfac_factors(model, batches, params=names, loss=spec.loss, progress=progress)
+        batches = [(x[i : i + 32].to(ctx.device), y[i : i + 32].to(ctx.device)) for i in range(0, len(x), 32)]
+        f = scores.kfac_factors(model, batches, params=names, loss=spec.loss, progress=progress, **_expand())
         out = {}
         for n, kf in f.items():
             base = n.removeprefix("encoder.")
@@ -124,315 +114,118 @@ def get_factors(
     return {n: scores.KFactors(flat[f"{n}|A"], flat[f"{n}|B"]) for n in names}
 
 
-def get_fisher(
-    spec: E.ExperimentSpec,
-    enc: Encoder,
-    suite: TaskSuite,
-    heads: Heads,
-    device,
-    task: int | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Tensor]:
-    """Diagonal empirical Fisher of task ``task`` (default: the source), NaN where θ₀ = 0.
+# --------------------------------------------------------------------------------------
+# The OBS-corrected stage
+# --------------------------------------------------------------------------------------
 
-    From the experiment's cached ``diag`` scores of that task (:func:`pai_core.experiment.get_scores`
-    with the task as source), divided by θ₀² (:func:`pai_core.alignment.fisher_from_diag_scores`).
+
+def repair_options(spec: ExperimentSpec) -> dict[str, Any]:
+    """What determines the OBS correction besides the mask: form, damping and the solver's settings.
+
+    Raises:
+        ValueError: The spec asks for no repair.
     """
-    t = spec.source if task is None else _check_task(suite, task)
-    dspec = spec.replace(source=t, score="diag", score_options=())
-    s = E.get_scores(dspec, enc, suite, heads, device, progress)
-    named = dict(enc.model.named_parameters())
-    return al.fisher_from_diag_scores(s, {n: named[n] for n in s})
-
-
-def _repair_key(spec: E.ExperimentSpec, enc: Encoder, suite: TaskSuite, opts: dict) -> dict:
+    if spec.repair is None:
+        raise ValueError("this spec asks for no repair (spec.repair is None)")
     return {
-        **E._score_spec(spec, enc, suite),
-        "sparsity": spec.sparsity,
-        "scope": spec.mask_scope,
-        "repair": opts,
-        "v": STAGE_VERSION,
+        "form": repair.RepairForm(spec.repair).value,
+        "damping": float(spec.repair_damping),
+        "tol": REPAIR_TOL,
+        "max_iter": KFAC_MAX_ITER,
     }
 
 
 def get_repaired(
-    spec: E.ExperimentSpec,
-    enc: Encoder,
-    suite: TaskSuite,
-    heads: Heads,
-    mask: Mapping[str, Tensor],
-    device,
-    *,
-    form: str = "a",
-    damping: float = repair.DEFAULT_DAMPING,
-    tol: float = 1e-6,
-    max_iter: int = 300,
-    progress: Progress | None = None,
+    ctx: Context, mask: Mapping[str, Tensor], progress: Progress | None = None
 ) -> tuple[dict[str, Tensor], repair.RepairReport]:
     """State dict of the encoder pruned by ``mask`` and OBS-corrected on the source (cached), and its report.
 
-    The source task's K-FAC factors at θ₀ (:func:`get_factors`) define the curvature; ``form``,
-    ``damping``, ``tol`` and ``max_iter`` are :func:`pai_core.repair.repair_`'s.
+    The source task's K-FAC factors at θ₀ (:func:`get_factors`) define the curvature; the form and
+    damping are the spec's (:func:`repair_options`).  The cache key extends the masks' key by the
+    repair's options, so another sparsity or score reuses the factors and solves again.
     """
-    opts = {
-        "form": repair.RepairForm(form).value,
-        "damping": float(damping),
-        "tol": float(tol),
-        "max_iter": int(max_iter),
-    }
+    opts = repair_options(ctx.spec)
+    progress = progress or ctx.stage("repair")
 
     def compute() -> dict[str, Tensor]:
-        factors = get_factors(spec, enc, suite, heads, device, progress=progress)
-        model = enc.copy().model.to(device)
+        factors = get_factors(ctx, progress)
+        model = ctx.encoder.copy().model.to(ctx.device)
         rep = repair.repair_(model, mask, factors, progress=progress, **opts)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         state["__report__"] = torch.tensor(list(json.dumps(rep.to_dict()).encode()), dtype=torch.uint8)
         return state
 
-    state = dict(cache.cached_tensors("repaired", _repair_key(spec, enc, suite, opts), compute))
+    key = {**ctx.key("masks"), "repair": opts, "v": STAGE_VERSION}
+    state = dict(cache.cached_tensors("repaired", key, compute))
     blob = state.pop("__report__")
     return state, repair.RepairReport.from_dict(json.loads(bytes(blob.tolist()).decode()))
 
 
 # --------------------------------------------------------------------------------------
-# Zero-shot vs OBS-corrected
+# Cross-domain transfer tasks (spec.transfer_suite)
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class RepairTask:
-    """Accuracies on one task: dense, pruned (zero-shot) and pruned + OBS-corrected."""
+def cross_spec(spec: ExperimentSpec, task: int = 0) -> ExperimentSpec:
+    """The spec on ``spec.transfer_suite`` with its task ``task`` as the source (zero-shot only).
 
-    task: str
-    role: str  # "source" or "transfer"
-    dense: float
-    zero_shot: float
-    repaired: float
+    What the cross-domain tasks' heads (and, in :mod:`pai_core.task_pairs`, their own masks,
+    factors and oracle runs) are computed with.
+
+    Raises:
+        ValueError: The spec has no transfer suite.
+    """
+    if spec.transfer_suite is None:
+        raise ValueError("this spec has no transfer suite (spec.transfer_suite is None)")
+    return spec.replace(
+        suite=spec.transfer_suite,
+        data_root=spec.transfer_data_root,
+        source=task,
+        transfer_suite=None,
+        transfer_data_root=None,
+        finetune=None,
+        repair=None,
+    )
 
 
-@dataclass
-class RepairResult:
-    """What :func:`repair_run` returns.
+@dataclass(frozen=True)
+class CrossDomain:
+    """The tasks of ``spec.transfer_suite``, judged by heads fitted on the dense encoder with their data.
 
     Attributes:
-        spec: The experiment (its mask is the one corrected).
-        form, damping: The repair's curvature block and damping.
-        tasks: Per-task accuracies, the source first as in the suite order.
-        report: The repair's per-layer report, as :meth:`pai_core.repair.RepairReport.to_dict`.
-        seconds: Wall time of the stages run here (``factors+repair`` is 0 on a cache hit).
-        notes: Caveats from the repair (layers skipped, solves stopped early).
+        ctx: A context on the transfer suite (:func:`pai_core.experiment.prepare` of
+            :func:`cross_spec`): its heads and image size are that suite's.
     """
 
-    spec: E.ExperimentSpec
-    form: str
-    damping: float
-    tasks: list[RepairTask]
-    report: dict
-    seconds: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def mean(self, role: str, kind: str) -> float | None:
-        """Mean of ``kind`` (``"dense"``, ``"zero_shot"``, ``"repaired"``) over tasks of ``role``."""
-        vals = [getattr(t, kind) for t in self.tasks if t.role == role]
-        return sum(vals) / len(vals) if vals else None
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["spec"] = dataclasses.asdict(self.spec)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> RepairResult:
-        d = dict(d)
-        d["spec"] = E.ExperimentSpec.from_json(d["spec"])
-        d["tasks"] = [RepairTask(**t) for t in d["tasks"]]
-        return cls(**d)
-
-
-def repair_run(
-    spec: E.ExperimentSpec,
-    *,
-    form: str = "a",
-    damping: float = repair.DEFAULT_DAMPING,
-    tol: float = 1e-6,
-    max_iter: int = 300,
-    progress: E.StageProgress | None = None,
-) -> RepairResult:
-    """Zero-shot vs OBS-corrected accuracy of the spec's pruned encoder on every task.
-
-    The zero-shot numbers are :func:`pai_core.experiment.run`'s (cached; its fine-tuning, if
-    the spec asks for it, runs too); the correction uses only the source task's data.
-    """
-    progress = progress or _quiet
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    base = E.run(spec, progress)
-    times["experiment"] = time.perf_counter() - t0
-    enc, suite, device = _context(spec)
-    heads = E.get_heads(spec, enc, suite, device, partial(progress, "features"))
-    mask = E.get_masks(spec, enc, suite, heads, device, partial(progress, "scores"))
-    t0 = time.perf_counter()
-    state, rep = get_repaired(
-        spec,
-        enc,
-        suite,
-        heads,
-        mask,
-        device,
-        form=form,
-        damping=damping,
-        tol=tol,
-        max_iter=max_iter,
-        progress=partial(progress, "repair"),
-    )
-    times["factors+repair"] = time.perf_counter() - t0
-    model = enc.copy().model
-    model.load_state_dict(state)
-    t0 = time.perf_counter()
-    accs = evaluate(
-        model,
-        enc,
-        suite,
-        heads,
-        image_size=E._image_size(spec, suite),
-        device=device,
-        progress=partial(progress, "evaluate"),
-    )
-    times["evaluate"] = time.perf_counter() - t0
-    tasks = [RepairTask(t.task, t.role, t.dense, t.zero_shot, accs[k]) for k, t in enumerate(base.tasks)]
-    return RepairResult(spec, rep.form, rep.damping, tasks, rep.to_dict(), times, rep.notes())
-
-
-# --------------------------------------------------------------------------------------
-# The oracle mask: pruning with the transfer task's own data
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class OracleResult:
-    """A transfer task pruned with the source's data vs with its own data (same score, sparsity).
-
-    Attributes:
-        spec: The source experiment.
-        transfer: Index of the transfer task in the suite; ``task`` its name.
-        dense: Its dense accuracy.
-        with_source: Zero-shot accuracy when pruned with the source's data (the paper's setting).
-        with_own: Zero-shot accuracy when pruned with its own data (the oracle of Eq. (1)).
-        jaccard: Overlap of the kept sets of the two masks.
-    """
-
-    spec: E.ExperimentSpec
-    transfer: int
-    task: str
-    dense: float
-    with_source: float
-    with_own: float
-    jaccard: float
+    ctx: Context
 
     @property
-    def price(self) -> float:
-        """Accuracy lost by not seeing the transfer task: ``with_own − with_source`` (negative: none)."""
-        return self.with_own - self.with_source
+    def names(self) -> list[str]:
+        """Task names, prefixed with their suite (so they never collide with the source suite's)."""
+        return [f"{self.ctx.suite.name}: {t.name}" for t in self.ctx.suite.tasks]
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["spec"] = dataclasses.asdict(self.spec)
-        d["price"] = self.price
-        return d
+    @property
+    def dense(self) -> list[float]:
+        """Dense accuracy per task (cached with the heads)."""
+        return list(self.ctx.heads.dense)
 
-    @classmethod
-    def from_dict(cls, d: Mapping) -> OracleResult:
-        d = {k: v for k, v in d.items() if k != "price"}
-        d["spec"] = E.ExperimentSpec.from_json(d["spec"])
-        return cls(**d)
-
-
-def oracle_run(
-    spec: E.ExperimentSpec, transfer: int, progress: E.StageProgress | None = None
-) -> OracleResult:
-    """Zero-shot accuracy of task ``transfer`` pruned on the source vs pruned on itself.
-
-    Two cached experiment runs: ``spec`` and ``spec`` with ``transfer`` as the source.  For a
-    data-free score (``magnitude``, ``random``) both masks are the same by construction.
-    """
-    enc, suite, device = _context(spec)
-    t = _check_task(suite, transfer, "transfer task")
-    own_spec = spec.replace(source=t, finetune=None)
-    src = E.run(spec.replace(finetune=None), progress)
-    own = E.run(own_spec, progress)
-    heads = E.get_heads(spec, enc, suite, device)
-    m_src = E.get_masks(spec, enc, suite, heads, device)
-    m_own = E.get_masks(own_spec, enc, suite, heads, device)
-    return OracleResult(
-        spec=spec,
-        transfer=t,
-        task=suite.tasks[t].name,
-        dense=src.tasks[t].dense,
-        with_source=src.tasks[t].zero_shot,
-        with_own=own.tasks[t].zero_shot,
-        jaccard=masks.jaccard(m_src, m_own),
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Alignment
-# --------------------------------------------------------------------------------------
-
-
-def alignment_run(
-    spec: E.ExperimentSpec,
-    transfer: int,
-    *,
-    k: int = al.DEFAULT_K,
-    fisher: bool = True,
-    factors: bool = True,
-    mask: bool = True,
-    progress: E.StageProgress | None = None,
-) -> al.Alignment:
-    """Alignment of the source and task ``transfer`` around θ₀ (:mod:`pai_core.alignment`).
-
-    Args:
-        spec: The source experiment; its score and sparsity define the two masks compared.
-        transfer: Index of the transfer task (may equal the source: everything is then 1).
-        k: Eigenvectors compared per K-FAC factor.
-        fisher, factors, mask: Which of the three measurements to make (each costs a data
-            pass per task on a cold cache: ``diag`` scores, K-FAC factors, the score).
-        progress: ``progress(stage, done, total, message)``.
-
-    Returns:
-        The :class:`pai_core.alignment.Alignment`.
-    """
-    progress = progress or _quiet
-    enc, suite, device = _context(spec)
-    t = _check_task(suite, transfer, "transfer task")
-    heads = E.get_heads(spec, enc, suite, device, partial(progress, "features"))
-    f_pair = s_pair = m_pair = None
-    if fisher:
-        f_pair = tuple(
-            get_fisher(spec, enc, suite, heads, device, task, partial(progress, "fisher"))
-            for task in (spec.source, t)
+    def evaluate(self, model: nn.Module, stage: str) -> list[float]:
+        """Accuracy of ``model`` (an encoder: dense, pruned, fine-tuned or corrected) on every task."""
+        c = self.ctx
+        return evaluate(
+            model,
+            c.encoder,
+            c.suite,
+            c.heads,
+            image_size=c.image_size,
+            device=c.device,
+            progress=c.stage(stage),
         )
-    if factors:
-        subs = {
-            task: al.factor_subspaces(
-                get_factors(spec, enc, suite, heads, device, task, partial(progress, "factors")), k
-            )
-            for task in {spec.source, t}  # once when the transfer task is the source
-        }
-        s_pair = (subs[spec.source], subs[t])
-    if mask:
-        m_pair = (
-            E.get_masks(spec, enc, suite, heads, device, partial(progress, "scores")),
-            E.get_masks(spec.replace(source=t), enc, suite, heads, device, partial(progress, "scores")),
+
+    def note(self) -> str:
+        """The sentence a result carries about its cross-domain tasks."""
+        return (
+            f"cross-domain transfer tasks from {self.ctx.suite.name} ({len(self.ctx.suite.tasks)}): heads "
+            "fitted on the dense encoder with that suite's data; pruning, fine-tuning and repair saw only "
+            "the source"
         )
-    res = al.compare(
-        suite.tasks[spec.source].name,
-        suite.tasks[t].name,
-        fisher=f_pair,
-        subspaces=s_pair,
-        masks=m_pair,
-        k=k,
-    )
-    if mask and spec.score in ("magnitude", "random"):
-        res.notes.append(f"{spec.score} is data-free: both masks are the same by construction (Jaccard 1)")
-    return res

@@ -57,6 +57,28 @@ def test_top_eigvecs_and_its_limits():
     assert AL.top_eigvecs(torch.zeros(6, 6), 3) is None  # no curvature
 
 
+def test_top_eigvecs_redoes_in_float64_when_float32_eigh_returns_nan(monkeypatch):
+    # float32 eigh returned NaN without raising on a real EfficientNet-Lite0 1x1-conv factor
+    # (digits 5-9, 64 px); the fallback must catch that as well as an exception.
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    x = (m @ m.T).float()
+    real = torch.linalg.eigh
+    seen = []
+
+    def flaky(a):
+        seen.append(a.dtype)
+        w, v = real(a)
+        return (w, torch.full_like(v, math.nan)) if a.dtype == torch.float32 else (w, v)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    u = AL.top_eigvecs(x, 3)
+    assert seen == [torch.float32, torch.float64] and bool(torch.isfinite(u).all())
+    monkeypatch.setattr(torch.linalg, "eigh", real)
+    ref = AL.top_eigvecs(x.double(), 3)
+    assert AL.subspace_overlap(u, ref) == pytest.approx(1.0, abs=1e-9)
+
+
 def test_correlation_is_nan_where_undefined_and_skips_nan_entries():
     p, s, n = AL.correlation(torch.tensor([1.0, 2.0, 3.0, math.nan]), torch.tensor([2.0, 4.0, 7.0, 1.0]))
     assert n == 3 and p > 0.99 and s == pytest.approx(1.0)
