@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+from scipy import stats
 from torch import Tensor
 
 from . import alignment as al
@@ -51,6 +53,8 @@ __all__ = [
     "PairAlignment",
     "ALIGNMENT_MEASURES",
     "alignment_table",
+    "alignment_frame",
+    "alignment_correlations",
 ]
 
 
@@ -391,3 +395,56 @@ def alignment_table(
         rows.append(PairAlignment.from_dict(cache.cached_json("alignment", key, build)))
     progress("pairs", len(pairs), len(pairs), f"{len(pairs)} pair(s)")
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# Tables: does alignment predict transfer?
+# --------------------------------------------------------------------------------------
+
+
+def alignment_frame(rows: list[PairAlignment]) -> pd.DataFrame:
+    """One row per pair: the :class:`PairAlignment` fields plus ``retention`` and ``price`` (fractions).
+
+    Example:
+        >>> alignment_frame([]).columns[:4].tolist()
+        ['model', 'suite', 'score', 'sparsity']
+    """
+    cols = [f.name for f in dataclasses.fields(PairAlignment) if f.name != "notes"] + ["retention", "price"]
+    recs = [{k: v for k, v in r.to_dict().items() if k != "notes"} for r in rows]
+    return pd.DataFrame.from_records(recs, columns=cols)
+
+
+def alignment_correlations(frame: pd.DataFrame, target: str = "retention") -> pd.DataFrame:
+    """Spearman correlation across pairs between ``target`` and each alignment measure.
+
+    One row per (model, suite, score, sparsity) and measure: ``rho`` (NaN with fewer than 3 pairs
+    or a constant column), ``n`` pairs.  Positive ``rho`` for ``retention``: more aligned pairs
+    keep more of their accuracy, as P1 implies.
+
+    Example:
+        >>> f = pd.DataFrame({"model": "m", "suite": "s", "score": "diag", "sparsity": 0.3,
+        ...                   "retention": [0.2, 0.5, 0.9], "a_overlap": [0.1, 0.4, 0.8]})
+        >>> alignment_correlations(f).loc[lambda d: d.measure == "a_overlap", "rho"].item()
+        1.0
+    """
+    out = []
+    for (model, suite, score, q), g in frame.groupby(["model", "suite", "score", "sparsity"], sort=True):
+        for m in ALIGNMENT_MEASURES:
+            if m not in g:
+                continue
+            d = g[[target, m]].astype(float).dropna()
+            rho = math.nan
+            if len(d) >= 3 and d[target].nunique() > 1 and d[m].nunique() > 1:
+                rho = float(stats.spearmanr(d[target], d[m]).statistic)
+            out.append(
+                {
+                    "model": model,
+                    "suite": suite,
+                    "score": score,
+                    "sparsity": q,
+                    "measure": m,
+                    "rho": rho,
+                    "n": len(d),
+                }
+            )
+    return pd.DataFrame(out, columns=["model", "suite", "score", "sparsity", "measure", "rho", "n"])
