@@ -76,6 +76,11 @@ def _cross(ctx: E.Context) -> CrossDomain | None:
     return CrossDomain(E.prepare(cross_spec(ctx.spec), ctx.progress))
 
 
+def _domain(ctx: E.Context) -> str:
+    """The data set of the context's source task (:attr:`pai_core.tasks.Task.domain`, else the suite)."""
+    return ctx.suite.tasks[ctx.spec.source].domain or ctx.suite.name
+
+
 def run_task_names(ctx: E.Context) -> list[str]:
     """Names of every task of the run, in :attr:`~pai_core.results.ExperimentResult.tasks` order."""
     xd = _cross(ctx)
@@ -272,7 +277,9 @@ class PairAlignment:
     Attributes:
         model, suite, score, sparsity: The setting.
         source, transfer: Indices among the run's tasks; ``source_task``, ``transfer_task`` names.
-        domain: ``"in-domain"`` (same suite) or ``"cross-domain"`` (``spec.transfer_suite``).
+        domain: ``"cross-domain"`` when the two tasks' images come from different data sets
+            (:attr:`pai_core.tasks.Task.domain`: a task of another suite, or the digits suite's
+            Fashion-MNIST tasks against its digits), else ``"in-domain"``.
         dense, zero_shot: The transfer task's dense accuracy and its zero-shot accuracy with the
             source's mask; ``retention = zero_shot / dense``.
         with_own: Its zero-shot accuracy with its own mask (oracle); ``price = with_own − zero_shot``.
@@ -383,7 +390,7 @@ def alignment_table(
                 source_task=names[sspec.source],
                 transfer=t,
                 transfer_task=names[t],
-                domain="cross-domain" if orc.cross_domain else "in-domain",
+                domain="cross-domain" if _domain(ctx) != _domain(dst) else "in-domain",
                 dense=orc.dense,
                 zero_shot=orc.with_source,
                 with_own=orc.with_own,

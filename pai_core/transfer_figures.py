@@ -143,12 +143,16 @@ def repair_verdict(results: Sequence[ExperimentResult]) -> list[str]:
         )
         if up + down + same:
             beyond = "beyond the noise" if floors_known else "(every change counted: class counts unknown)"
-            text += f"; it raised {up} of {up + down + same} other tasks and lowered {down} {beyond}"
-            moved = change["transfer"] if change["transfer"] is not None else change["cross-domain"]
+            text += (
+                f"; of {up + down + same} other tasks it raised {up}, left {same} and lowered {down} {beyond}"
+            )
+            others = [v for k, v in change.items() if k != "source" and v is not None]
             if down == 0 and up > 0:
-                text += ": what helps the source helps the tasks it never saw, as P2 predicts"
-            elif moved is not None and moved < 0:
+                text += ": the source's correction helped tasks it never saw and hurt none, as P2 predicts"
+            elif others and min(others) < 0 and down > up:
                 text += ": on average it hurt the tasks it never saw, against P2"
+            elif up == 0 and down == 0:
+                text += ": no task it never saw moved, so this tests nothing about P2"
         out.append(text + ".")
     return out
 

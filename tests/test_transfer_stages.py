@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -157,8 +158,14 @@ def test_alignment_table_over_every_pair_with_a_cross_domain_suite():
     rows = task_pairs.alignment_table(spec, sources=[0], k=4)
     n = len(experiment.prepare(spec).suite.tasks)
     assert [r.transfer for r in rows] == list(range(1, n + 2))
-    assert [r.domain for r in rows][-2:] == ["cross-domain", "cross-domain"]
-    assert all(r.domain == "in-domain" for r in rows[: n - 1])
+    # by data set: digits 5-9 is in-domain; the digits suite's own Fashion-MNIST tasks and the
+    # fashion-mnist suite's are cross-domain against digits 0-4
+    want = ["in-domain"] + ["cross-domain"] * (n - 2) + ["cross-domain", "cross-domain"]
+    assert [r.domain for r in rows] == want
+    assert [r.transfer_task for r in rows][-2:] == [
+        "fashion-mnist: fashion 0-4",
+        "fashion-mnist: fashion 5-9",
+    ]
     for r in rows:
         assert r.source_task == "digits 0-4" and 0 <= r.retention and 0.0 <= r.mask_jaccard <= 1.0
         assert r.price == pytest.approx(r.with_own - r.zero_shot)
@@ -171,3 +178,45 @@ def test_alignment_table_over_every_pair_with_a_cross_domain_suite():
         al.mask_jaccard
     )
     assert task_pairs.PairAlignment.from_dict(last.to_dict()) == last
+
+
+def test_cli_run_with_repair_and_align_write_what_they_print(tmp_path, monkeypatch, capsys):
+    from pai_core.__main__ import main
+
+    monkeypatch.setenv("PAI_RESULTS_DB", str(tmp_path / "r.sqlite"))
+    tiny = ["--images-per-class", "10", "--image-size", "64"]
+    assert main(["run", "--score", "magnitude", "--sparsity", "0.3", "--repair", "a", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "OBS-corr." in out and "verdict: **magnitude**: the OBS correction computed on the source" in out
+    row = store.ResultsStore().frame().iloc[0]
+    assert row["repair"] == "a" and row["source_repaired"] is not None
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it, naming the choices
+        main(["run", "--repair", "sgd", *tiny])
+    assert (
+        exc.value.code == 2 and "invalid choice: 'sgd' (choose from 'a', 'kfac')" in capsys.readouterr().err
+    )
+    out_dir = tmp_path / "align"
+    args = ["align", "--score", "diag", "--sparsity", "0.3", "--sources", "0", "--k", "4", *tiny]
+    assert main([*args, "--out", str(out_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "digits 0-4 → digits 5-9" in text and "Spearman ρ across pairs" in text
+    frame = pd.read_csv(out_dir / "alignment.csv")
+    n = len(experiment.prepare(ExperimentSpec(**TINY)).suite.tasks)
+    assert len(frame) == n - 1 and set(frame["source_task"]) == {"digits 0-4"}
+    assert "Task alignment" in (out_dir / "alignment.html").read_text()
+    assert main([*args[:-4], "--sources", "7", *tiny]) == 2  # one line, status 2
+    assert "source 7 out of range" in capsys.readouterr().err
+
+
+def test_sweep_config_carries_the_repair_and_the_transfer_suite():
+    from pai_core import sweep
+
+    cfg = sweep.SweepConfig(sources=(0,), sparsities=(0.3,), repair="a", transfer_suite="fashion-mnist")
+    (spec,) = sweep.expand(cfg)
+    assert spec.repair == "a" and spec.transfer_suite == "fashion-mnist" and spec.repair_damping == 1e-2
+    assert sweep.SweepConfig.from_dict({"repair": "none"}).repair is None
+    assert sweep.SweepConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown repair form 'sgd'"):
+        sweep.SweepConfig(repair="sgd")
+    with pytest.raises(ValueError, match="unknown transfer suite 'mnist'"):
+        sweep.SweepConfig(transfer_suite="mnist")
