@@ -41,11 +41,14 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
 - **P2: repairing the pruned model on the source also repairs it on the transfer tasks.** Briefly
   fine-tuning the pruned encoder on the source task moves it back towards a low-loss region that the
   tasks share, so transfer accuracy goes up (or at least not down).
+
+Beyond the paper: the Prune page can also repair the pruned encoder **without SGD**, by the optimal
+update δ of Eq. (3) computed on the source (OBS-corrected, crossed bars), and add tasks from another
+data set as **cross-domain** transfer tasks; the Task alignment page measures P1's assumption directly.
 """
     )
 
     st.subheader("Pages")
-    cols = st.columns(4)
     page_text = [
         (
             "app_pages/1_Toy_landscapes.py",
@@ -70,7 +73,14 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
             "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, "
             "masks).",
         ),
+        (
+            "app_pages/6_Task_alignment.py",
+            "Task alignment (beyond the paper)",
+            "P1's assumption measured: how aligned each source → transfer pair is at θ₀, against how much "
+            "transfers and what not seeing the transfer task costs.",
+        ),
     ]
+    cols = st.columns(len(page_text))
     for col, (path, title, text) in zip(cols, page_text, strict=True):
         with col:
             st.page_link(path, label=f"**{title}**")
@@ -193,5 +203,6 @@ pages = [
     st.Page("app_pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon=":material/content_cut:"),
     st.Page("app_pages/3_Loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
     st.Page("app_pages/4_Results.py", title="Results", icon=":material/table_chart:"),
+    st.Page("app_pages/6_Task_alignment.py", title="Task alignment", icon=":material/compare_arrows:"),
 ]
 st.navigation(pages).run()

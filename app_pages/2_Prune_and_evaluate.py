@@ -11,7 +11,7 @@ import time
 import streamlit as st
 
 from dashboard import common
-from pai_core import experiment, figures, masks, models, scores, store
+from pai_core import experiment, figures, masks, models, scores, store, transfer_figures
 from pai_core.results import ExperimentSpec
 
 PAPER_LEVELS = [float(q) for q in masks.PAPER_SPARSITIES]
@@ -91,6 +91,7 @@ def _job() -> dict:
             data_root=root,
             checkpoint=checkpoint,
             device=ss["prune_w_device"],
+            **common.beyond_options("prune"),
         )
         for q in _levels()
         for score in ss["prune_w_scores"]
@@ -159,6 +160,7 @@ with st.form("prune_form"):
     if ss["prune_w_scores"]:
         with st.expander("What the chosen scores compute, and their options"):
             common.score_option_inputs("prune", ss["prune_w_scores"])
+    common.beyond_inputs("prune")
     st.checkbox(
         "Held-out evaluation — a deviation from the paper: heads fitted on one half of each task, accuracy "
         "measured on the other half",
@@ -226,8 +228,12 @@ st.caption(
     "Top: the source task; bottom: mean over the transfer tasks. Solid: zero-shot accuracy of the pruned "
     "encoder; "
     + ("hatched: after fine-tuning on the source; " if first.finetune else "")
+    + ("crossed: OBS-corrected on the source, no SGD; " if first.repair else "")
+    + (f"third row: cross-domain tasks of {first.transfer_suite}; " if first.transfer_suite else "")
     + "dashed line: the dense encoder. PNG: camera icon in the figure's toolbar."
 )
+for sentence in transfer_figures.repair_verdict(results):
+    st.markdown(sentence)
 common.figure_download(fig, "fig3_prune.html", key="btn_prune_fig3_html")
 notes = sorted({n for r in results for n in r.notes if not n.startswith("layer collapse")})
 for note in notes:

@@ -35,6 +35,7 @@ common.page_defaults(
         "land_w_ipc": common.default_images_per_class(),
         "land_w_log": True,
         "land_w_device": "auto",
+        "land_w_repair": False,
     }
 )
 ss = st.session_state
@@ -83,6 +84,7 @@ def _job() -> dict:
         sparsity=float(ss["land_w_sparsity"]),
         images_per_class=int(ss["land_w_ipc"]),
         finetune=ss["land_w_finetune"],
+        repair="a" if ss["land_w_repair"] else None,
         data_root=root,
         device=ss["land_w_device"],
         checkpoint=checkpoint,
@@ -147,6 +149,12 @@ with st.form("land_form"):
             key="land_w_ipc",
         )
         st.checkbox(
+            "Add the OBS-corrected point θ̃₀+δ (beyond the paper)",
+            key="land_w_repair",
+            help="The pruned weights corrected by Eq. (3)'s optimal update computed on the source, no SGD. "
+            "It is generally off the plane: drawn at its projection, its distance from the plane in the caption.",
+        )
+        st.checkbox(
             "Colour by log₁₀ of the loss",
             key="land_w_log",
             help="Losses of pruned weights span decades; a log scale keeps the valley visible.",
@@ -202,8 +210,11 @@ st.caption(
 )
 st.plotly_chart(fig, key="land_fig")
 st.caption(
-    "Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source); "
-    "the arrow is fine-tuning. " + figures.landscape_note(land) + " PNG: camera icon in the figure's toolbar."
+    "Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source)"
+    + ("; ◆ θ̃₀+δ (OBS-corrected on the source, green arrow)" if spec.repair else "")
+    + "; the blue arrow is fine-tuning. "
+    + figures.landscape_note(land)
+    + " PNG: camera icon in the figure's toolbar."
 )
 common.figure_download(fig, "fig4_landscape.html", key="btn_land_html")
 pl = getattr(land, "point_losses", None) or {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import common
-from pai_core import figures
+from pai_core import figures, transfer_figures
 from pai_core.results import SUMMARY_COLUMNS
 
 common.page_defaults({})
@@ -45,13 +45,14 @@ frame = _frame(sig, results)
 
 # -- filters -----------------------------------------------------------------------------------
 st.subheader("Filter")
-fcols = st.columns(4)
+_FILTER_LABELS = {"finetune": "fine-tuning", "repair": "OBS correction"}
+fcols = st.columns(5)
 filters = {}
-for col, name in zip(fcols, ("model", "suite", "score", "finetune"), strict=True):
+for col, name in zip(fcols, ("model", "suite", "score", "finetune", "repair"), strict=True):
     opts = sorted(frame[name].dropna().unique().tolist())
     key = f"results_w_{name}"
     ss[key] = [v for v in ss.get(key, opts) if v in opts] or opts
-    filters[name] = col.multiselect(name.replace("finetune", "fine-tuning"), opts, key=key)
+    filters[name] = col.multiselect(_FILTER_LABELS.get(name, name), opts, key=key)
 mask = frame["model"].notna()
 for name, vals in filters.items():
     mask &= frame[name].isin(vals)
@@ -126,8 +127,11 @@ else:
     st.plotly_chart(fig, key="results_fig3")
     st.caption(
         f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
-        "sources). PNG: camera icon in the toolbar."
+        "sources). Solid: zero-shot; hatched: fine-tuned on the source; crossed: OBS-corrected on the source "
+        "(no SGD); a third row holds cross-domain tasks. PNG: camera icon in the toolbar."
     )
+    for sentence in transfer_figures.repair_verdict(sel):
+        st.markdown(sentence)
     common.figure_download(fig, "fig3_grid.html", key="btn_results_fig_html")
 
 # -- masks of one run ----------------------------------------------------------------------------
