@@ -370,16 +370,34 @@ def all_results(signature: tuple) -> list[ExperimentResult]:
 def results_and_store_error(signature: tuple) -> tuple[list[ExperimentResult], dict | None]:
     """Finished runs, surviving a broken results store.
 
+    The store is the one source of truth; only when it cannot be read (corrupt, unreadable…) do
+    the runs come from the result files that every finished run also leaves in the cache, so the
+    user still sees them while following the error's advice (move the file aside).
+
     Returns:
-        ``(runs, None)``, or, when the store cannot be read (corrupt, unreadable…), no runs and the
-        store's :func:`error_record`, whose message names the file and says how to move it aside
-        (every run's result stays in the cache: running the same settings again returns at once
-        and records it in a fresh store).
+        ``(runs, None)``, or the cache's runs and the store's :func:`error_record`, whose message
+        names the file and says how to move it aside.
     """
     try:
         return all_results(signature), None
     except errors.StorageError as exc:
-        return [], error_record(exc)
+        return _file_results(signature), error_record(exc)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _file_results(signature: tuple) -> list[ExperimentResult]:
+    """Runs whose result file is in the cache (the fallback while the store is broken)."""
+    from pai_core import cache
+
+    found: dict[str, ExperimentResult] = {}
+    res_dir = cache.cache_dir() / "results"
+    for path in sorted(res_dir.glob("*.json")) if res_dir.is_dir() else []:
+        try:
+            r = ExperimentResult.from_dict(cache.load_json(path))
+        except (cache.CacheCorrupt, TypeError, KeyError, ValueError):
+            continue  # a result of an older format or a half-copied file: not a finished run
+        found.setdefault(r.spec.key(), r)
+    return list(found.values())
 
 
 # ----------------------------------------------------------------------------- progress
