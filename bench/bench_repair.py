@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pai_core import experiment as E  # noqa: E402
-from pai_core import masks, repair, scores  # noqa: E402
+from pai_core import masks, repair, scores, transfer_stages  # noqa: E402
 from pai_core.finetune import FinetuneConfig, finetune  # noqa: E402
 
 
@@ -68,11 +68,11 @@ def main() -> None:
         images_per_class=args.per_class,
         device="cpu",
     )
-    enc = E.get_encoder(spec.model)
-    suite = E.get_suite(spec.suite, None, spec.images_per_class, spec.seed)
-    heads = E.get_heads(spec, enc, suite, "cpu")
-    mask = E.get_masks(spec, enc, suite, heads, "cpu")
-    batches = E._source_batches(spec, enc, suite)
+    ctx = E.prepare(spec)
+    enc, heads = ctx.encoder, ctx.heads
+    mask = E.get_masks(ctx)
+    x_fit, y_fit = ctx.split(spec.source, "fit")
+    batches = [(x_fit[i : i + 32], y_fit[i : i + 32]) for i in range(0, len(x_fit), 32)]  # as get_scores
     n = sum(len(y) for _, y in batches)
     dense = E._EncoderWithHead(enc.copy().model, heads.module(spec.source)).eval()
     names = [f"encoder.{k}" for k in mask]
@@ -101,7 +101,7 @@ def main() -> None:
         )
 
     def factors() -> dict:
-        return scores.kfac_factors(dense, batches, params=names)
+        return scores.kfac_factors(dense, batches, params=names, **transfer_stages._expand())
 
     t_fb, _ = cpu_min(fwd_bwd, args.repeats)
     t_ep, _ = cpu_min(epoch, args.repeats)
@@ -125,7 +125,7 @@ def main() -> None:
 
     print(
         f"{args.model} ({enc.weights_id[:12]}), suite {args.suite} task {args.source}: {n} images at "
-        f"{E._image_size(spec, suite)} px; mask {args.score} {args.sparsity:.0%} global; "
+        f"{ctx.image_size} px; mask {args.score} {args.sparsity:.0%} global; "
         f"{torch.get_num_threads()} thread(s); CPU seconds, min of {args.repeats}\n"
     )
     print(f"unit 1: one forward+backward over the {n} images = {t_fb:.2f} s")
