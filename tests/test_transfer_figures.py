@@ -118,3 +118,34 @@ def test_single_pair_says_n_instead_of_a_correlation():
     fig = transfer_figures.alignment_figure(frame, "fisher_pearson")
     assert "n = 1 pairs" in fig.layout.title.text
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_report_writes_fig3_with_crossed_bars_and_the_repair_verdict(tmp_path):
+    from pai_core import store, sweep
+
+    st = store.ResultsStore(tmp_path / "r.sqlite")
+    st.record(_run((0.6, 0.6, 0.5), (1.0, 0.9, 0.8)), elapsed=1.0)
+    st.record(_run((0.6, 0.6, 0.5), (0.6, 0.6, 0.5), q=0.3), elapsed=1.0)
+    plain = _run((0.6, 0.6), (0.6, 0.6), q=0.5)
+    st.record(
+        ExperimentResult(plain.spec.replace(repair=None), [TaskResult("a", "source", 1.0, 0.5)], None),
+        elapsed=1,
+    )
+    paths = sweep.report(st, tmp_path / "rep")
+    text = paths["verdict"].read_text()
+    assert "repair-a" in text and "the OBS correction computed on the source" in text
+    assert "OBS-corrected" in paths["html:fig3_digits_ft-none_ipc-50_repair-a"].read_text()
+    grid = pd.read_csv(paths["grid_csv"])
+    assert set(grid["repair"]) == {"a", "none"} and "transfer_repaired" in grid.columns
+    table = sweep.summary_table(st.frame())
+    assert "trf obs" in table and "x-dom" not in table
+
+
+def test_the_repair_demo_sweep_file_reads():
+    from pathlib import Path
+
+    from pai_core import sweep
+
+    cfg = sweep.SweepConfig.from_file(Path(__file__).resolve().parents[1] / "sweeps" / "obs_repair_demo.yaml")
+    specs = sweep.expand(cfg)
+    assert len(specs) == 8 and all(s.repair == "a" and s.finetune is None for s in specs)
