@@ -212,6 +212,25 @@ st.download_button(
     on_click="ignore",
     key="btn_align_csv",
 )
+st.subheader("Per layer, for one pair")
+pair_labels = {i: f"{r.source_task} → {r.transfer_task} ({r.domain})" for i, r in enumerate(rows)}
+if ss.get("align_w_pair") not in pair_labels:
+    ss["align_w_pair"] = 0
+st.selectbox("Pair", list(pair_labels), key="align_w_pair", format_func=pair_labels.get)
+if st.button("Show per-layer alignment", key="btn_align_layers"):
+    row = rows[ss["align_w_pair"]]
+    try:
+        with st.spinner("Reading the two tasks' cached Fisher, factors and masks…"):
+            ss["align_layers"] = task_pairs.alignment_run(
+                spec.replace(source=row.source), row.transfer, k=int(ss["align_w_k"])
+            )
+    except Exception as exc:
+        common.show_error(exc)
+if ss.get("align_layers") is not None:
+    layer_fig = transfer_figures.layer_alignment_figure(ss["align_layers"])
+    st.plotly_chart(layer_fig, key="align_layers_fig")
+    st.caption("Depthwise convolutions have 1-dimensional B blocks: their B overlap is undefined (gaps).")
+
 notes = sorted({n for r in rows for n in r.notes})
 for note in notes:
     st.caption(f"Note: {note}")

@@ -84,6 +84,7 @@ STATE_DEFAULTS: dict[str, Any] = {
     "align_job": None,  # the Task alignment page's job: {"specs": [...], "sources": …, "k": …}
     "align_output": None,  # {"rows": [PairAlignment, ...]}
     "align_error": None,
+    "align_layers": None,  # pai_core.alignment.Alignment of the pair chosen for the per-layer view
 }
 
 # Widget keys carry one of these prefixes; re-assigning them on every run keeps a page's settings

@@ -7,6 +7,7 @@
   title: does alignment predict transfer?
 * :func:`price_figure` — per pair, the transfer task's zero-shot accuracy pruned with the source's
   data against pruned with its own (the oracle): the price of not seeing the transfer task.
+* :func:`layer_alignment_figure` — one pair's alignment layer by layer (input to output).
 * :func:`alignment_text`, :func:`alignment_report_html` — the same as a printed table and as one
   self-contained HTML page (``python -m pai_core align --out``).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -38,6 +40,7 @@ __all__ = [
     "MEASURES",
     "alignment_figure",
     "price_figure",
+    "layer_alignment_figure",
     "alignment_text",
     "alignment_report_html",
 ]
@@ -273,6 +276,49 @@ def price_figure(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
         yaxis=dict(title="pruned with its own data: oracle (%)", range=[lo - 2, hi + 2]),
         template="plotly_white",
         height=430,
+    )
+    return fig
+
+
+def layer_alignment_figure(alignment: Any, *, title: str | None = None) -> go.Figure:
+    """One pair's alignment per layer, in the network's order: where along the depth the tasks part.
+
+    Args:
+        alignment: A :class:`pai_core.alignment.Alignment` (``source``, ``transfer``, ``layers``
+            with ``name, fisher_spearman, a_overlap, a_chance, b_overlap, mask_jaccard``).
+        title: Figure title.
+    """
+    layers = list(alignment.layers)
+    x = list(range(len(layers)))
+    names = [lr.name for lr in layers]
+    fig = go.Figure()
+    lines = (
+        ("fisher_spearman", OKABE_ITO[0], "solid"),
+        ("a_overlap", OKABE_ITO[3], "solid"),
+        ("b_overlap", OKABE_ITO[5], "solid"),
+        ("mask_jaccard", OKABE_ITO[2], "solid"),
+        ("a_chance", "#999999", "dot"),
+    )
+    for field, colour, dash in lines:
+        label = MEASURES.get(field, "A overlap of random subspaces (k/d)")
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[getattr(lr, field) for lr in layers],
+                mode="lines+markers",
+                name=label,
+                line=dict(color=colour, dash=dash, width=1.5),
+                marker=dict(size=4),
+                customdata=names,
+                hovertemplate="%{customdata}<br>" + label + " %{y:.3f}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=dict(text=title or f"Alignment per layer: {alignment.source} → {alignment.transfer}"),
+        xaxis_title="layer (input → output)",
+        yaxis_title="alignment (1 = identical tasks)",
+        template="plotly_white",
+        height=380,
     )
     return fig
 

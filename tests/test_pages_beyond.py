@@ -148,3 +148,9 @@ def test_alignment_page_measures_a_tiny_real_alignment() -> None:
     at.selectbox(key="align_w_measure").set_value("mask_jaccard").run()
     assert not at.exception, at.exception
     assert "mask Jaccard" in _chart(at, "align_fig")["layout"]["xaxis"]["title"]["text"]
+    # one pair layer by layer, from the cached stages
+    _button(at, "Show per-layer alignment").click().run(timeout=TIMEOUT)
+    assert not at.exception, at.exception
+    assert not at.error, _errors(at)
+    layers = _chart(at, "align_layers_fig")
+    assert len(_values(layers["data"][0]["y"])) == len(at.session_state["align_layers"].layers) > 10

@@ -149,3 +149,20 @@ def test_the_repair_demo_sweep_file_reads():
     cfg = sweep.SweepConfig.from_file(Path(__file__).resolve().parents[1] / "sweeps" / "obs_repair_demo.yaml")
     specs = sweep.expand(cfg)
     assert len(specs) == 8 and all(s.repair == "a" and s.finetune is None for s in specs)
+
+
+def test_layer_alignment_figure_one_line_per_measure_in_layer_order():
+    from pai_core import alignment
+
+    layers = [
+        alignment.LayerAlignment(
+            f"l{i}", 10, 0.9, 0.8 - 0.1 * i, 0.7, 0.05, math.nan if i == 1 else 0.5, 0.1, 0.9
+        )
+        for i in range(3)
+    ]
+    fig = transfer_figures.layer_alignment_figure(alignment.Alignment("a", "b", layers))
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name[transfer_figures.MEASURES["fisher_spearman"]].y) == pytest.approx([0.8, 0.7, 0.6])
+    assert math.isnan(by_name[transfer_figures.MEASURES["b_overlap"]].y[1])  # a gap, not a zero
+    assert list(by_name["A overlap of random subspaces (k/d)"].customdata) == ["l0", "l1", "l2"]
+    assert "a → b" in fig.layout.title.text
