@@ -74,6 +74,16 @@ PAGES = [
         ),
     ),
     PageEntry(
+        "app_pages/6_Task_alignment.py",
+        "Task alignment",
+        ":material/compare_arrows:",
+        (
+            "Task alignment (beyond the paper)",
+            "P1's assumption measured: how aligned each source → transfer pair is at θ₀, against how much "
+            "transfers and what not seeing the transfer task costs.",
+        ),
+    ),
+    PageEntry(
         "app_pages/5_From_scratch.py",
         "From scratch",
         ":material/restart_alt:",
@@ -107,6 +117,10 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
 - **P2: repairing the pruned model on the source also repairs it on the transfer tasks.** Briefly
   fine-tuning the pruned encoder on the source task moves it back towards a low-loss region that the
   tasks share, so transfer accuracy goes up (or at least not down).
+
+Beyond the paper: the Prune page can also repair the pruned encoder **without SGD**, by the optimal
+update δ of Eq. (3) computed on the source (OBS-corrected, crossed bars), and add tasks from another
+data set as **cross-domain** transfer tasks; the Task alignment page measures P1's assumption directly.
 """
     )
 

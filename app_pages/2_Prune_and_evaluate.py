@@ -14,7 +14,18 @@ import time
 import streamlit as st
 
 from dashboard import common
-from pai_core import defaults, experiment, figures, imagenet_check, models, reference, scores, store, verdicts
+from pai_core import (
+    defaults,
+    experiment,
+    figures,
+    imagenet_check,
+    models,
+    reference,
+    scores,
+    store,
+    transfer_figures,
+    verdicts,
+)
 from pai_core.results import ExperimentSpec
 from pai_core.validate import parse_sparsity
 
@@ -101,6 +112,7 @@ def _job() -> dict:
             checkpoint=checkpoint,
             device=ss["prune_w_device"],
             **common.spec_option_values("prune"),
+            **common.beyond_options("prune"),
         )
         for q in levels
         for score in ss["prune_w_scores"]
@@ -174,6 +186,8 @@ with st.form("prune_form"):
             common.score_option_inputs("prune", ss["prune_w_scores"])
         st.markdown("**The authors' protocol and BatchNorm-aware masks**")
         common.spec_option_inputs("prune")
+        st.markdown("**Beyond the paper**")
+        common.beyond_inputs("prune")
     # One keyed button whose `disabled` follows the job: a second click while a run is going cannot start another.
     st.form_submit_button(
         "Run",
@@ -271,12 +285,16 @@ st.caption(
     "Top: the source task; bottom: mean over the transfer tasks. Solid: zero-shot accuracy of the pruned "
     "encoder; "
     + ("hatched: after fine-tuning on the source; " if first.finetune else "")
+    + ("crossed: OBS-corrected on the source, no SGD; " if first.repair else "")
+    + (f"third row: cross-domain tasks of {first.transfer_suite}; " if first.transfer_suite else "")
     + "dashed: the dense encoder, "
     + ("held out" if first.holdout else "heads fitted and scored on the same images as in the paper")
     + ("; dash-dotted: the dense encoder held out (fit on one half, scored on the other)" if held else "")
     + "; dotted: chance."
 )
 common.figure_downloads(fig, "fig3_prune", key="btn_prune_fig3")
+for sentence in transfer_figures.repair_verdict(results):
+    st.markdown(sentence)
 
 # -- the verdict -------------------------------------------------------------------------------------
 verdict = verdicts.fig3_verdict(results, label=figures.score_label)

@@ -31,6 +31,7 @@ common.page_defaults(
         "land_w_ipc": common.default_images_per_class(),
         "land_w_log": True,
         "land_w_device": "auto",
+        "land_w_repair": False,
     }
 )
 ss = st.session_state
@@ -91,6 +92,7 @@ def _job() -> dict:
             sparsity=float(ss["land_w_sparsity"]),
             images_per_class=int(ss["land_w_ipc"]),
             finetune=ss["land_w_finetune"],
+            repair="a" if ss["land_w_repair"] else None,
             data_root=root,
             device=ss["land_w_device"],
             checkpoint=checkpoint,
@@ -165,6 +167,12 @@ with st.form("land_form"):
             step=5,
             key="land_w_ipc",
         )
+        st.checkbox(
+            "Add the OBS-corrected point θ̃₀+δ (beyond the paper)",
+            key="land_w_repair",
+            help="The pruned weights corrected by Eq. (3)'s optimal update computed on the source, no SGD. "
+            "It is generally off the plane: drawn at its projection, its distance from the plane in the caption.",
+        )
         st.selectbox(
             "Device", ["auto", "cpu", "cuda"], key="land_w_device", help=f"auto uses: {common.device_text()}"
         )
@@ -236,8 +244,9 @@ with st.container(border=True):
             f"**{figures.score_label(land.spec.score)}**: " + verdicts.landscape_verdict(land.point_losses)
         )
 st.caption(
-    "Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source), "
-    "each filled with the colour of its own exactly evaluated loss; red arrow: pruning, blue arrow: "
+    "Lighter = lower loss. ○ θ₀ (pre-trained), ✕ θ̃₀ (pruned), ★ θ̃ₛ* (pruned and fine-tuned on the source)"
+    + ("; ◆ θ̃₀+δ (OBS-corrected on the source, green arrow)" if spec.repair else "")
+    + "; each filled with the colour of its own exactly evaluated loss; red arrow: pruning, blue arrow: "
     "fine-tuning. " + " ".join(figures.landscape_note(land) for land in lands[:1])
 )
 common.figure_downloads(fig, "fig4_landscape", key="btn_land_fig")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import common
-from pai_core import figures, verdicts
+from pai_core import figures, transfer_figures, verdicts
 
 common.page_defaults({})
 ss = st.session_state
@@ -44,12 +44,13 @@ frame, table = _frames(sig, results)
 
 # -- filters -----------------------------------------------------------------------------------
 st.subheader("Filter")
-fcols = st.columns(4)
+
+fcols = st.columns(5)
 filters = {}
 for col, name, title in zip(
     fcols,
-    ("model", "suite", "score", "finetune"),
-    ("model", "suite", "score", "fine-tuning"),
+    ("model", "suite", "score", "finetune", "repair"),
+    ("model", "suite", "score", "fine-tuning", "OBS correction"),
     strict=True,
 ):
     opts = sorted(frame[name].dropna().unique().tolist())
@@ -162,8 +163,12 @@ else:
         st.plotly_chart(fig, key="results_fig3")
         st.caption(
             f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
-            "sources). Dashed: dense (how it was measured is in its label); dotted: chance."
+            "sources). Solid: zero-shot; hatched: fine-tuned on the source; crossed: OBS-corrected on the "
+            "source (no SGD); a third row holds cross-domain tasks. Dashed: dense (how it was measured is in "
+            "its label); dotted: chance."
         )
+        for sentence in transfer_figures.repair_verdict(sel):
+            st.markdown(sentence)
         common.figure_downloads(fig, "fig3_grid", key="btn_results_fig")
         for model in dict.fromkeys(r.spec.model for r in sel):
             runs = [r for r in sel if r.spec.model == model]

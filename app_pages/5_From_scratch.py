@@ -295,11 +295,11 @@ else:
         "Mean over seeds, error bars ±1 standard deviation; the x axis is the fraction of weights kept on a "
         "log scale (sparsity grows to the right); solid: with a warm-up, dashed: without."
     )
-    common.figure_download(fig, "scratch_accuracy_vs_sparsity.html", key="btn_scratch_acc_html")
+    common.figure_downloads(fig, "scratch_accuracy_vs_sparsity", key="btn_scratch_acc")
     if pruned["bn_warmup"].nunique() > 1:
         wfig = sf.warmup_figure(frame)
         st.plotly_chart(wfig, key="scratch_warmup")
-        common.figure_download(wfig, "scratch_warmup.html", key="btn_scratch_warmup_html")
+        common.figure_downloads(wfig, "scratch_warmup", key="btn_scratch_warmup")
 
     st.subheader("Per-layer density: layer collapse")
     levels = sorted(pruned["sparsity"].unique())
@@ -308,7 +308,7 @@ else:
     q = st.selectbox("Sparsity", levels, key="scratch_w_density_q", format_func=figures.sparsity_label)
     dfig = sf.layer_density_figure(results, sparsity=q)
     st.plotly_chart(dfig, key="scratch_layers")
-    common.figure_download(dfig, "scratch_layer_density.html", key="btn_scratch_layers_html")
+    common.figure_downloads(dfig, "scratch_layer_density", key="btn_scratch_layers")
     for r in results:
         if r.collapsed_layers and r.spec.sparsity == q:
             st.warning(

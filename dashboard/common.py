@@ -21,7 +21,7 @@ import torch
 from pai_core import defaults, errors, experiment, export, figures, models, scores, store, tasks
 from pai_core.features import device_label, pick_device
 from pai_core.finetune import SCHEDULES
-from pai_core.results import ExperimentResult, ExperimentSpec, spec_options
+from pai_core.results import REPAIR_FORMS, ExperimentResult, ExperimentSpec, spec_options
 
 __all__ = [
     # session state
@@ -47,6 +47,9 @@ __all__ = [
     "score_options",
     "spec_option_inputs",
     "spec_option_values",
+    "REPAIR_CHOICES",
+    "beyond_inputs",
+    "beyond_options",
     # cached loaders
     "device_text",
     "task_names",
@@ -85,12 +88,16 @@ STATE_DEFAULTS: dict[str, Any] = {
     "land_output": None,
     "land_error": None,
     "results_masks": None,  # {"key": spec key, "bytes": b"...", "name": file name}
+    "align_job": None,  # the Task alignment page's job: {"specs": [...], "sources": …, "k": …}
+    "align_output": None,  # {"rows": [PairAlignment, ...]}
+    "align_error": None,
+    "align_layers": None,  # pai_core.alignment.Alignment of the pair chosen for the per-layer view
 }
 
 # Widget keys carry one of these prefixes; re-assigning them on every run keeps a page's settings
 # when the user visits another page and comes back (Streamlit drops the state of widgets that
 # were not drawn in a run).  Buttons are keyed "btn_…" and never re-assigned (that is an error).
-_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_", "scratch_w_")
+_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_", "scratch_w_", "align_w_")
 
 
 def init_state() -> None:
@@ -287,6 +294,73 @@ def spec_option_values(prefix: str) -> dict[str, Any]:
     return out
 
 
+#: The OBS-correction choices of the run pages (none, then :data:`pai_core.results.REPAIR_FORMS`).
+REPAIR_CHOICES = (OFF, *REPAIR_FORMS)
+_REPAIR_CAPTIONS = {
+    OFF: "off",
+    "a": "a: layer reconstruction (exact, about one epoch of solves)",
+    "kfac": "kfac: the K-FAC block (30 CG iterations, slower)",
+}
+
+
+def beyond_inputs(prefix: str, *, repair: bool = True) -> None:
+    """Widgets for the stages beyond the paper: the OBS correction and a cross-domain transfer suite.
+
+    Keys ``{prefix}_w_repair``, ``_repair_damping``, ``_xsuite``, ``_xroot`` (read back with
+    :func:`beyond_options`); defaults: off, 1 %, none.
+    """
+    ss = st.session_state
+    ss.setdefault(f"{prefix}_w_repair", OFF)
+    ss.setdefault(f"{prefix}_w_repair_damping", 0.01)
+    ss.setdefault(f"{prefix}_w_xsuite", OFF)
+    ss.setdefault(f"{prefix}_w_xroot", "")
+    c1, c2 = st.columns(2)
+    if repair:
+        with c1:
+            st.selectbox(
+                "OBS correction on the source (no SGD) — beyond the paper",
+                REPAIR_CHOICES,
+                key=f"{prefix}_w_repair",
+                format_func=_REPAIR_CAPTIONS.get,
+                help="Apply Eq. (3)'s optimal update δ of the kept weights, computed from the source task's "
+                "curvature, instead of (or beside) fine-tuning: crossed bars in Fig. 3. P2 says it should help "
+                "the transfer tasks too when the landscapes align.",
+            )
+            st.number_input(
+                "Damping of the correction's curvature (× mean diagonal)",
+                min_value=1e-6,
+                max_value=100.0,
+                step=0.01,
+                format="%g",
+                key=f"{prefix}_w_repair_damping",
+            )
+    with c2:
+        st.selectbox(
+            "Cross-domain transfer suite (optional) — beyond the paper",
+            [OFF, *tasks.available()],
+            key=f"{prefix}_w_xsuite",
+            format_func=lambda n: "none" if n == OFF else n,
+            help="Also evaluate the tasks of another data set, labelled cross-domain in every figure and "
+            "table (heads fitted on the dense encoder with that data; pruning never sees it).",
+        )
+        xs = ss[f"{prefix}_w_xsuite"]
+        if xs != OFF and tasks.info(xs).needs_root:
+            st.text_input("Its data folder", key=f"{prefix}_w_xroot", help=tasks.info(xs).needs)
+
+
+def beyond_options(prefix: str) -> dict[str, Any]:
+    """The :class:`ExperimentSpec` fields set by :func:`beyond_inputs`."""
+    ss = st.session_state
+    rep = ss.get(f"{prefix}_w_repair", OFF)
+    xs = ss.get(f"{prefix}_w_xsuite", OFF)
+    return {
+        "repair": None if rep == OFF else rep,
+        "repair_damping": float(ss.get(f"{prefix}_w_repair_damping", 0.01)),
+        "transfer_suite": None if xs == OFF else xs,
+        "transfer_data_root": (ss.get(f"{prefix}_w_xroot") or None) if xs != OFF else None,
+    }
+
+
 # ----------------------------------------------------------------------------- cached loaders
 
 
@@ -415,6 +489,11 @@ STAGE_LABELS = {
     "fine-tune": "fine-tuning on the source task",
     "evaluate": "evaluating the fine-tuned encoder",
     "landscape": "loss over the PCA plane",
+    "repair": "OBS correction on the source (K-FAC factors, then solves)",
+    "repaired": "evaluating the OBS-corrected encoder",
+    "fisher": "diagonal Fisher of a task",
+    "factors": "K-FAC factors of a task",
+    "pairs": "task pairs",
     "done": "finished",
 }
 

@@ -30,7 +30,7 @@ from plotly.subplots import make_subplots
 
 from . import scores
 from .reference import chance_levels
-from .results import SUMMARY_COLUMNS, ExperimentResult, ExperimentSpec
+from .results import ROLES, SUMMARY_COLUMNS, ExperimentResult, ExperimentSpec
 from .verdicts import finetune_diverged, finetune_losses
 
 __all__ = [
@@ -85,7 +85,18 @@ _BLUE = "#0072B2"
 _WHITE = "#FFFFFF"
 _GREY = "#666666"
 
-_ROLE_TITLES = {"source": "source task", "transfer": "transfer tasks (mean)"}
+_ROLE_TITLES = {
+    "source": "source task",
+    "transfer": "transfer tasks (mean)",
+    "cross-domain": "cross-domain transfer (mean)",
+}
+
+#: The bars of one score in Fig. 3: accuracy column, legend text, fill pattern (solid, hatched, crossed).
+_BAR_KINDS = (
+    ("zero_shot", "zero-shot", ""),
+    ("finetuned", "fine-tuned on source", "/"),
+    ("repaired", "OBS-corrected on source (no SGD)", "x"),
+)
 
 
 def _score_info(score: str) -> scores.ScoreInfo | None:
@@ -138,6 +149,10 @@ def run_label(spec: ExperimentSpec, task_names: Sequence[str] | None = None) -> 
     src = task_names[spec.source] if task_names and spec.source < len(task_names) else f"task {spec.source}"
     ft = "no fine-tuning" if spec.finetune is None else f"fine-tuned ({spec.finetune})"
     extra = " · held-out" if spec.holdout else ""
+    if spec.repair:
+        extra += f" · OBS-corrected ({spec.repair})"
+    if spec.transfer_suite:
+        extra += f" · cross-domain: {spec.transfer_suite}"
     return (
         f"{spec.model} · {spec.suite} · source {src} · {score_label(spec.score)} · "
         f"{sparsity_label(spec.sparsity)} · {ft}{extra}"
@@ -153,7 +168,18 @@ def _pct(x: float | None) -> float:
 #: Spec fields that identify a run inside one Fig. 3 (its bars), or do not change what it computes;
 #: every other field is a *setting* that all runs of one panel must share (:func:`setting_columns`).
 _RUN_FIELDS = frozenset(
-    {"model", "score", "score_options", "sparsity", "source", "seed", "device", "data_root", "checkpoint"}
+    {
+        "model",
+        "score",
+        "score_options",
+        "sparsity",
+        "source",
+        "seed",
+        "device",
+        "data_root",
+        "transfer_data_root",
+        "checkpoint",
+    }
 )
 
 
@@ -202,6 +228,8 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
             "sparsity": s.sparsity,
             "sparsity (%)": sparsity_percent(s.sparsity),
             "finetune": schedule_label(s.finetune),
+            "repair": s.repair or "none",
+            "transfer_suite": s.transfer_suite or "",
             "holdout": s.holdout,
             "images_per_class": s.images_per_class,
             "mask_scope": s.mask_scope,
@@ -227,6 +255,8 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
         "score",
         "sparsity",
         "finetune",
+        "repair",
+        "transfer_suite",
         "holdout",
         "images_per_class",
         "mask_scope",
@@ -314,7 +344,8 @@ def results_table(results: Sequence[ExperimentResult]) -> pd.DataFrame:
 
 
 def tasks_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
-    """One row per (run, task): role and accuracies (%) dense, zero-shot, fine-tuned, and the changes."""
+    """One row per (run, task): role (source, transfer, cross-domain) and accuracies (%) dense,
+    zero-shot, fine-tuned, OBS-corrected, and the changes."""
     rows = []
     for r in results:
         s = r.spec
@@ -329,8 +360,10 @@ def tasks_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
                     "dense (%)": _pct(t.dense),
                     "zero-shot (%)": _pct(t.zero_shot),
                     "fine-tuned (%)": _pct(t.finetuned),
+                    "OBS-corrected (%)": _pct(t.repaired),
                     "zero-shot − dense": _pct(t.zero_shot) - _pct(t.dense),
                     "fine-tuned − zero-shot": _pct(t.finetuned) - _pct(t.zero_shot),
+                    "OBS-corrected − zero-shot": _pct(t.repaired) - _pct(t.zero_shot),
                 }
             )
     cols = [
@@ -342,8 +375,10 @@ def tasks_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
         "dense (%)",
         "zero-shot (%)",
         "fine-tuned (%)",
+        "OBS-corrected (%)",
         "zero-shot − dense",
         "fine-tuned − zero-shot",
+        "OBS-corrected − zero-shot",
     ]
     return pd.DataFrame(rows, columns=cols)
 
@@ -356,48 +391,39 @@ def fig3_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
     (0 for one run).
 
     Returns:
-        Columns ``model, score, sparsity, role, dense, zero_shot, finetuned, zero_shot_std,
-        finetuned_std, n`` (accuracies in %).
+        Columns ``model, score, sparsity, role, dense, zero_shot, finetuned, repaired,
+        zero_shot_std, finetuned_std, repaired_std, n`` (accuracies in %); roles ``source``,
+        ``transfer`` and, for runs with a transfer suite, ``cross-domain``.
     """
     rows = []
     for r in results:
         summ = r.summary()
-        for role in ("source", "transfer"):
-            if summ[f"{role}_dense"] is None:
-                continue  # a one-task suite has no transfer tasks
+        for role, prefix in ROLES.items():
+            if summ[f"{prefix}_dense"] is None:
+                continue  # a one-task suite has no transfer tasks; most runs no cross-domain ones
             rows.append(
                 {
                     "model": r.spec.model,
                     "score": r.spec.score,
                     "sparsity": r.spec.sparsity,
                     "role": role,
-                    "dense": _pct(summ[f"{role}_dense"]),
-                    "zero_shot": _pct(summ[f"{role}_zero_shot"]),
-                    "finetuned": _pct(summ[f"{role}_finetuned"]),
+                    "dense": _pct(summ[f"{prefix}_dense"]),
+                    **{k: _pct(summ[f"{prefix}_{k}"]) for k, _, _ in _BAR_KINDS},
                 }
             )
-    cols = [
-        "model",
-        "score",
-        "sparsity",
-        "role",
-        "dense",
-        "zero_shot",
-        "finetuned",
-        "zero_shot_std",
-        "finetuned_std",
-        "n",
-    ]
+    kinds = [k for k, _, _ in _BAR_KINDS]
+    cols = ["model", "score", "sparsity", "role", "dense", *kinds, *(f"{k}_std" for k in kinds), "n"]
     if not rows:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(rows)
     g = df.groupby(["model", "score", "sparsity", "role"], sort=True)
     out = g.agg(
         dense=("dense", "mean"),
-        zero_shot=("zero_shot", "mean"),
-        finetuned=("finetuned", "mean"),
-        zero_shot_std=("zero_shot", lambda v: float(np.std(v))),
-        finetuned_std=("finetuned", lambda v: float(np.std(v.dropna())) if v.notna().any() else math.nan),
+        **{k: (k, "mean") for k in kinds},
+        **{
+            f"{k}_std": (k, lambda v: float(np.std(v.dropna())) if v.notna().any() else math.nan)
+            for k in kinds
+        },
         n=("zero_shot", "size"),
     ).reset_index()
     return out[cols]
@@ -466,11 +492,13 @@ def fig3_figure(
     """Grouped bars in the style of the paper's Fig. 3.
 
     One column per model, two rows: the source task (top) and the mean over transfer tasks
-    (bottom).  Along x, one cluster per sparsity; within a cluster, per score a solid bar
-    (zero-shot accuracy of the pruned encoder) and, when the runs were fine-tuned, a hatched bar of
-    the same colour next to it (accuracy after fine-tuning on the source).  The hatched bar sits
-    beside the solid one rather than behind it, so it stays visible where fine-tuning *lowers*
-    accuracy.
+    (bottom), and a third, *cross-domain transfer*, for runs with a transfer suite.  Along x, one
+    cluster per sparsity; within a cluster, per score a solid bar (zero-shot accuracy of the pruned
+    encoder), when the runs were fine-tuned a hatched bar of the same colour next to it (accuracy
+    after fine-tuning on the source), and when they were OBS-corrected a cross-hatched bar
+    (accuracy after the optimal update δ of Eq. (3) computed on the source, no SGD).  The patterned
+    bars sit beside the solid one rather than behind it, so they stay visible where fine-tuning or
+    the correction *lowers* accuracy.
 
     Reference lines in every panel: dashed black, the dense (unpruned) accuracy, labelled for how
     it was measured ("fit = evaluate images, as the paper", or "held-out"); dash-dotted grey, the
@@ -488,7 +516,8 @@ def fig3_figure(
 
     Returns:
         A ``plotly.graph_objects.Figure``: bar traces named ``"<score> · zero-shot"`` /
-        ``"<score> · fine-tuned"``, dense lines as layout shapes.
+        ``"<score> · fine-tuned on source"`` / ``"<score> · OBS-corrected on source (no SGD)"``,
+        dense lines as layout shapes.
 
     Raises:
         ValueError: No results, or runs with different suites/schedules/settings mixed.
@@ -501,15 +530,17 @@ def fig3_figure(
     score_names = _score_order(frame["score"])
     levels = sorted(frame["sparsity"].unique())
     cats = [sparsity_label(q) for q in levels]
-    roles = [r for r in ("source", "transfer") if (frame["role"] == r).any()]
+    roles = [r for r in ROLES if (frame["role"] == r).any()]
+    shown = [kind for kind in _BAR_KINDS if kind[0] == "zero_shot" or frame[kind[0]].notna().any()]
     has_ft = frame["finetuned"].notna().any()
     holdout = results[0].spec.holdout
     chance: dict[tuple[str, str], float] = {}
     for model in models:
         for role in roles:
-            vals = [chance_levels(r)[role] for r in results if r.spec.model == model]
+            vals = [chance_levels(r).get(role) for r in results if r.spec.model == model]
             if vals and all(v is not None for v in vals):
                 chance[(model, role)] = 100 * sum(vals) / len(vals)
+    has_rep = frame["repaired"].notna().any()
 
     fig = make_subplots(
         rows=len(roles),
@@ -528,10 +559,7 @@ def fig3_figure(
                 d = panel[panel["score"] == score].set_index("sparsity").reindex(levels)
                 colour = score_color(score)
                 n = d["n"].fillna(0).astype(int).tolist()
-                kinds = [("zero_shot", "zero-shot", None)]
-                if has_ft:
-                    kinds.append(("finetuned", "fine-tuned on source", "/"))
-                for col, kind, hatch in kinds:
+                for col, kind, hatch in shown:
                     err = d[f"{col}_std"].tolist() if error_bars and (d["n"] > 1).any() else None
                     fig.add_trace(
                         go.Bar(
@@ -635,12 +663,13 @@ def fig3_figure(
         )
     if title is None:
         s = results[0].spec
-        ft = (
-            ("solid: zero-shot; hatched: fine-tuned on the source (" + str(s.finetune) + ")")
-            if has_ft
-            else "zero-shot only (no fine-tuning)"
-        )
-        title = f"Accuracy of pruned encoders on {s.suite}: {ft}"
+        parts = ["solid: zero-shot"] if has_ft or has_rep else ["zero-shot only (no fine-tuning)"]
+        if has_ft:
+            parts.append(f"hatched: fine-tuned on the source ({s.finetune})")
+        if has_rep:
+            parts.append(f"crossed: OBS-corrected on the source ({s.repair}, no SGD)")
+        where = s.suite + (f" (cross-domain: {s.transfer_suite})" if s.transfer_suite else "")
+        title = f"Accuracy of pruned encoders on {where}: " + "; ".join(parts)
     fig.update_layout(
         title=dict(text=title, font_size=15),
         barmode="group",
@@ -969,9 +998,12 @@ def jaccard_figure(matrix: pd.DataFrame, *, title: str | None = None) -> go.Figu
 
 # ----------------------------------------------------------------------------- Fig. 4
 
-# Matched by prefix: θ₀ dense, θ̃₀ pruned, θ̃ₛ* pruned and fine-tuned (the landscape's labels).
+# Matched by prefix: θ₀ dense, θ̃₀ pruned, θ̃ₛ* pruned and fine-tuned, θ̃₀+δ OBS-corrected (the
+# landscape's labels).
+_GREEN = "#009E73"
 _POINT_STYLE = (
     ("θ̃ₛ*", ("star", 17, _BLUE)),
+    ("θ̃₀+δ", ("diamond", 14, _GREEN)),  # before "θ̃₀", which it starts with
     ("θ̃₀", ("x", 14, _VERMILLION)),
     ("θ₀", ("circle", 13, _WHITE)),
 )
@@ -1104,9 +1136,10 @@ def landscape_figure(
                     col=ci,
                 )
             dense = next((v for k, v in land.points.items() if k.startswith("θ₀")), None)
-            pruned = next((v for k, v in land.points.items() if k.startswith("θ̃₀")), None)
+            pruned = next((v for k, v in land.points.items() if _point_style(k)[0] == "x"), None)
             tuned = next((v for k, v in land.points.items() if k.startswith("θ̃ₛ*")), None)
-            arrows = [(dense, pruned, _VERMILLION, 3), (pruned, tuned, _BLUE, 2)]
+            fixed = next((v for k, v in land.points.items() if k.startswith("θ̃₀+δ")), None)
+            arrows = [(dense, pruned, _VERMILLION, 3), (pruned, tuned, _BLUE, 2), (pruned, fixed, _GREEN, 2)]
             for a, b, colour, width in arrows:
                 if a is None or b is None:
                     continue
@@ -1134,7 +1167,10 @@ def landscape_figure(
             # sit under the left panel's colour bar.
             fig.update_yaxes(title_text=pc2 if ci == 1 else None, row=ri, col=ci)
     # Legend-only entries for the arrows.
-    for name, colour in (("pruning θ₀ → θ̃₀", _VERMILLION), ("fine-tuning on the source θ̃₀ → θ̃ₛ*", _BLUE)):
+    legend = [("pruning θ₀ → θ̃₀", _VERMILLION), ("fine-tuning on the source θ̃₀ → θ̃ₛ*", _BLUE)]
+    if any(k.startswith("θ̃₀+δ") for land in lands for k in land.points):
+        legend.append(("OBS correction on the source θ̃₀ → θ̃₀+δ", _GREEN))
+    for name, colour in legend:
         fig.add_trace(
             go.Scatter(x=[None], y=[None], mode="lines", name=name, line=dict(color=colour, width=3)),
             row=1,
@@ -1154,7 +1190,7 @@ def landscape_note(landscape: Any) -> str:
     """One sentence on the scale of the plane: how far pruning and fine-tuning moved the weights in it."""
     pts = landscape.points
     dense = next((v for k, v in pts.items() if k.startswith("θ₀")), None)
-    pruned = next((v for k, v in pts.items() if k.startswith("θ̃₀")), None)
+    pruned = next((v for k, v in pts.items() if _point_style(k)[0] == "x"), None)
     tuned = next((v for k, v in pts.items() if k.startswith("θ̃ₛ*")), None)
     if dense is None or pruned is None or tuned is None:
         return ""
@@ -1164,6 +1200,15 @@ def landscape_note(landscape: Any) -> str:
         f"In this plane pruning moved the weights by {prune_step:.3g} and fine-tuning by {tune_step:.3g} "
         "(Euclidean distance in weight space)."
     )
+    fixed = next((v for k, v in pts.items() if k.startswith("θ̃₀+δ")), None)
+    if fixed is not None:
+        off = next((v for k, v in getattr(landscape, "off_plane", {}).items() if k.startswith("θ̃₀+δ")), None)
+        text += (
+            f" The OBS correction θ̃₀+δ (green ◆) is shown at its projection, "
+            f"{float(np.hypot(fixed[0] - pruned[0], fixed[1] - pruned[1])):.3g} from θ̃₀ in the plane"
+            + (f" and {off:.3g} off it" if off is not None else "")
+            + "; its losses in the table are at the exact point."
+        )
     if prune_step > 0 and tune_step < 0.02 * prune_step:
         text += (
             " The two axes are scaled separately (the grid spans each direction's own range), so the "

@@ -49,15 +49,18 @@ def _task_classes(result: ExperimentResult) -> list[int | None]:
 
 
 def chance_levels(result: ExperimentResult) -> dict[str, float | None]:
-    """Chance accuracy ``1 / C`` of the source task and the mean over the transfer tasks.
+    """Chance accuracy ``1 / C`` of the source task and the mean over the transfer (and cross-domain) tasks.
 
     Returns:
-        ``{"source": …, "transfer": …}`` (fractions); None where the class counts are unknown or
-        the role has no task.
+        ``{"source": …, "transfer": …}`` (fractions), and ``"cross-domain"`` for a run with a
+        transfer suite; None where the class counts are unknown or the role has no task.
     """
     classes = _task_classes(result)
     out: dict[str, float | None] = {}
-    for role in ("source", "transfer"):
+    roles = ("source", "transfer") + (
+        ("cross-domain",) if any(t.role == "cross-domain" for t in result.tasks) else ()
+    )
+    for role in roles:
         cs = [c for t, c in zip(result.tasks, classes, strict=True) if t.role == role]
         out[role] = sum(1.0 / c for c in cs) / len(cs) if cs and all(c for c in cs) else None
     return out

@@ -100,6 +100,11 @@ STORE_VERSION = 2
 #: The experiment kinds the store holds (see the module docstring).
 KINDS = ("transfer", "scratch")
 
+#: Every spec field's default: what a row written before the field existed means by it.
+_SPEC_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(ExperimentSpec) if f.default is not dataclasses.MISSING
+}
+
 #: Spec fields copied into their own columns, so the file is queryable with plain ``sqlite3`` too.
 _SPEC_COLUMNS = ("model", "suite", "source", "score", "sparsity", "finetune", "seed", "images_per_class")
 #: The same for from-scratch runs.
@@ -440,6 +445,7 @@ class ResultsStore:
     def _ensure_schema(self, con: sqlite3.Connection) -> None:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version == STORE_VERSION:
+            self._add_summary_columns(con)
             return
         if version > STORE_VERSION:
             raise self._newer(version)
@@ -466,6 +472,26 @@ class ResultsStore:
             for stmt in _statements(_SCHEMA) + _statements(_SCRATCH_SCHEMA):
                 con.execute(stmt)
             con.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        self._add_summary_columns(con)
+
+    @staticmethod
+    def _add_summary_columns(con: sqlite3.Connection) -> None:
+        """Add the summary columns a store written by an earlier version lacks (in place, rows kept).
+
+        Summary columns only ever grow (OBS-corrected and cross-domain means joined the six of
+        the first layout): each is a nullable ``REAL``, NULL in earlier rows, which had no such
+        stage or task, so an older store needs no other change and keeps :data:`STORE_VERSION`.
+        """
+        if not _missing_summary_columns(con):
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for c in _missing_summary_columns(con):  # again: another process may have added them
+                con.execute(f"ALTER TABLE results ADD COLUMN {c} REAL")
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -642,7 +668,8 @@ class ResultsStore:
                 ``model="resnet50", score=["magnitude", "kfac"], finetune=None``.
 
         Returns:
-            Columns: ``key``, every :class:`ExperimentSpec` field, the six means of
+            Columns: ``key``, every :class:`ExperimentSpec` field (a field added after a row was
+            written reads as its default), the means of
             :data:`SUMMARY_COLUMNS`, ``tasks`` (JSON list of per-task accuracies), ``timings``
             (JSON), ``elapsed`` (s), ``device``, ``schedule``, ``host``, ``finished_at``; sorted by
             model, suite, score, sparsity, source, seed.
@@ -651,18 +678,19 @@ class ResultsStore:
             ValueError: A filter names no column (the message lists them).
         """
         with self._connect() as con:
+            # A read-only store of an earlier layout may lack later summary columns: NULL for them.
+            missing = set(_missing_summary_columns(con))
+            have = [c for c in SUMMARY_COLUMNS if c not in missing]
             rows = con.execute(
-                f"SELECT key, spec_json, {', '.join(SUMMARY_COLUMNS)}, tasks_json, timings_json, elapsed, "
+                f"SELECT key, spec_json, {', '.join(have)}, tasks_json, timings_json, elapsed, "
                 "device, schedule, host, finished_at FROM results"
             ).fetchall()
         records = []
         for key, spec_json, *rest in rows:
-            spec = json.loads(spec_json)
+            spec = {**_SPEC_DEFAULTS, **json.loads(spec_json)}
             spec["score_options"] = _dumps(spec.get("score_options", []))  # hashable, filterable
-            means = dict(zip(SUMMARY_COLUMNS, rest[: len(SUMMARY_COLUMNS)]))
-            tasks_json, timings_json, elapsed, device, schedule, host, finished_at = rest[
-                len(SUMMARY_COLUMNS) :
-            ]
+            means = {c: None for c in SUMMARY_COLUMNS} | dict(zip(have, rest[: len(have)]))
+            tasks_json, timings_json, elapsed, device, schedule, host, finished_at = rest[len(have) :]
             # "device" is the spec's request ("auto") in spec_json and where it ran in the row;
             # the frame keeps the latter, which is what a reader of timings wants.
             spec.pop("device", None)
@@ -815,6 +843,12 @@ class ResultsStore:
             records,
             columns=["key", "kind", *_SPEC_COLUMNS, "error", "traceback", "attempts", "host", "failed_at"],
         )
+
+
+def _missing_summary_columns(con: sqlite3.Connection) -> list[str]:
+    """Summary columns the ``results`` table lacks (a store written before they existed)."""
+    have = {row[1] for row in con.execute("PRAGMA table_info(results)")}
+    return [c for c in SUMMARY_COLUMNS if c not in have]
 
 
 def _disk_full(path: Path, margin: int = 1 << 16) -> bool:

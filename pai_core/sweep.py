@@ -55,7 +55,7 @@ import pandas as pd
 from . import cache, errors, experiment, masks, models, scores, scratch, scratch_sweep, tasks
 from .errors import ClusterUnavailable, StorageError
 from .finetune import SCHEDULES
-from .results import ExperimentResult, ExperimentSpec, spec_options
+from .results import REPAIR_FORMS, ExperimentResult, ExperimentSpec, spec_options
 from .scratch_spec import ScratchResult, ScratchSpec
 from .scratch_sweep import ScratchSweepConfig
 from .store import SUMMARY_COLUMNS, ResultsStore, compute_seconds
@@ -119,6 +119,10 @@ class SweepConfig:
         protocol: The other protocol options of :func:`pai_core.results.spec_options` (``rounds``,
             ``prune_layers``, ``bn_aware``, ``ridge``, ``bn_warmup_mode``), one value each for the
             whole grid; a sweep file gives them as top-level keys (``rounds: 100``).
+        repair, repair_damping: OBS-correct every spec on its source (``"a"`` or ``"kfac"``; None:
+            no correction), as :attr:`ExperimentSpec.repair`: a third bar in the report's Fig. 3.
+        transfer_suite, transfer_data_root: Evaluate the tasks of another suite too, as
+            cross-domain transfer tasks (:attr:`ExperimentSpec.transfer_suite`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (not part of result keys).
         skip_refused: Leave out the scores that refuse a model's family (PX on ViTs), as the paper
             does (:attr:`pai_core.scores.ScoreInfo.refuses`; such a spec fails otherwise).
@@ -143,6 +147,10 @@ class SweepConfig:
     device: str = "auto"
     skip_refused: bool = True
     protocol: tuple[tuple[str, Any], ...] = ()
+    repair: str | None = None
+    repair_damping: float = 1e-2
+    transfer_suite: str | None = None
+    transfer_data_root: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise what YAML, JSON and argparse hand us (lists, comma strings, dicts, percents)
@@ -178,6 +186,21 @@ class SweepConfig:
                 except ValueError as exc:
                     problems.append(f"sparsities: {exc}")
             put("sparsities", tuple(good) if len(good) == len(_tuple(self.sparsities)) else (0.0,))
+        for name in ("repair", "transfer_suite"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+                put(name, None)
+        if self.repair is not None and self.repair not in REPAIR_FORMS:
+            problems.append(
+                f"unknown repair form {self.repair!r}; valid: {', '.join(REPAIR_FORMS)} (or none)"
+            )
+        norm("repair_damping", lambda: float(self.repair_damping), "a positive number, e.g. 0.01")
+        if isinstance(self.repair_damping, float) and not 0 < self.repair_damping < math.inf:
+            problems.append(f"repair_damping must be a positive number, got {self.repair_damping}")
+        if self.transfer_suite is not None and self.transfer_suite not in tasks.available():
+            problems.append(
+                f"unknown transfer suite {self.transfer_suite!r}; valid: {', '.join(tasks.available())}"
+            )
         if isinstance(self.finetune, str) and self.finetune.strip().lower() in (
             "",
             "none",
@@ -416,6 +439,10 @@ def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
                             checkpoint=ck.get(model),
                             device=cfg.device,
                             **dict(cfg.protocol),
+                            repair=cfg.repair,
+                            repair_damping=cfg.repair_damping,
+                            transfer_suite=cfg.transfer_suite,
+                            transfer_data_root=cfg.transfer_data_root,
                         )
                         if spec.key() not in seen:
                             seen.add(spec.key())
@@ -889,19 +916,21 @@ def connect_ray(address: str | None) -> None:
 
 
 def grid_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Average the store's rows over sources and seeds: one row per (model, suite, finetune, score, sparsity).
+    """Average the store's rows over sources and seeds: one row per (model, suite, transfer suite,
+    finetune, repair, score, sparsity).
 
     Args:
         frame: :meth:`ResultsStore.frame` output (any subset).
 
     Returns:
-        The six means (fractions), ``n_sources`` and ``n_runs``, sorted for plotting.
+        The summary means (fractions), ``n_sources`` and ``n_runs``, sorted for plotting.
     """
-    by = ["model", "suite", "finetune", "images_per_class", "score", "sparsity"]
+    by = ["model", "suite", "transfer_suite", "finetune", "repair", "images_per_class", "score", "sparsity"]
     if frame.empty:
         return pd.DataFrame(columns=[*by, *SUMMARY_COLUMNS, "n_sources", "n_runs"])
     df = frame.copy()
-    df["finetune"] = df["finetune"].fillna("none")
+    for c in ("finetune", "repair", "transfer_suite"):
+        df[c] = df[c].fillna("none")
     df["images_per_class"] = df["images_per_class"].fillna(-1)  # groupby drops NaN keys otherwise
     agg = (
         df.groupby(by, sort=True)
@@ -924,8 +953,19 @@ def summary_table(frame: pd.DataFrame) -> str:
     cols = {
         "source_zero_shot": "src zs",
         "source_finetuned": "src ft",
+        "source_repaired": "src obs",
         "transfer_zero_shot": "trf zs",
         "transfer_finetuned": "trf ft",
+        "transfer_repaired": "trf obs",
+        "cross_zero_shot": "x-dom zs",
+        "cross_finetuned": "x-dom ft",
+        "cross_repaired": "x-dom obs",
+    }
+    # Only the columns some row has: a plain sweep prints the paper's four.
+    cols = {
+        c: short
+        for c, short in cols.items()
+        if agg[c].notna().any() or c.endswith("zero_shot") and "cross" not in c
     }
     show = agg[["model", "score", "sparsity", *cols, "n_sources"]].rename(columns=cols)
     show["sparsity"] = (100 * show["sparsity"]).map("{:.2f}%".format)
@@ -937,7 +977,9 @@ def summary_table(frame: pd.DataFrame) -> str:
 #: Settings one Fig. 3 must not mix (everything but model, score, sparsity, source and seed).
 _FIGURE_SETTINGS = (
     "suite",
+    "transfer_suite",
     "finetune",
+    "repair",
     "holdout",
     "images_per_class",
     "mask_scope",
@@ -957,11 +999,14 @@ def _setting_groups(results: list[ExperimentResult]) -> dict[tuple, list[Experim
 def _group_name(setting: tuple) -> str:
     d = dict(zip(_FIGURE_SETTINGS, setting))
     parts = [str(d["suite"]), f"ft-{d['finetune'] or 'none'}", f"ipc-{d['images_per_class'] or 'all'}"]
+    parts += [f"repair-{d['repair']}"] if d["repair"] else []
+    parts += [f"x-{d['transfer_suite']}"] if d["transfer_suite"] else []
     defaults = ExperimentSpec()
     parts += [
         f"{k}-{v}"
         for k, v in d.items()
-        if k not in ("suite", "finetune", "images_per_class") and v != getattr(defaults, k)
+        if k not in ("suite", "finetune", "images_per_class", "repair", "transfer_suite")
+        and v != getattr(defaults, k)
     ]
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
 
@@ -982,8 +1027,9 @@ def report(
         **filters: As in :meth:`ResultsStore.frame` (e.g. ``model=["resnet50"], suite="imagenet10"``).
 
     Returns:
-        ``{"results_csv": …, "grid_csv": …, "html": …[, "png": …]}`` (``"html:<stem>"`` keys when
-        there are several figures); no figure when the selection is empty.
+        ``{"results_csv": …, "grid_csv": …, "html": …[, "png": …][, "verdict": …]}``
+        (``"html:<stem>"`` keys when there are several figures; ``verdict``: ``repair_verdict.md``,
+        when some runs were OBS-corrected); no figure when the selection is empty.
     """
     from . import figures  # plotly; only the report needs it
 
@@ -1014,6 +1060,19 @@ def report(
                 paths["png" if len(groups) == 1 else f"png:{stem}"] = out / f"{stem}.png"
             except Exception as exc:  # kaleido without its browser, etc.: the HTML has the same figure
                 warnings.warn(f"PNG not written ({exc})", stacklevel=2)
+    # Whether the OBS correction computed on the source helps the other tasks (P2 without SGD).
+    from .transfer_figures import repair_verdict
+
+    verdicts = [
+        f"## {_group_name(setting)}\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+        for setting, results in groups.items()
+        if (lines := repair_verdict(results))
+    ]
+    if verdicts:
+        paths["verdict"] = out / "repair_verdict.md"
+        paths["verdict"].write_text(
+            "# OBS repair: does the source's correction help the other tasks?\n\n" + "\n".join(verdicts)
+        )
     return paths
 
 
@@ -1048,6 +1107,8 @@ def _config_from_args(args: argparse.Namespace) -> SweepConfig | ScratchSweepCon
         "device",
         "mask_scope",
         "loss",
+        "repair",
+        "transfer_suite",
     ):
         v = getattr(args, name)
         if v is not None:
@@ -1197,6 +1258,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--mask-scope", default=None, choices=["global", "layerwise"])
     p.add_argument("--loss", default=None, choices=scores.LOSSES)
+    p.add_argument(
+        "--repair",
+        default=None,
+        help=f"OBS-correct every spec on its source: {', '.join(REPAIR_FORMS)} or 'none' (sweep key: repair)",
+    )
+    p.add_argument(
+        "--transfer-suite", default=None, help="also evaluate another suite's tasks, as cross-domain transfer"
+    )
     p.add_argument(
         "--store", default=None, help="results database (default: $PAI_RESULTS_DB or <cache>/results.sqlite)"
     )

@@ -145,6 +145,9 @@ class Task:
         class_names: Human-readable class names.
         images: The images.
         labels: ``int64`` array of local labels in ``0..len(class_ids)-1``.
+        domain: The data set the images come from, where a suite mixes several (the digits suite
+            folds in Fashion-MNIST); "" means the suite's own.  Pairs of tasks from different
+            domains are labelled cross-domain in the alignment analysis.
     """
 
     name: str
@@ -152,6 +155,7 @@ class Task:
     class_names: tuple[str, ...]
     images: ImageSet
     labels: np.ndarray
+    domain: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -520,9 +524,13 @@ def _digits(root, images_per_class, seed, with_fashion: bool | str = True) -> Ta
             )
             for lo in (0, 5)
         ]
+        for t in tasks[2:]:
+            t.domain = "fashion-mnist"
         notes.append(f"Fashion-MNIST tasks folded in from {fashion}")
     else:
         notes.append("Fashion-MNIST not found (apt-get install dataset-fashion-mnist): digits tasks only")
+    for t in tasks[:2]:
+        t.domain = "digits"
     return TaskSuite("digits", tasks, image_size=112, notes=notes)
 
 
@@ -566,6 +574,8 @@ def _fashion(root, images_per_class, seed) -> TaskSuite:
         )
         for lo in (0, 5)
     ]
+    for t in tasks:
+        t.domain = "fashion-mnist"
     return TaskSuite("fashion-mnist", tasks, image_size=112)
 
 

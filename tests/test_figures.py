@@ -124,6 +124,68 @@ def test_fig3_one_column_per_model() -> None:
     assert "efficientnet_lite0" in titles and "mobilenet_v2" in titles
 
 
+def _repaired(
+    result: ExperimentResult, rep: tuple[float, ...], cross: tuple[float, ...] = ()
+) -> ExperimentResult:
+    """``result`` OBS-corrected (accuracies ``rep``), with cross-domain tasks (zero-shot ``cross``) if given."""
+    spec = result.spec.replace(repair="a", transfer_suite="fashion-mnist" if cross else None)
+    tasks = [
+        TaskResult(t.task, t.role, t.dense, t.zero_shot, t.finetuned, r) for t, r in zip(result.tasks, rep)
+    ]
+    tasks += [
+        TaskResult(
+            f"fashion-mnist: {k}", "cross-domain", 0.8, z, None if result.spec.finetune is None else z, r
+        )
+        for k, (z, r) in enumerate(zip(cross, rep[len(result.tasks) :]))
+    ]
+    return ExperimentResult(spec, tasks, result.schedule, layer_report=result.layer_report)
+
+
+def test_fig3_crossed_bars_for_the_obs_correction_and_a_cross_domain_row() -> None:
+    fig = figures.fig3_figure([_repaired(_result("magnitude", 0.5), (0.95, 0.85, 0.75))])
+    bars = _bars(fig)
+    assert [b.marker.pattern.shape for b in bars if b.yaxis == "y"] == [
+        "",
+        "/",
+        "x",
+    ]  # solid, hatched, crossed
+    crossed = [b for b in bars if b.marker.pattern.shape == "x"]
+    assert all("OBS-corrected" in b.name for b in crossed) and len(crossed) == 2
+    assert crossed[0].y[0] == pytest.approx(95.0) and crossed[1].y[0] == pytest.approx(80.0)  # mean(85, 75)
+    assert crossed[0].marker.color == bars[0].marker.color  # a score keeps its colour
+    assert "crossed: OBS-corrected" in fig.layout.title.text and "hatched" in fig.layout.title.text
+    # without fine-tuning: solid and crossed bars only
+    nofit = figures.fig3_figure([_repaired(_result("magnitude", 0.5, finetune=None), (0.95, 0.85, 0.75))])
+    assert {b.marker.pattern.shape for b in _bars(nofit)} == {"", "x"}
+    # a transfer suite adds a third row, labelled cross-domain, with its own dense line
+    fig = figures.fig3_figure(
+        [_repaired(_result("magnitude", 0.5), (0.95, 0.85, 0.75, 0.7, 0.5), (0.4, 0.6))]
+    )
+    assert {b.yaxis for b in _bars(fig)} == {"y", "y2", "y3"}
+    assert "cross-domain" in fig.layout.yaxis3.title.text
+    x = next(b for b in _bars(fig) if b.yaxis == "y3" and "zero-shot" in b.name)
+    assert x.y[0] == pytest.approx(50.0)
+    lines = sorted(sh.y0 for sh in fig.layout.shapes if sh.type == "line" and sh.y0 == sh.y1)
+    assert lines == pytest.approx([80.0, 90.0, 100.0])
+    assert "cross-domain: fashion-mnist" in fig.layout.title.text
+    # tables say it too
+    tasks = figures.tasks_frame(
+        [_repaired(_result("magnitude", 0.5), (0.95, 0.85, 0.75, 0.7, 0.5), (0.4, 0.6))]
+    )
+    assert list(tasks["role"])[-2:] == ["cross-domain", "cross-domain"]
+    assert tasks["OBS-corrected − zero-shot"].iloc[0] == pytest.approx(15.0)
+    row = figures.results_frame(
+        [_repaired(_result("magnitude", 0.5), (0.95, 0.85, 0.75, 0.7, 0.5), (0.4, 0.6))]
+    )
+    assert row.iloc[0]["transfer_suite"] == "fashion-mnist" and row.iloc[0]["repair"] == "a"
+    assert row.iloc[0]["cross_repaired"] == pytest.approx(60.0)
+    # runs with and without the correction are different settings: never one panel
+    with pytest.raises(ValueError, match="repair"):
+        figures.fig3_figure(
+            [_result("magnitude", 0.5), _repaired(_result("magnitude", 0.9), (0.9, 0.8, 0.7))]
+        )
+
+
 def test_fig3_refuses_mixed_settings() -> None:
     with pytest.raises(ValueError, match="finetune"):
         figures.fig3_figure(
@@ -200,6 +262,37 @@ def test_landscape_figure_two_panels_with_points() -> None:
     assert "fine-tuning by" in figures.landscape_note(land)
     lin = figures.landscape_figure(land, log_scale=False)
     assert np.allclose([t for t in lin.data if t.type == "contour"][0].z, z)
+
+
+def test_landscape_figure_with_the_obs_corrected_point() -> None:
+    xs = ys = np.linspace(-1, 1, 5)
+    z = np.add.outer(ys**2, xs**2) + 0.1
+    land = SimpleNamespace(
+        xs=xs,
+        ys=ys,
+        source_loss=z,
+        transfer_loss=2 * z,
+        points={
+            "θ₀ (dense)": (0.0, 0.0),
+            "θ̃₀ (pruned)": (0.5, 0.2),
+            "θ̃ₛ* (pruned + fine-tuned)": (0.3, 0.1),
+            "θ̃₀+δ (OBS-corrected, projected)": (0.1, 0.05),
+        },
+        off_plane={"θ̃₀+δ (OBS-corrected, projected)": 0.25},
+        source_name="digits 0-4",
+        transfer_name="fashion 5-9",
+        explained_variance=(0.8, 0.2),
+    )
+    fig = figures.landscape_figure(land)
+    markers = [t for t in fig.data if t.type == "scatter"]
+    assert len(markers) == 8 and {m.marker.symbol for m in markers} == {"circle", "x", "star", "diamond"}
+    diamond = next(m for m in markers if m.marker.symbol == "diamond")
+    assert diamond.name.startswith("θ̃₀+δ") and (diamond.x[0], diamond.y[0]) == (0.1, 0.05)
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 4  # fine-tuning and the correction, in both panels
+    assert {(a.ax, a.ay) for a in arrows} == {(0.5, 0.2)}  # both leave θ̃₀
+    note = figures.landscape_note(land)
+    assert "OBS correction" in note and "0.25 off it" in note
 
 
 def test_labels_and_html() -> None:

@@ -137,6 +137,7 @@ def test_record_frame_results_roundtrip(tmp_path):
         "zero_shot": pytest.approx(0.754),
         "finetuned": 0.84,
         "num_classes": None,  # not given to this made-up result
+        "repaired": None,
     }
     assert json.loads(row["timings"]) == {"load": 0.5, "zero-shot": 1.5}
     assert row["finished_at"].endswith("+00:00")
@@ -205,6 +206,74 @@ def test_wal_mode_and_schema_version(tmp_path):
         0.36,
     )
     con.close()
+
+
+def _old_layout_store(path: Path, result: ExperimentResult) -> None:
+    """A store as layout 1 wrote it before the OBS-corrected and cross-domain columns existed."""
+    old = [f"{r}_{k}" for r in ("source", "transfer") for k in ("dense", "zero_shot", "finetuned")]
+    con = sqlite3.connect(path)
+    con.executescript(
+        store_mod._SCHEMA.replace(
+            ", ".join(f"{c} REAL" for c in SUMMARY_COLUMNS), ", ".join(f"{c} REAL" for c in old)
+        )
+    )
+    spec = {
+        k: v for k, v in json.loads(result.spec.to_json()).items() if k not in ("repair", "repair_damping")
+    }
+    spec = {k: v for k, v in spec.items() if k not in ("transfer_suite", "transfer_data_root")}
+    summ = result.summary()
+    con.execute(
+        f"INSERT INTO results (key, model, suite, {', '.join(old)}, spec_json, tasks_json, timings_json, "
+        f"result_json, finished_at) VALUES (?, ?, ?, {', '.join('?' * len(old))}, ?, ?, ?, ?, ?)",
+        (
+            result.spec.key(),
+            result.spec.model,
+            result.spec.suite,
+            *[summ[c] for c in old],
+            json.dumps(spec),
+            "[]",
+            "{}",
+            json.dumps({**result.to_dict(), "spec": spec}),
+            "2025-01-01T00:00:00+00:00",
+        ),
+    )
+    con.execute(f"PRAGMA user_version = {store_mod.STORE_VERSION}")
+    con.commit()
+    con.close()
+
+
+def test_a_store_without_the_later_summary_columns_gains_them_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = fake_result()
+    _old_layout_store(path, old)
+    st = ResultsStore(path)  # migrates: adds the missing columns in place
+    cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(results)")}
+    assert set(SUMMARY_COLUMNS) <= cols
+    row = st.frame().iloc[0]
+    assert row["key"] == old.spec.key() and row["source_zero_shot"] == pytest.approx(
+        old.mean_source_zero_shot
+    )
+    assert row["repair"] is None and row["transfer_suite"] is None and row["repair_damping"] == 1e-2
+    assert row["source_repaired"] is None or row["source_repaired"] != row["source_repaired"]  # NULL
+    assert st.results()[0].spec == old.spec  # the earlier spec reads with the later fields' defaults
+    new = fake_result(sparsity=0.5904)
+    new.tasks[0].repaired = 0.5
+    new = ExperimentResult(new.spec.replace(repair="a"), new.tasks, new.schedule)
+    st.record(new, elapsed=1.0)
+    df = st.frame(repair="a")
+    assert len(df) == 1 and df.iloc[0]["source_repaired"] == 0.5 and len(st) == 2
+
+
+def test_a_read_only_store_without_the_later_columns_still_reads(tmp_path, monkeypatch):
+    path = tmp_path / "old.sqlite"
+    _old_layout_store(path, fake_result())
+    before = path.read_bytes()
+    monkeypatch.setattr(store_mod.os, "access", lambda p, mode: False)  # what a read-only file says
+    st = ResultsStore(path)
+    assert st.readonly
+    df = st.frame()
+    assert len(df) == 1 and df["cross_zero_shot"].isna().all() and df["repair"].isna().all()
+    assert path.read_bytes() == before  # reading migrates nothing
 
 
 def test_record_run_writes_the_default_store_or_the_one_given(tmp_path, monkeypatch):
