@@ -362,8 +362,8 @@ class TaskResult:
     dense: float
     zero_shot: float
     finetuned: float | None = None
-    num_classes: int | None = None  # None in results recorded before it was kept
     repaired: float | None = None  # pruned + OBS-corrected on the source (spec.repair), no SGD
+    num_classes: int | None = None  # None in results recorded before it was kept
 
 
 @dataclass

@@ -284,13 +284,17 @@ def test_landscape_figure_with_the_obs_corrected_point() -> None:
         explained_variance=(0.8, 0.2),
     )
     fig = figures.landscape_figure(land)
-    markers = [t for t in fig.data if t.type == "scatter"]
+    markers = [t for t in fig.data if t.type == "scatter" and t.x[0] is not None]  # not legend-only lines
     assert len(markers) == 8 and {m.marker.symbol for m in markers} == {"circle", "x", "star", "diamond"}
     diamond = next(m for m in markers if m.marker.symbol == "diamond")
     assert diamond.name.startswith("θ̃₀+δ") and (diamond.x[0], diamond.y[0]) == (0.1, 0.05)
     arrows = [a for a in fig.layout.annotations if a.showarrow]
-    assert len(arrows) == 4  # fine-tuning and the correction, in both panels
-    assert {(a.ax, a.ay) for a in arrows} == {(0.5, 0.2)}  # both leave θ̃₀
+    assert len(arrows) == 6  # pruning, fine-tuning and the correction, in both panels
+    leaving = [a for a in arrows if (a.ax, a.ay) == (0.5, 0.2)]  # fine-tuning and the correction leave θ̃₀
+    assert sorted((a.x, a.y) for a in leaving) == [(0.1, 0.05), (0.1, 0.05), (0.3, 0.1), (0.3, 0.1)]
+    assert {(a.ax, a.ay, a.x, a.y) for a in arrows if a not in leaving} == {(0.0, 0.0, 0.5, 0.2)}  # pruning
+    legend = [t.name for t in fig.data if t.type == "scatter" and t.x[0] is None]
+    assert any("OBS correction" in n for n in legend)
     note = figures.landscape_note(land)
     assert "OBS correction" in note and "0.25 off it" in note
 
