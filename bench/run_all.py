@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent
+#: Arguments of the scripts that need some (the rest run on their defaults).
+ARGS = {"bench_defaults.py": ["finetune"]}
+
 for script in sorted(here.glob("bench_*.py")):
     print(f"\n## {script.name}\n", flush=True)
-    subprocess.run([sys.executable, str(script)], check=False)
+    subprocess.run([sys.executable, str(script), *ARGS.get(script.name, [])], check=False)
