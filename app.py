@@ -126,10 +126,13 @@ data set as **cross-domain** transfer tasks; the Task alignment page measures P1
 
     st.subheader("Pages")
     cards = [p for p in PAGES if p.card]
-    for col, p in zip(st.columns(len(cards)), cards, strict=True):
-        with col:
-            st.page_link(p.path, label=f"**{p.card[0]}**")
-            st.caption(p.card[1])
+    per_row = 3  # six cards in one row truncate their titles at 1280 px
+    for start in range(0, len(cards), per_row):
+        row = cards[start : start + per_row]
+        for col, p in zip(st.columns(per_row), row, strict=False):
+            with col:
+                st.page_link(p.path, label=f"**{p.card[0]}**")
+                st.caption(p.card[1])
 
     st.subheader("This machine")
     c1, c2 = st.columns(2)

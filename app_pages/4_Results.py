@@ -163,9 +163,11 @@ else:
         st.plotly_chart(fig, key="results_fig3")
         st.caption(
             f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
-            "sources). Solid: zero-shot; hatched: fine-tuned on the source; crossed: OBS-corrected on the "
-            "source (no SGD); a third row holds cross-domain tasks. Dashed: dense (how it was measured is in "
-            "its label); dotted: chance."
+            "sources). Solid: zero-shot"
+            + ("; hatched: fine-tuned on the source" if any(r.spec.finetune for r in sel) else "")
+            + ("; crossed: OBS-corrected on the source (no SGD)" if any(r.spec.repair for r in sel) else "")
+            + ("; a third row holds cross-domain tasks" if any(r.spec.transfer_suite for r in sel) else "")
+            + ". Dashed: dense (how it was measured is in its label); dotted: chance."
         )
         for sentence in transfer_figures.repair_verdict(sel):
             st.markdown(sentence)

@@ -17,7 +17,7 @@ common.page_defaults(
     {
         "align_w_model": models.DEFAULT_MODEL,
         "align_w_checkpoint": "",
-        "align_w_suite": "digits",
+        "align_w_suite": common.default_suite(),
         "align_w_root": "",
         "align_w_source": 0,
         "align_w_all_sources": False,
