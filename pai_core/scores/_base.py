@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,8 @@ class ScoreCall:
         named: The scored parameters, ``{name: parameter}`` in ``model.named_parameters()`` order.
         loss: One of :data:`LOSSES`.
         progress: ``progress(done, total, message)`` or None.
+        diagnostics: The caller's dict for diagnostics (JSON-able values keyed by diagnostic
+            name), or None when nobody asked: a score then skips diagnostics that cost time.
     """
 
     model: nn.Module
@@ -78,11 +80,17 @@ class ScoreCall:
     named: Named
     loss: str = "mse"
     progress: Progress | None = None
+    diagnostics: dict[str, Any] | None = None
 
     def report(self, done: int, total: int, message: str) -> None:
         """Report progress, if anyone listens."""
         if self.progress:
             self.progress(done, total, message)
+
+    def diagnose(self, name: str, value: Any) -> None:
+        """Record diagnostic ``name`` (a JSON-able value) if the caller asked for diagnostics."""
+        if self.diagnostics is not None:
+            self.diagnostics[name] = value
 
 
 # --------------------------------------------------------------------------------------
