@@ -260,8 +260,9 @@ def get_scores(ctx: Context) -> dict[str, Tensor]:
     def compute() -> dict[str, Tensor]:
         x, y = ctx.split(spec.source, "fit")
         model = _EncoderWithHead(ctx.encoder.copy().model, ctx.heads.module(spec.source)).to(ctx.device)
-        # The encoder's weights only: the paper prunes W, never the heads ξ.
-        names = [f"encoder.{n}" for n in scores.default_params(model.encoder)]
+        # The encoder's weight matrices only (the paper prunes W, never the heads ξ); one image
+        # finds those the encoder applies functionally (open_clip's ViT projection).
+        names = [f"encoder.{n}" for n in scores.default_params(model.encoder, x[:1].to(ctx.device))]
         batches = [(x[i : i + 32].to(ctx.device), y[i : i + 32].to(ctx.device)) for i in range(0, len(x), 32)]
         opts = dict(spec.score_options)
         if scores.info(spec.score).stochastic:

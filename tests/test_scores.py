@@ -345,8 +345,10 @@ def test_hutchinson_seeded():
 # --------------------------------------------------------------------------------------
 
 
-def brute_factors(model, data, name):
-    """A and B of Eq. (5) by explicit patch extraction and per-example autograd loops."""
+def brute_factors(model, data, name, approx="expand"):
+    """A and B of Eq. (5) by explicit patch extraction and per-example autograd loops, in the
+    "expand" setting (every position an example) or the "reduce" one (per example: the mean
+    patch ``â`` and the summed output gradient ``ĝ``), Eschenhagen et al. (2023), Sec. 3."""
     layer = model.get_submodule(name.rsplit(".", 1)[0])
     captured = {}
 
@@ -370,9 +372,13 @@ def brute_factors(model, data, name):
         model.zero_grad(set_to_none=True)
     n_ex = len(acts)
     if isinstance(layer, nn.Linear):
-        a = torch.stack(acts)
-        g = torch.stack(grads)
-        return (a.T @ a / n_ex)[None], (g.T @ g / n_ex)[None]
+        if approx == "reduce":  # tokens: mean input, summed gradient per example
+            a = torch.stack([x.reshape(-1, x.shape[-1]).mean(0) for x in acts])
+            g = torch.stack([x.reshape(-1, x.shape[-1]).sum(0) for x in grads])
+        else:
+            a = torch.cat([x.reshape(-1, x.shape[-1]) for x in acts])
+            g = torch.cat([x.reshape(-1, x.shape[-1]) for x in grads])
+        return (a.T @ a / len(a))[None], (g.T @ g / n_ex)[None]
     one_d = isinstance(layer, nn.Conv1d)
     G = layer.groups
     kh, kw = (1, *layer.kernel_size) if one_d else layer.kernel_size
@@ -381,8 +387,11 @@ def brute_factors(model, data, name):
     cin, cout = layer.in_channels // G, layer.out_channels // G
     A = torch.zeros(G, cin * kh * kw, cin * kh * kw, dtype=DT)
     B = torch.zeros(G, cout, cout, dtype=DT)
+    A_r, B_r = torch.zeros_like(A), torch.zeros_like(B)
     count = 0
     for xa, ga in zip(acts, grads):
+        a_hat = torch.zeros(G, cin * kh * kw, dtype=DT)
+        g_hat = torch.zeros(G, cout, dtype=DT)
         if one_d:
             xa, ga = xa.unsqueeze(1), ga.unsqueeze(1)
         if type(layer).__name__ == "Conv2dSame":  # TF 'same': pad total = needed, extra on the right
@@ -406,26 +415,35 @@ def brute_factors(model, data, name):
                     A[gi] += torch.outer(a, a)
                     gv = ga[gi * cout : (gi + 1) * cout, i, j]
                     B[gi] += torch.outer(gv, gv)
+                    a_hat[gi] += a / (ga.shape[1] * ga.shape[2])
+                    g_hat[gi] += gv
+        if approx == "reduce":
+            A_r += a_hat[:, :, None] * a_hat[:, None, :]
+            B_r += g_hat[:, :, None] * g_hat[:, None, :]
+    if approx == "reduce":
+        return A_r / n_ex, B_r / n_ex
     return A / count, B / n_ex
 
 
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("net", NETS + ["odd"])
-def test_kfac_factors_brute_force(net):
+def test_kfac_factors_brute_force(net, approx):
     model, data = make(net)
-    factors = S.kfac_factors(model, data)
+    factors = S.kfac_factors(model, data, approx=approx)
     assert set(factors) == set(S.default_params(model))
     for name, f in factors.items():
-        A, B = brute_factors(model, data, name)
+        A, B = brute_factors(model, data, name, approx)
         assert close(f.A, A), name
         assert close(f.B, B), name
 
 
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("net", NETS)
-def test_kfac_score_matches_explicit_kron(net):
+def test_kfac_score_matches_explicit_kron(net, approx):
     model, data = make(net)
     damping = 1e-2
-    factors = S.kfac_factors(model, data)
-    got = S.compute("kfac", model, data, damping=damping)
+    factors = S.kfac_factors(model, data, approx=approx)
+    got = S.compute("kfac", model, data, damping=damping, approx=approx)
     for name, f in factors.items():
         w = model.get_parameter(name).detach()
         rows = w.shape[0] // f.groups
@@ -444,7 +462,7 @@ def test_kfac_score_matches_explicit_kron(net):
 
 def test_kfac_grouped_blocks_are_per_group():
     model, data = make("grouped")
-    f = S.kfac_factors(model, data)
+    f = S.kfac_factors(model, data, approx="expand")
     assert f["grouped.weight"].A.shape == (2, 2 * 9, 2 * 9)
     assert f["grouped.weight"].B.shape == (2, 3, 3)
     assert f["dw.weight"].A.shape == (6, 9, 9) and f["dw.weight"].B.shape == (6, 1, 1)
@@ -457,7 +475,7 @@ def test_kfac_token_linear_averages_over_tokens():
     model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Flatten(), nn.Linear(8, 2)).to(DT)
     x = torch.randn(5, 2, 3, dtype=DT)
     y = torch.randint(0, 2, (5,))
-    f = S.kfac_factors(model, [(x, y)], params=["0.weight"])["0.weight"]
+    f = S.kfac_factors(model, [(x, y)], params=["0.weight"], approx="expand")["0.weight"]
     a = x.reshape(-1, 3)
     assert close(f.A[0], a.T @ a / 10)
     zs = []

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from torch import Tensor, nn
 
-from ._base import LOSSES, Batches, ScoreCall, _resolve_params, warmup_batchnorm
+from ._base import LOSSES, Batches, ScoreCall, _reach, _resolve_params, warmup_batchnorm
 
 if TYPE_CHECKING:
     from ..results import Progress
@@ -368,7 +368,16 @@ def compute(
     Raises:
         ValueError: Unknown score, loss, option or parameter name; an option out of range; no data
             for a data-driven score.
-        RuntimeError: The score wrote a diagnostic that is not JSON-able (a bug in the score).
+        RuntimeError: A data-driven score has no statistics for a parameter that reaches the
+            loss (its pass missed the tensor: no silent zero is ever returned), named; or the
+            score wrote a diagnostic that is not JSON-able (a bug in the score).
+
+    No silent zero: a data-driven score either reports what its pass saw
+    (:meth:`ScoreCall.cover`), and every scored parameter must be seen or have no path to the
+    loss, or it does not, and every tensor it scores all-zero (with a non-zero weight) is checked
+    against the data loss's gradient, which must then be zero or absent.  Parameters with no
+    path to the loss (their data-driven score is exactly zero) are listed in the diagnostic
+    ``unreached_params``.
     """
     spec = info(name)
     if loss not in LOSSES:
@@ -380,10 +389,33 @@ def compute(
         raise ValueError(f"score {name!r} needs data (batches)")
     if warm > 0:
         warmup_batchnorm(model, batches, warm, progress)
-    scores = spec.fn(ScoreCall(model, batches, named, loss, progress, diagnostics), **opts)
+    call = ScoreCall(model, batches, named, loss, progress, diagnostics)
+    scores = spec.fn(call, **opts)
+    if spec.data_driven:
+        _check_coverage(name, call, scores)
     if diagnostics is not None:
         try:
             json.dumps(diagnostics)
         except (TypeError, ValueError) as exc:
             raise RuntimeError(f"score {name!r} wrote a diagnostic that is not JSON-able: {exc}") from None
     return {n: scores[n].detach() for n in named}
+
+
+def _check_coverage(name: str, call: ScoreCall, scores: Mapping[str, Tensor]) -> None:
+    """Refuse a score for a tensor the score's pass missed; report unreached ones (see compute)."""
+    cov = call.coverage
+    if cov.reported:
+        missed = [n for n in call.named if n not in cov.seen and n not in cov.unreached]
+        unreached = [n for n in call.named if n in cov.unreached]
+    else:
+        zero = [n for n, p in call.named.items() if not bool(scores[n].any()) and bool(p.detach().any())]
+        state = _reach(call, zero) if zero else {}
+        missed = [n for n in zero if state[n] == "nonzero"]
+        unreached = [n for n in zero if state[n] == "unreached"]
+    if missed:
+        raise RuntimeError(
+            f"score {name!r} has no statistics for {missed}, which reach the loss: its pass never "
+            "saw them (a layer it does not recognise?); refusing to score them zero"
+        )
+    if unreached:
+        call.diagnose("unreached_params", unreached)
