@@ -487,10 +487,83 @@ def test_kfac_token_linear_averages_over_tokens():
     assert close(f.B[0], g.T @ g / 5)
 
 
+class ConvPool(nn.Module):
+    """A conv followed directly by global average pooling: its output gradient is the same at
+    every position, the case where K-FAC-reduce is exact (Eschenhagen et al., 2023)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_kfac_reduce_is_the_exact_fisher_where_expand_is_not():
+    """One example: F = vec(G)vec(G)ᵀ, G = ĝ âᵀ, so A⊗B = F for reduce; expand misses the
+    cross-position terms and its scale ratio tr(A)tr(B)/tr(F) is far from 1."""
+    torch.manual_seed(0)
+    model = ConvPool().to(DT).eval()
+    # Positive inputs (as after a ReLU, or images): patches correlate across positions, which
+    # expand's A ⊗ B ignores.
+    x, y = torch.rand(1, 2, 5, 5, dtype=DT) + 0.5, torch.tensor([1])
+    (g,) = loop_grads(model, [(x, y)], ["conv.weight"])
+    vec = g["conv.weight"].reshape(-1)  # row-major (out, in·kh·kw)
+    fisher = torch.outer(vec, vec)
+    for approx in ("reduce", "expand"):
+        d: dict = {}
+        f = S.kfac_factors(model, [(x, y)], approx=approx, diagnostics=d)["conv.weight"]
+        kron = torch.kron(f.B[0], f.A[0])
+        ratio = d["kfac_scale_ratio"]["conv.weight"]
+        if approx == "reduce":
+            assert close(kron, fisher) and ratio == pytest.approx(1.0, rel=1e-12)
+        else:
+            assert not close(kron, fisher, rtol=1e-2) and ratio < 0.5
+        assert d["kfac_scale_ratio"]["head.weight"] == pytest.approx(1.0, rel=1e-12)  # T = 1: exact
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("net", ["cnn", "grouped", "mlp"])
+def test_kfac_scale_ratio_diagnostic_is_trace_ratio(net, approx):
+    """``kfac_scale_ratio`` = Σ_g tr(A_g)·tr(B_g) / tr(F), F the empirical Fisher from per-example
+    gradients, all on the same (here: all) examples."""
+    model, data = make(net)
+    d: dict = {}
+    S.kfac_factors(model, data, approx=approx, diagnostics=d)
+    names = S.default_params(model)
+    grads = loop_grads(model, data, names)
+    assert d["kfac_scale_examples"] == len(grads) and set(d["kfac_scale_ratio"]) == set(names)
+    assert d["kfac_approx"] == {"conv": approx, "linear": approx}
+    for name in names:
+        A, B = brute_factors(model, data, name, approx)
+        tr_f = float(torch.stack([g[name] ** 2 for g in grads]).sum(0).sum()) / len(grads)
+        ref = float(
+            (torch.diagonal(A, dim1=1, dim2=2).sum(1) * torch.diagonal(B, dim1=1, dim2=2).sum(1)).sum()
+        )
+        assert d["kfac_scale_ratio"][name] == pytest.approx(ref / tr_f, rel=1e-9), name
+
+
+def test_kfac_auto_is_reduce_for_cnn_convolutions_and_expand_otherwise():
+    model, data = make("cnn")
+    d: dict = {}
+    S.compute("kfac", model, data, diagnostics=d)
+    assert d["kfac_approx"] == {"conv": "reduce", "linear": "expand"}
+    auto = S.kfac_factors(model, data)
+    reduce = S.kfac_factors(model, data, approx="reduce")
+    assert all(close(auto[n].A, reduce[n].A) and close(auto[n].B, reduce[n].B) for n in auto)
+    vit = pytest.importorskip("timm").create_model("test_vit", pretrained=False)
+    assert S.resolve_approx(vit, "auto") == {"conv": "expand", "linear": "expand"}
+    with pytest.raises(ValueError, match="'approx' must be one of 'auto', 'reduce', 'expand'"):
+        S.compute("kfac", model, data, approx="kron")
+
+
 def test_kfac_rejects_non_layer_params():
     model, data = make("mlp")
     with pytest.raises(ValueError, match="norm.weight"):
         S.compute("kfac", model, data, params=["fc1.weight", "norm.weight"])
+    with pytest.raises(ValueError, match="fc1.bias"):
+        S.compute("kfac", model, data, params=["fc1.weight", "fc1.bias"])
 
 
 # --------------------------------------------------------------------------------------
