@@ -121,9 +121,10 @@ class Context:
     progress: StageProgress = _quiet
 
     @property
-    def image_size(self) -> int | None:
-        """Encoder input size: the spec's, else the suite's preference (None: the encoder's own)."""
-        return self.spec.image_size or self.suite.image_size
+    def image_size(self) -> int:
+        """Encoder input size: the spec's, else the suite's preference, else the encoder's own;
+        always the encoder's own when its architecture fixes it (:meth:`Encoder.size_for`)."""
+        return self.encoder.size_for(self.spec.image_size or self.suite.image_size)
 
     def stage(self, name: str) -> Progress:
         """The progress callback of one stage."""
@@ -220,6 +221,11 @@ def prepare(spec: ExperimentSpec, progress: StageProgress | None = None) -> Cont
         )
     if refusal := scores.info(spec.score).refusal(enc.family):
         raise ValueError(refusal)
+    if enc.fixed_size and spec.image_size not in (None, enc.input_size):
+        raise ValueError(
+            f"{spec.model} takes {enc.input_size} px inputs only (its position embeddings are learned "
+            f"for that size), not {spec.image_size} px: leave the image size unset"
+        )
     progress("data", 1, 1, "data ready")
     return Context(spec, enc, suite, device, progress)
 
@@ -432,6 +438,11 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
         for k, t in enumerate(ctx.suite.tasks)
     ]
     notes = list(ctx.suite.notes)
+    if ctx.suite.image_size and ctx.image_size != ctx.suite.image_size and not spec.image_size:
+        notes.append(
+            f"images fed at {ctx.image_size} px, the size {spec.model}'s position embeddings are "
+            f"learned for (the suite's {ctx.suite.image_size} px would not fit)"
+        )
     if collapsed:
         notes.append(f"layer collapse: {len(collapsed)} layer(s) lost every weight, e.g. {collapsed[:3]}")
     if ctx.suite.skipped:

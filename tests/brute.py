@@ -85,6 +85,7 @@ def kfac_reference(model: nn.Module, data, name: str, approx: str, blocks: int =
             per_ex.append(site_rows(model, x[i : i + 1], y[i : i + 1], name))
     model.zero_grad(set_to_none=True)
     first = per_ex[0]
+    assert first, f"{name} is not applied by F.linear, a conv or a matrix product"
     conv_groups = first[0][2].conv_args[-1] if first[0][2].kind == "conv" else 1
     if conv_groups > 1:
         blocks = conv_groups
@@ -116,9 +117,9 @@ def kfac_reference(model: nn.Module, data, name: str, approx: str, blocks: int =
                 a_hat = torch.zeros(blocks, ab.shape[2], dtype=a.dtype)
                 g_hat = torch.zeros(blocks, gb.shape[2], dtype=g.dtype)
             for j, aj, gj in zip(idx, ab, gb):
-                if approx == "expand":
-                    A[j] += sum(torch.outer(r, r) for r in aj)
-                    B[j] += sum(torch.outer(r, r) for r in gj)
+                if approx == "expand":  # Σ_rows r rᵀ
+                    A[j] += aj.T @ aj
+                    B[j] += gj.T @ gj
                 a_hat[j] += aj.sum(0)
                 g_hat[j] += gj.sum(0)
                 t[j] += aj.shape[0]

@@ -173,7 +173,9 @@ def test_layouts_found_by_the_probe():
     assert H._infer_layout(ids, 2) == H._Layout(1, "whole")
     assert H._infer_layout(torch.tensor([0, 1, 2, 0, 1, 2]), 3) == H._Layout(0, "minor")
     assert H._infer_layout(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == H._Layout(0, "major")
-    assert H._infer_layout(torch.tensor([-1, -1, -1]), 3) is None  # no example reaches it
+    # No example changes any row: only an unambiguous shape is placed.
+    assert H._infer_layout(torch.full((3, 5), -1), 3) == H._Layout(0, "whole")
+    assert H._infer_layout(torch.full((6,), -1), 3) is None  # (2·3) rows: major or minor?
 
 
 class StdConvNet(nn.Module):

@@ -100,9 +100,18 @@ class _Layout:
 
 def _infer_layout(ids: Tensor, p: int) -> _Layout | None:
     """The layout consistent with ``ids`` (per leading position: the example whose
-    perturbation changed that row, −1 for rows no example changes), or None if none/several."""
+    perturbation changed that row, −1 for rows no example changes), or None if none/several.
+
+    Rows that no example changes (an input that does not depend on the data, e.g. saturated
+    activations) carry no evidence; with none at all, only an input whose shape allows a single
+    layout (one leading axis of ``p`` rows and no merged one) is placed."""
     found = []
     known = ids >= 0
+    if not bool(known.any()):
+        fits = [d for d, s in enumerate(ids.shape) if s % p == 0]
+        if len(fits) == 1 and ids.shape[fits[0]] == p:
+            return _Layout(fits[0], "whole")
+        return None
     for d, s in enumerate(ids.shape):
         if s % p:
             continue
@@ -115,7 +124,7 @@ def _infer_layout(ids: Tensor, p: int) -> _Layout | None:
             want = want.view(shape).expand_as(ids)
             if bool((ids[known] == want[known]).all()):
                 found.append(_Layout(d, order))
-    return found[0] if len(found) == 1 and bool(known.any()) else None
+    return found[0] if len(found) == 1 else None
 
 
 # --------------------------------------------------------------------------------------
