@@ -14,7 +14,7 @@ Which example a row belongs to
 ------------------------------
 Convolutions take the examples on their first axis.  A linear site may not: inside
 ``F.multi_head_attention_forward`` inputs are ``(tokens, batch, features)`` and the output
-projection sees ``(tokens·batch, features)`` rows in token-major order.  A probe on three
+projection sees ``(tokens·batch, features)`` rows in token-major order.  A probe on two
 examples (:meth:`_HookEngine._probe`) finds, for every site, which rows change when one example
 is perturbed, and from that the axis (and the order within a merged axis) that carries the
 examples.  A row changed by two examples means the examples interact (e.g. BatchNorm in train
@@ -65,7 +65,7 @@ _MIN_INNER = 512
 _SYRK_MIN = 512
 _SYRK_BLOCK = 256
 # Examples of the layout/coverage probe.
-_PROBE = 3
+_PROBE = 2
 
 
 # --------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ class _HookEngine:
         sums: dict[str, Tensor] = {}
 
         def on_site(c: _Call) -> Tensor:
-            out = c.out
+            out, c.out = c.out, None
             if out.requires_grad:
                 out.register_hook(functools.partial(self._probe_grad, c, sums))
             return out
@@ -414,8 +414,8 @@ class _HookEngine:
             if not out.requires_grad:  # no path from the data to here: differentiate w.r.t. it
                 out = out.detach().requires_grad_(True)
                 leaves.append(out)
-            x_in = c.x
-            out.register_hook(lambda g, s=site, c=c, v=x_in._version: self._on_grad(s, c, v, g, failures))
+            c.out = None  # the hook must not keep the output alive (it is a closure on c)
+            out.register_hook(lambda g, s=site, c=c, v=c.x._version: self._on_grad(s, c, v, g, failures))
             return out
 
         params = list(self.model.parameters())
