@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
-from pai_core import cache, models, scores, tasks
+from pai_core import cache, errors, models, scores, tasks
 
 st.set_page_config(page_title="PaI Explorer", page_icon=":material/content_cut:", layout="wide")
 common.init_state()
@@ -89,9 +89,14 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
             "run page has a device override (auto / cpu / cuda)."
         )
     with c2:
-        usage = cache.usage()
+        try:
+            usage = cache.usage()
+            where = cache.cache_dir()
+        except errors.StorageError as exc:  # $PAI_CACHE_DIR names a file, or cannot be created
+            common.show_error(exc)
+            usage, where = {}, os.environ.get("PAI_CACHE_DIR", "cache/")
         st.markdown(
-            f"**Cache** (`{cache.cache_dir()}`, set `PAI_CACHE_DIR` to move it): every stage — dense "
+            f"**Cache** (`{where}`, set `PAI_CACHE_DIR` to move it): every stage — dense "
             "features, heads, scores, masks, fine-tuned weights, results, landscapes — is stored "
             "by what determines it, so repeating or extending a run is fast."
         )
@@ -130,7 +135,8 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
     st.caption(
         "Models marked offline install with the project's own requirements. The others download from "
         "their hubs the first time (Hugging Face, OpenAI, the authors' URLs); without internet, give a local "
-        "checkpoint file on the run pages, or put it at `$PAI_CHECKPOINT_DIR/<model>.pth`. Any timm or "
+        "checkpoint file on the run pages, or put it at `$PAI_CHECKPOINT_DIR/<model>.safetensors` (or `.pth` "
+        "holding plain tensors; files that would run code when loaded are refused). Any timm or "
         "open_clip model also works by name (`timm:<name>`, `open_clip:<arch>/<tag>`)."
     )
     if st.button(

@@ -91,6 +91,7 @@ def _job() -> dict:
             data_root=root,
             checkpoint=checkpoint,
             device=ss["prune_w_device"],
+            **common.spec_option_values("prune"),
         )
         for q in _levels()
         for score in ss["prune_w_scores"]
@@ -159,6 +160,10 @@ with st.form("prune_form"):
     if ss["prune_w_scores"]:
         with st.expander("What the chosen scores compute, and their options"):
             common.score_option_inputs("prune", ss["prune_w_scores"])
+    with st.expander(
+        "Advanced options: the authors' protocol and BatchNorm-aware masks (defaults: the paper)"
+    ):
+        common.spec_option_inputs("prune")
     st.checkbox(
         "Held-out evaluation — a deviation from the paper: heads fitted on one half of each task, accuracy "
         "measured on the other half",
@@ -234,6 +239,13 @@ for note in notes:
     st.caption(f"Note: {note}")
 
 task_df, layer_df = _tables(keys, results)
+with st.expander("Advanced: where the scores break down (diagnostics per run)", expanded=False):
+    st.caption(
+        "Exactly-zero scores cannot be ranked (ties go by magnitude); dead channels never fire on the "
+        "source data, so every gradient-based score calls their weights free, yet removing a whole filter "
+        "turns the channel on through its BatchNorm (try BN-aware filter removal)."
+    )
+    st.dataframe(figures.diagnostics_frame(results), hide_index=True)
 with st.expander("Accuracy per task (%)", expanded=False):
     st.dataframe(
         task_df,

@@ -21,7 +21,12 @@ st.markdown(
     "the results store in the cache folder."
 )
 
-results = common.all_results(common.results_signature())
+# A broken results store is explained (with how to move it aside); the runs whose result files are
+# in the cache are still listed.
+results, store_error = common.results_and_store_error(common.results_signature())
+common.show_error(store_error)
+if store_error is not None:
+    st.caption("Showing the finished runs whose result files are in the cache folder.")
 if not results:
     st.info(
         "No finished runs yet. Run one on the **Prune & evaluate** page (in the sidebar), with "

@@ -108,6 +108,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--scores", default=",".join(scores.available()))
     ap.add_argument("--probes", type=int, default=10)
+    ap.add_argument(
+        "--probe-batch",
+        type=int,
+        default=0,
+        help="hutchinson's probe_batch (0: one probe set for all the data, the README's row; "
+        "bench/bench_hutchinson.py measures the per-example scheme)",
+    )
     ap.add_argument("--no-naive", action="store_true", help="skip the per-example loop")
     ap.add_argument(
         "--clock",
@@ -141,7 +148,7 @@ def main() -> None:
     base: list[float] = []
     rows = []
     for name in [s for s in args.scores.split(",") if s]:
-        opts = {"probes": args.probes} if name == "hutchinson" else {}
+        opts = {"probes": args.probes, "probe_batch": args.probe_batch} if name == "hutchinson" else {}
         t_score = float("inf")
         for _ in range(args.repeats):
             base.append(timed(lambda: fwd_bwd(model, batches)))  # interleaved: same conditions

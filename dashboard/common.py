@@ -9,19 +9,19 @@ mutated, ``st.cache_data`` for values that are copied per caller (names, frames,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import streamlit as st
 import torch
 
-from pai_core import experiment, figures, models, scores, store, tasks
+from pai_core import errors, experiment, figures, models, scores, store, tasks
 from pai_core.features import device_label
 from pai_core.finetune import SCHEDULES
-from pai_core.results import ExperimentResult, ExperimentSpec
+from pai_core.results import ExperimentResult, ExperimentSpec, spec_options
 
 __all__ = [
     # session state
@@ -42,6 +42,8 @@ __all__ = [
     "model_and_data_pickers",
     "score_option_inputs",
     "score_options",
+    "spec_option_inputs",
+    "spec_option_values",
     # cached loaders
     "device_text",
     "task_names",
@@ -49,6 +51,7 @@ __all__ = [
     "model_check",
     "mask_set",
     "masks_file",
+    "results_and_store_error",
     "results_signature",
     "all_results",
     "results_json",
@@ -214,6 +217,49 @@ def score_options(prefix: str, name: str) -> dict[str, Any]:
     return out
 
 
+def _spec_key(prefix: str, name: str) -> str:
+    return f"{prefix}_w_spec_{name}"
+
+
+def spec_option_inputs(prefix: str) -> None:
+    """A widget per protocol option of :func:`pai_core.results.spec_options` (the "advanced options").
+
+    Label, help, choices, bounds and default come from that one declaration: a selectbox for a
+    choice, a checkbox for a switch, a number input for an integer (left empty: ``None``, whose
+    meaning the help states).  Keyed ``{prefix}_w_spec_{name}``; read back with
+    :func:`spec_option_values`.
+    """
+    ss = st.session_state
+    items = list(spec_options().items())
+    cols = st.columns(3)
+    for i, (name, (opt, default)) in enumerate(items):
+        key = _spec_key(prefix, name)
+        ss.setdefault(key, default)
+        col = cols[i % 3]
+        if opt.type is bool:
+            col.checkbox(opt.label, key=key, help=opt.help)
+        elif opt.type is int:
+            col.number_input(
+                opt.label + (f" (empty: {opt.none})" if opt.none else ""),
+                min_value=opt.min,
+                max_value=opt.max,
+                step=1,
+                key=key,
+                help=opt.help,
+            )
+        else:
+            col.selectbox(opt.label, list(opt.choices), key=key, help=opt.help)
+
+
+def spec_option_values(prefix: str) -> dict[str, Any]:
+    """``{field: value}`` of the protocol options set in :func:`spec_option_inputs` (all of them)."""
+    out: dict[str, Any] = {}
+    for name, (opt, default) in spec_options().items():
+        value = st.session_state.get(_spec_key(prefix, name), default)
+        out[name] = int(value) if opt.type is int and value is not None else value
+    return out
+
+
 # ----------------------------------------------------------------------------- cached loaders
 
 
@@ -289,8 +335,45 @@ def results_signature() -> tuple:
 
 @st.cache_data(show_spinner="Reading finished runs…", max_entries=4)
 def all_results(signature: tuple) -> list[ExperimentResult]:
-    """Every finished run, from the results store (the one source of truth; ``signature`` keys the cache)."""
+    """Every finished run, from the results store (the one source of truth; ``signature`` keys the cache).
+
+    Raises:
+        StoreError: The results store cannot be read (see :func:`results_and_store_error`).
+    """
     return store.ResultsStore().results()
+
+
+def results_and_store_error(signature: tuple) -> tuple[list[ExperimentResult], dict | None]:
+    """Finished runs, surviving a broken results store.
+
+    The store is the one source of truth; only when it cannot be read (corrupt, unreadable…) do
+    the runs come from the result files that every finished run also leaves in the cache, so the
+    user still sees them while following the error's advice (move the file aside).
+
+    Returns:
+        ``(runs, None)``, or the cache's runs and the store's :func:`error_record`, whose message
+        names the file and says how to move it aside.
+    """
+    try:
+        return all_results(signature), None
+    except errors.StorageError as exc:
+        return _file_results(signature), error_record(exc)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _file_results(signature: tuple) -> list[ExperimentResult]:
+    """Runs whose result file is in the cache (the fallback while the store is broken)."""
+    from pai_core import cache
+
+    found: dict[str, ExperimentResult] = {}
+    res_dir = cache.cache_dir() / "results"
+    for path in sorted(res_dir.glob("*.json")) if res_dir.is_dir() else []:
+        try:
+            r = ExperimentResult.from_dict(cache.load_json(path))
+        except (cache.CacheCorrupt, TypeError, KeyError, ValueError):
+            continue  # a result of an older format or a half-copied file: not a finished run
+        found.setdefault(r.spec.key(), r)
+    return list(found.values())
 
 
 # ----------------------------------------------------------------------------- progress
@@ -457,43 +540,63 @@ class PageJob:
 
 # ----------------------------------------------------------------------------- errors
 
-#: Errors that are the user's situation (no weights, no data, bad settings, GPU too small), shown
-#: as a message saying what to do, never as a traceback.
+#: Errors that are the user's situation (no weights, no data, bad settings, a file that cannot be
+#: used, memory too small), shown as a message saying what to do, never as a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     models.ModelUnavailable,
     tasks.DataError,
     ValueError,
+    errors.StorageError,
     torch.cuda.OutOfMemoryError,
+    MemoryError,
 )
+
+#: The server log (where ``streamlit run`` prints): unexpected errors land here with their traceback.
+log = logging.getLogger("pai_explorer.dashboard")
+if not log.handlers:  # Streamlit configures its own loggers only
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(_handler)
+    log.propagate = False
+
+
+def debug_view() -> bool:
+    """Whether tracebacks are shown in the page (``PAI_DEBUG=1`` where the server was started)."""
+    return errors.debug_enabled()
 
 
 def error_record(exc: BaseException) -> dict[str, str | None]:
-    """What :func:`show_error` needs, in a form that survives ``st.rerun`` in session state."""
-    user = isinstance(exc, USER_ERRORS)
+    """What :func:`show_error` needs, in a form that survives ``st.rerun`` in session state.
+
+    The classification is :func:`pai_core.errors.describe` (the CLI says the same).  An unexpected
+    error gets a short id; its full traceback goes to the server log under that id, and into the
+    record only when :func:`debug_view` is on, so a page never shows server paths by default.
+    """
+    problem = errors.describe(exc)
+    kind = {"memory": "oom"}.get(problem.kind, problem.kind)
+    if problem.kind == "bug":
+        log.error("unexpected error %s in the dashboard (%s)", problem.error_id, problem.type, exc_info=exc)
     return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "kind": (
-            "oom"
-            if isinstance(exc, torch.cuda.OutOfMemoryError)
-            else "model"
-            if isinstance(exc, models.ModelUnavailable)
-            else "data"
-            if isinstance(exc, tasks.DataError)
-            else "settings"
-            if isinstance(exc, ValueError)
-            else "bug"
-        ),
-        "traceback": None if user else "".join(traceback.format_exception(exc)),
+        "type": problem.type,
+        "message": problem.message,
+        "hint": problem.hint,
+        "kind": kind,
+        "error_id": problem.error_id,
+        "traceback": errors.traceback_text(exc) if problem.kind == "bug" and debug_view() else None,
     }
 
 
 def show_error(err: BaseException | dict | None) -> None:
-    """Explain an error: what went wrong and what to do; a traceback only for unexpected ones."""
+    """Explain an error: what went wrong and what to do, in one message.
+
+    Unexpected errors show one line and a short id (quoted in the server log with the traceback);
+    the traceback itself only with ``PAI_DEBUG=1``.
+    """
     if err is None:
         return
     rec = error_record(err) if isinstance(err, BaseException) else err
-    kind, msg = rec["kind"], rec["message"]
+    kind, msg, hint = rec["kind"], rec["message"], rec.get("hint") or ""
+    then = f"\n\n{hint[0].upper()}{hint[1:]}." if hint and hint not in msg else ""
     if kind == "model":
         st.error(f"**The model's weights are not available here.** {msg}", icon=":material/block:")
     elif kind == "data":
@@ -505,20 +608,25 @@ def show_error(err: BaseException | dict | None) -> None:
         )
     elif kind == "oom":
         st.error(
-            "**The GPU ran out of memory.** Use fewer images per class, a smaller model, or choose "
-            f"device *cpu*. ({msg})",
+            "**Out of memory.** Use fewer images per class, a smaller input size or model, or the other "
+            f"device (*cpu* / *cuda*). ({msg})",
             icon=":material/memory:",
         )
-    elif kind == "settings":
-        st.error(f"**These settings cannot run.** {msg}", icon=":material/tune:")
+    elif kind == "storage":
+        st.error(f"**A file or folder cannot be used.** {msg}{then}", icon=":material/database:")
+    elif kind in ("settings", "cluster"):
+        st.error(f"**These settings cannot run.** {msg}{then}", icon=":material/tune:")
+    elif kind == "interrupted":
+        st.warning("Interrupted: finished stages stay cached; run again to resume.", icon=":material/pause:")
     else:
+        ref = f" (error id `{rec['error_id']}`)" if rec.get("error_id") else ""
         st.error(
-            f"**Unexpected error** ({rec['type']}): {msg}. This is a bug; the details below help "
-            "to report it.",
+            f"**Unexpected error{ref}.** {msg}. This is a bug: please report it with the error id; the "
+            "details are in the server log.",
             icon=":material/bug_report:",
         )
-        if rec.get("traceback"):
-            with st.expander("Details for a bug report"):
+        if rec.get("traceback") and debug_view():
+            with st.expander("Details (PAI_DEBUG is on)"):
                 st.code(rec["traceback"], language="text")
 
 

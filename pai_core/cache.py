@@ -10,11 +10,18 @@ version invalidates every entry at once.
 Writes go to a temporary file in the same folder and are renamed into place,
 so a crash never leaves half a file that a later run trusts.  Tensor files are
 safetensors with a SHA-256 of the payload in their metadata: a truncated or
-corrupt file fails verification, is deleted and recomputed.  Two processes that
+corrupt file fails verification, is deleted and recomputed.  Every entry also
+records the key it was written under (its file name), and the reader checks it:
+a valid file copied or renamed to another spec's name is recomputed, never
+served as that spec's result.  Two processes that
 compute the same key at once each write their own temporary file; the rename
 is atomic, so readers see one complete file either way.  :func:`cached_tensors`
 also takes an advisory ``fcntl`` lock so the second process usually waits and
 reuses the first one's result instead of computing it again.
+
+A cache folder that cannot be used (``$PAI_CACHE_DIR`` names a file, the folder is
+read-only, the disk is full) raises :class:`~pai_core.errors.CacheError` naming
+the file and what to do; a half-written entry is removed.
 """
 
 from __future__ import annotations
@@ -37,9 +44,12 @@ from safetensors import SafetensorError
 if TYPE_CHECKING:  # torch is imported where tensors are read or written: the store needs none
     import torch
 
+from .errors import CacheError, StorageError, storage_error
+
 __all__ = [
     "FORMAT_VERSION",
     "CacheCorrupt",
+    "CacheError",
     "cache_dir",
     "spec_key",
     "atomic_write_bytes",
@@ -64,11 +74,29 @@ class CacheCorrupt(RuntimeError):
     """A cache file exists but fails verification (truncated, edited, wrong format)."""
 
 
+_HINT = "point $PAI_CACHE_DIR at a writable folder with free space"
+
+
 def cache_dir() -> Path:
-    """Root of the on-disk cache: ``$PAI_CACHE_DIR`` or ``./cache`` next to the repo."""
+    """Root of the on-disk cache: ``$PAI_CACHE_DIR`` or ``./cache`` next to the repo.
+
+    Raises:
+        CacheError: The folder cannot be created (a file stands there, no permission, read-only).
+    """
     root = os.environ.get("PAI_CACHE_DIR")
-    path = Path(root) if root else Path(__file__).resolve().parent.parent / "cache"
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(root).expanduser() if root else Path(__file__).resolve().parent.parent / "cache"
+    what = "the cache folder ($PAI_CACHE_DIR)" if root else "the cache folder"
+    if path.exists() and not path.is_dir():
+        raise CacheError(
+            f"cannot use {what} {path}: it is a file, not a folder",
+            path=path,
+            reason="not-a-folder",
+            hint=_HINT,
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, what, path, cls=CacheError, hint=_HINT) from None
     return path
 
 
@@ -112,19 +140,30 @@ def spec_key(kind: str, spec: Any) -> str:
     return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_bytes(path: Path, data: bytes, *, what: str = "cache file") -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename.
+
+    Raises:
+        StorageError: (:class:`CacheError` for cache files) the folder is read-only, the disk is
+            full…; the temporary file is removed and ``path`` keeps its old content.
+    """
+    cls = CacheError if what.startswith("cache") else StorageError
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise storage_error(exc, what, path, cls=cls) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, what, path, cls=cls) from None
         raise
 
 
@@ -134,13 +173,23 @@ def _payload(blob: bytes) -> bytes:
     return blob[8 + header_len :]
 
 
+def _key_of(path: Path) -> str:
+    """The key an entry is stored under: its file name without the extension."""
+    return Path(path).name.split(".", 1)[0]
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-    """Save a dict of tensors as safetensors with a payload checksum in the header."""
+    """Save a dict of tensors as safetensors with a payload checksum and the entry's key in the header."""
     from safetensors.torch import save as st_save
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     digest = hashlib.sha256(_payload(st_save(flat))).hexdigest()
-    metadata = {"sha256": digest, "format": str(FORMAT_VERSION), "meta": json.dumps(_jsonable(meta or {}))}
+    metadata = {
+        "sha256": digest,
+        "format": str(FORMAT_VERSION),
+        "key": _key_of(path),
+        "meta": json.dumps(_jsonable(meta or {})),
+    }
     atomic_write_bytes(path, st_save(flat, metadata=metadata))
 
 
@@ -149,7 +198,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
     Raises:
         FileNotFoundError: No such file.
-        CacheCorrupt: The file is truncated, not safetensors, or its checksum fails.
+        CacheCorrupt: The file is truncated, not safetensors, its checksum fails, or it was
+            written under another key (copied or renamed from another entry).
     """
     from safetensors.torch import load as st_load
 
@@ -165,18 +215,26 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CacheCorrupt(f"{path}: no checksum in header")
     if hashlib.sha256(_payload(data)).hexdigest() != metadata["sha256"]:
         raise CacheCorrupt(f"{path}: checksum mismatch")
+    _check_key(path, metadata.get("key"))
     return tensors, json.loads(metadata.get("meta", "{}"))
 
 
+def _check_key(path: Path, key: Any) -> None:
+    if key is None:
+        raise CacheCorrupt(f"{path}: no key recorded (written by an older version): recomputed once")
+    if key != _key_of(path):
+        raise CacheCorrupt(f"{path}: written for key {key!r}, not for {_key_of(path)!r} (copied or renamed)")
+
+
 def save_json(path: Path, value: Any) -> None:
-    """Atomically write ``value`` as JSON with an embedded checksum."""
+    """Atomically write ``value`` as JSON with an embedded checksum and the entry's key."""
     body = json.dumps(_jsonable(value), sort_keys=True)
-    wrapper = {"sha256": hashlib.sha256(body.encode()).hexdigest(), "body": body}
+    wrapper = {"sha256": hashlib.sha256(body.encode()).hexdigest(), "key": _key_of(path), "body": body}
     atomic_write_bytes(path, json.dumps(wrapper).encode())
 
 
 def load_json(path: Path) -> Any:
-    """Load and verify a file written by :func:`save_json`."""
+    """Load and verify a file written by :func:`save_json` (checksum, and the key it was written under)."""
     try:
         wrapper = json.loads(Path(path).read_bytes())
         body = wrapper["body"]
@@ -185,15 +243,26 @@ def load_json(path: Path) -> Any:
         raise CacheCorrupt(f"{path}: unreadable cache file ({exc})") from exc
     if not ok:
         raise CacheCorrupt(f"{path}: checksum mismatch")
+    _check_key(path, wrapper.get("key"))
     return json.loads(body)
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Advisory inter-process lock next to ``path`` (so identical work is done once)."""
+    """Advisory inter-process lock next to ``path`` (so identical work is done once).
+
+    Raises:
+        CacheError: The lock file cannot be created (read-only or full cache folder).
+    """
     lock_path = path.with_name(path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as fh:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+b")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise storage_error(
+            exc, "the cache folder (lock file)", lock_path, cls=CacheError, hint=_HINT
+        ) from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

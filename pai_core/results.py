@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import cache
+from .validate import check_device, parse_sparsity
 
 __all__ = [
     "Progress",
     "StageProgress",
     "RESULT_VERSION",
     "SUMMARY_COLUMNS",
+    "SpecOption",
+    "spec_options",
     "ExperimentSpec",
     "TaskResult",
     "ExperimentResult",
@@ -44,13 +47,91 @@ Progress = Callable[[int, int, str], None]
 StageProgress = Callable[[str, int, int, str], None]
 
 #: Bump when the meaning of a result changes (keeps stale results out of the store).
-RESULT_VERSION = 1
+#: 2: ties broken by magnitude; GraSP's temperature, Hutchinson's per-example probes and PX's
+#: BatchNorm folding by default; every score option resolved in the key.
+RESULT_VERSION = 2
 
 #: The six means of :meth:`ExperimentResult.summary`: (source, transfer) × (dense, zero-shot,
 #: fine-tuned) accuracy; one column each in the results store and in tables.
 SUMMARY_COLUMNS = tuple(
     f"{role}_{kind}" for role in ("source", "transfer") for kind in ("dense", "zero_shot", "finetuned")
 )
+
+
+@dataclass(frozen=True)
+class SpecOption:
+    """How one :class:`ExperimentSpec` field is offered to users: the one declaration from which the
+    CLI flag (``--rounds``), the sweep-file key (``rounds:``) and the dashboard's widget (in the
+    Prune page's "advanced options") are made, and against which values are checked.
+
+    Attributes:
+        label: Widget label.
+        help: One or two sentences for ``--help``, sweep docs and the widget's tooltip.
+        type: ``str``, ``int`` or ``bool``.
+        choices: Allowed values of a ``str`` option (the first is not necessarily the default).
+        min, max: Inclusive bounds of an ``int`` option (None: unbounded).
+        none: What ``None`` means, for a field that may be None (None: not allowed).
+    """
+
+    label: str
+    help: str
+    type: type = str
+    choices: tuple[str, ...] = ()
+    min: int | None = None
+    max: int | None = None
+    none: str | None = None
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` as this option's type; ValueError naming the field and the valid values.
+
+        Example:
+            >>> SpecOption("Rounds", "…", int, min=1).check("rounds", 3)
+            3
+            >>> SpecOption("Scope", "…", str, ("global", "layerwise")).check("mask_scope", "per-block")
+            Traceback (most recent call last):
+            ...
+            ValueError: mask_scope must be one of 'global', 'layerwise'; got 'per-block'
+        """
+        if value is None:
+            if self.none is None:
+                raise ValueError(f"{name} may not be None")
+            return None
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            return value
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            value = int(value)
+            if self.min is not None and value < self.min:
+                raise ValueError(f"{name} must be >= {self.min}, got {value}")
+            if self.max is not None and value > self.max:
+                raise ValueError(f"{name} must be <= {self.max}, got {value}")
+            return value
+        if value not in self.choices:
+            valid = ", ".join(repr(c) for c in self.choices)
+            raise ValueError(f"{name} must be one of {valid}; got {value!r}")
+        return value
+
+
+def _option(default: Any, label: str, help: str, type: type = str, **kw: Any) -> Any:
+    return field(default=default, metadata={"option": SpecOption(label, help, type, **kw)})
+
+
+def spec_options() -> dict[str, tuple[SpecOption, Any]]:
+    """``{field name: (SpecOption, default)}`` of every :class:`ExperimentSpec` field users set
+    through a generated flag, sweep key or widget, in field order.
+
+    Example:
+        >>> list(spec_options())
+        ['mask_scope', 'prune_layers', 'bn_aware', 'rounds', 'ridge', 'bn_warmup_mode']
+    """
+    return {
+        f.name: (f.metadata["option"], f.default)
+        for f in dataclasses.fields(ExperimentSpec)
+        if "option" in f.metadata
+    }
 
 
 @dataclass(frozen=True)
@@ -64,8 +145,10 @@ class ExperimentSpec:
         score: Pruning score name (see :func:`pai_core.scores.available`).
         score_options: Options of the score (:attr:`pai_core.scores.ScoreInfo.options`), as sorted
             ``(key, value)`` pairs; checked against the score's metadata.
-        sparsity: Fraction of scored weights removed (0 ≤ q < 1).
-        mask_scope: ``"global"`` (the paper) or ``"layerwise"`` (uniform per layer).
+        sparsity: Fraction of scored weights removed (0 ≤ q < 1), counted over *all* scored
+            weights whatever ``prune_layers`` says.
+        mask_scope, prune_layers, bn_aware, rounds, ridge, bn_warmup_mode: The protocol's options,
+            each declared once with its :class:`SpecOption` (``spec_options()``; the help is there).
         images_per_class: Data subset per class (the paper: 50); None keeps all.
         finetune: Schedule name (``"paper"``, ``"short"``, ``"smoke"``) or None for zero-shot only.
         holdout: Fit heads on one half of each task and evaluate on the other (deviation from the paper).
@@ -86,7 +169,55 @@ class ExperimentSpec:
     score: str = "magnitude"
     score_options: tuple[tuple[str, Any], ...] = ()
     sparsity: float = 0.5904
-    mask_scope: str = "global"
+    mask_scope: str = _option(
+        "global",
+        "Mask scope",
+        "global: one threshold over all prunable weights (the paper); layerwise: the same sparsity in "
+        "every prunable layer.",
+        choices=("global", "layerwise"),
+    )
+    # = pai_core.layers.PRUNE_LAYERS (a test holds them equal; layers imports torch).
+    prune_layers: str = _option(
+        "all",
+        "Prunable layers",
+        "all: every scored weight (the paper); pointwise: only 1x1 convolutions and Linear layers "
+        "(no depthwise, stem or kxk convolution), the sparsity still counted over all scored weights.",
+        choices=("all", "pointwise"),
+    )
+    bn_aware: bool = _option(
+        False,
+        "BN-aware filter removal",
+        "When a mask removes a convolution's whole filter, shift the running mean of the BatchNorm "
+        "after it so the channel keeps its mean output on the source data, instead of the constant "
+        "beta - gamma*mu/sigma that switches dead channels on (a deviation from the paper).",
+        type=bool,
+    )
+    rounds: int | None = _option(
+        None,
+        "Pruning rounds",
+        "Rounds of prune-and-rescore on an exponential schedule (round r keeps (1-q)^(r/R) of the "
+        "weights, as SynFlow); 1 = one-shot, as the paper's text. Default: the score's own (1; SynFlow 100).",
+        type=int,
+        min=1,
+        max=1000,
+        none="the score's default",
+    )
+    ridge: str = _option(
+        "closed-form",
+        "Ridge heads",
+        "closed-form: (Phi'Phi + alpha I)^-1 Phi'Y, no intercept (the paper's text); intercept-balanced: "
+        "with an intercept and class-balanced sample weights n/(C n_c), as the authors' code.",
+        choices=("closed-form", "intercept-balanced"),
+    )
+    # = pai_core.scores.BN_WARMUP_MODES (a test holds them equal).
+    bn_warmup_mode: str = _option(
+        "reset-cumulative",
+        "BatchNorm warm-up mode",
+        "How the bn_warmup score option re-estimates BatchNorm statistics: reset-cumulative (reset, then "
+        "the exact average over the passes) or running (no reset, momentum 0.1: the scalable "
+        "second-order paper's code).",
+        choices=("reset-cumulative", "running"),
+    )
     images_per_class: int | None = 50
     finetune: str | None = None
     holdout: bool = False
@@ -104,13 +235,24 @@ class ExperimentSpec:
         from .finetune import SCHEDULES
         from .scores import LOSSES, info
 
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        # Fractions in [0, 1) or "59.04%"; 1.5 is refused with an example, never read as 1.5 %.
+        object.__setattr__(self, "sparsity", parse_sparsity(self.sparsity))
+        if self.image_size is not None and not (isinstance(self.image_size, int) and self.image_size > 0):
+            raise ValueError(
+                f"image_size must be a positive number of pixels (or None), got {self.image_size!r}"
+            )
+        if self.images_per_class is not None and self.images_per_class < 2:
+            raise ValueError(
+                f"images_per_class must be at least 2 (or None for all), got {self.images_per_class}"
+            )
+        check_device(self.device)
         score = info(self.score)  # ValueError naming the valid scores
         if self.finetune is not None and self.finetune not in SCHEDULES:
             raise ValueError(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
-        if self.mask_scope not in ("global", "layerwise"):
-            raise ValueError(f"mask_scope must be 'global' or 'layerwise', got {self.mask_scope!r}")
+        for name, (opt, _default) in spec_options().items():
+            object.__setattr__(self, name, opt.check(name, getattr(self, name)))
+        if self.rounds is None:  # the score's own default, written out so that equal runs hash equally
+            object.__setattr__(self, "rounds", score.rounds)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         # Normalise options so equal specs hash equally whatever order they were given in.
@@ -131,9 +273,20 @@ class ExperimentSpec:
     def replace(self, **changes: Any) -> ExperimentSpec:
         return dataclasses.replace(self, **changes)
 
+    def resolved_score_options(self) -> dict[str, Any]:
+        """Every option of the score, the defaults filled in (what the score is called with)."""
+        from .scores import info
+
+        return {**info(self.score).defaults(), **dict(self.score_options)}
+
     def key(self) -> str:
-        """Cache key of the result (device excluded: it does not change what is computed)."""
-        return cache.spec_key("results", {**dataclasses.asdict(self), "device": None, "v": RESULT_VERSION})
+        """Cache key of the result (device excluded: it does not change what is computed).
+
+        The score's options enter with their defaults filled in, so a changed default makes a new key.
+        """
+        d = {**dataclasses.asdict(self), "device": None, "v": RESULT_VERSION}
+        d["score_options"] = sorted(self.resolved_score_options().items())
+        return cache.spec_key("results", d)
 
 
 @dataclass
@@ -161,6 +314,9 @@ class ExperimentResult:
     notes: list[str] = field(default_factory=list)
     device: str = "cpu"
     cached: bool = False
+    #: Run-level diagnostics (JSON-able): share of exactly-zero scores, zero-score filters, dead
+    #: channels, BN-compensated channels, and whatever the score reported (e.g. Hutchinson's spread).
+    diagnostics: dict = field(default_factory=dict)
 
     def _mean(self, role: str, attr: str) -> float | None:
         vals = [getattr(t, attr) for t in self.tasks if t.role == role and getattr(t, attr) is not None]

@@ -14,9 +14,18 @@ Durability and concurrency:
 * one row per spec, keyed by ``spec.key()`` and written with ``INSERT OR
   REPLACE`` in its own transaction as soon as that spec finishes, so an
   interrupted sweep loses at most the spec in flight;
-* WAL journal plus a busy timeout, so several processes (two sweeps, a sweep and
-  the dashboard) read and write at once without "database is locked" errors or
-  corruption;
+* WAL journal (switched on once, when the file is created: the mode is stored in
+  the file) plus a busy timeout and a retry of whole transactions on
+  ``SQLITE_BUSY``, so several processes (two sweeps, a sweep and the dashboard)
+  read and write at once without "database is locked" errors or corruption, even
+  on a loaded machine;
+* a file that cannot be written (read-only file system, no permission) is opened
+  read-only (``mode=ro``, or ``immutable=1`` when SQLite cannot even create its
+  shared-memory file there), so ``report`` and the Results page still read it;
+  writing to it raises :class:`~pai_core.errors.StoreError`;
+* every SQLite or OS failure (corrupt file, a folder where the file should be,
+  read-only, disk full) is a :class:`~pai_core.errors.StoreError` that names the
+  file and says what to do; a failed write leaves every committed row in place;
 * each call opens a short-lived connection: nothing is held open between calls,
   so a store object is cheap, picklable and safe to share between threads.
 
@@ -45,9 +54,10 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,12 +65,14 @@ from typing import Any
 import pandas as pd
 
 from . import cache
+from .errors import StoreError, storage_error
 from .results import SUMMARY_COLUMNS, ExperimentResult, ExperimentSpec
 
 __all__ = [
     "STORE_VERSION",
     "SUMMARY_COLUMNS",
     "ResultsStore",
+    "StoreError",
     "default_path",
     "record_run",
 ]
@@ -128,44 +140,206 @@ class ResultsStore:
     Args:
         path: Database file; None → :func:`default_path` (resolved now, so a later change
             of ``$PAI_CACHE_DIR`` does not move an existing store object).
+
+    Attributes:
+        readonly: True when the file cannot be written here (then only reading works).
+
+    Raises:
+        StoreError: The file cannot be used (corrupt, a folder, unreadable, or missing where it
+            cannot be created); the message names it and says what to do.
     """
+
+    #: Transactions retried after SQLite answered busy, in this process (diagnostics for tests and logs).
+    busy_retries: int = 0
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            self._ensure_schema(con)
+        self._ro_uri: str | None = None
+        if self.path.is_dir():
+            raise self._fail(
+                "not-a-file", "it is a folder, not a file", "give a file name (--store / $PAI_RESULTS_DB)"
+            )
+        if not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise storage_error(exc, "results store", self.path, cls=StoreError) from None
+        self.readonly = self.path.exists() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        )
+        if self.readonly:
+            self._open_readonly()
+        else:
+            self._retrying(self._initialise)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
 
+    def check_writable(self) -> None:
+        """Raise the :class:`StoreError` a write would raise, before any work is done for it."""
+        if self.readonly:
+            self._retrying(lambda con: None, write=True)
+
     # -- connection ---------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
-        # write lock up front instead of upgrading a read lock (which can fail with
-        # SQLITE_BUSY immediately, whatever the timeout).
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    def _open(self) -> sqlite3.Connection:
+        if self._ro_uri is not None:
+            con = sqlite3.connect(self._ro_uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        else:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
+            # write lock up front instead of upgrading a read lock (which can fail with
+            # SQLITE_BUSY immediately, whatever the timeout).
+            con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            con.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a killed process never loses a committed row; only a power
-            # cut can drop the last few commits, which a re-run recomputes from the cache.
-            con.execute("PRAGMA synchronous = NORMAL")
+            if self._ro_uri is None:
+                # NORMAL in WAL mode: a killed process never loses a committed row; only a power
+                # cut can drop the last few commits, which a re-run recomputes from the cache.
+                con.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection; SQLite errors come out as :class:`StoreError`."""
+        try:
+            con = self._open()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        try:
             yield con
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         finally:
             con.close()
 
+    def _retrying(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool = False) -> Any:
+        """Run ``fn(con)`` on a fresh connection, from the start again while SQLite answers busy.
+
+        With ``write``, inside one ``BEGIN IMMEDIATE`` transaction, rolled back if anything fails,
+        so a retry never writes a row twice.  Retries for up to :data:`BUSY_TIMEOUT_S`.
+        """
+        if write and self._ro_uri is not None:
+            raise self._fail(
+                "read-only",
+                "it is read-only here (file system or permissions): it can be read, not written",
+                "use a writable file with --store or $PAI_RESULTS_DB",
+            )
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.02
+        while True:
+            try:
+                con = self._open()
+                try:
+                    if not write:
+                        return fn(con)
+                    con.execute("BEGIN IMMEDIATE")
+                    try:
+                        out = fn(con)
+                    except BaseException:
+                        with contextlib.suppress(sqlite3.Error):
+                            con.execute("ROLLBACK")
+                        raise
+                    con.execute("COMMIT")
+                    return out
+                finally:
+                    con.close()
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc) and time.monotonic() < deadline:
+                    ResultsStore.busy_retries += 1
+                    time.sleep(delay)
+                    delay = min(2 * delay, 0.5)
+                    continue
+                raise self._error(exc) from exc
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, no retry (:meth:`_retrying` with ``write=True`` retries)."""
+        if self._ro_uri is not None:
+            self._retrying(lambda con: None, write=True)  # raises the read-only error
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+
+    def _initialise(self, con: sqlite3.Connection) -> None:
+        # WAL is a property of the file: switch it once, here, not on every connection (switching
+        # needs a moment of exclusive access, which a busy store does not give at once).
+        if str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            con.execute("PRAGMA journal_mode = WAL")
+        self._ensure_schema(con)
+
+    def _open_readonly(self) -> None:
+        uri = self.path.resolve().as_uri()
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):  # immutable: no -shm file is needed
+            self._ro_uri = uri + query
+            try:
+                con = self._open()
+                try:
+                    version = con.execute("PRAGMA user_version").fetchone()[0]
+                    con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                finally:
+                    con.close()
+            except sqlite3.OperationalError as exc:
+                if query.endswith("immutable=1"):
+                    raise self._error(exc) from exc
+                continue
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            if version not in (0, STORE_VERSION):
+                raise self._fail(
+                    "corrupt",
+                    f"its layout {version} is not {STORE_VERSION}, and it is read-only here",
+                    "open it once where it is writable (it is migrated then), or use another --store",
+                )
+            return
+
+    def _fail(self, reason: str, text: str, hint: str) -> StoreError:
+        return StoreError(
+            f"cannot use results store {self.path}: {text}", path=self.path, reason=reason, hint=hint
+        )
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """An SQLite error as a :class:`StoreError` that names the file and says what to do."""
+        text = str(exc).lower()
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return self._fail(
+                "corrupt",
+                f"the file is damaged or not a results store ({exc})",
+                f"move it aside (mv {self.path} {self.path}.broken) and run again: a sweep re-records "
+                "finished specs from the cache in seconds",
+            )
+        if "full" in text or (("disk i/o" in text or "unable to open" in text) and _disk_full(self.path)):
+            return self._fail(
+                "full",
+                "the disk is full",
+                "free some space and run the same command again: rows already written are kept",
+            )
+        if "readonly" in text or "read-only" in text:
+            return self._fail(
+                "read-only", "it is read-only here", "use a writable file with --store or $PAI_RESULTS_DB"
+            )
+        if "unable to open" in text or "authorization" in text or "disk i/o" in text:
+            return self._fail(
+                "permission",
+                f"cannot open it ({exc}): check that the file and its folder can be read and written",
+                "fix the permissions, or use another file with --store or $PAI_RESULTS_DB",
+            )
+        if _is_busy(exc):
+            return self._fail(
+                "busy",
+                f"another process held it for more than {BUSY_TIMEOUT_S:.0f} s",
+                "run again when the other sweep has finished",
+            )
+        return self._fail("io", f"SQLite error: {exc}", "")
 
     def _ensure_schema(self, con: sqlite3.Connection) -> None:
         version = con.execute("PRAGMA user_version").fetchone()[0]
@@ -227,9 +401,12 @@ class ResultsStore:
         }
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self._write() as con:
+
+        def write(con: sqlite3.Connection) -> None:
             con.execute(f"INSERT OR REPLACE INTO results ({cols}) VALUES ({marks})", tuple(row.values()))
             con.execute("DELETE FROM failures WHERE key = ?", (key,))
+
+        self._retrying(write, write=True)
         return key
 
     def record_failure(
@@ -247,20 +424,24 @@ class ResultsStore:
             tb = "".join(traceback.format_exception(error))
         else:
             msg, tb = str(error), None
-        with self._write() as con:
-            con.execute(
+        values = (spec.key(), _dumps(_spec_dict(spec)), msg, tb, host or socket.gethostname(), _now())
+        self._retrying(
+            lambda con: con.execute(
                 "INSERT INTO failures (key, spec_json, error, traceback, attempts, host, failed_at) "
                 "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET error = excluded.error, "
                 "traceback = excluded.traceback, attempts = attempts + 1, host = excluded.host, "
                 "failed_at = excluded.failed_at",
-                (spec.key(), _dumps(_spec_dict(spec)), msg, tb, host or socket.gethostname(), _now()),
-            )
+                values,
+            ),
+            write=True,
+        )
 
     def delete(self, keys: Sequence[str]) -> int:
         """Forget rows (e.g. to force a re-run). Returns how many were removed."""
-        with self._write() as con:
-            cur = con.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in keys])
-            return cur.rowcount
+        return self._retrying(
+            lambda con: con.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in keys]).rowcount,
+            write=True,
+        )
 
     # -- reading ------------------------------------------------------------------------
     def done_keys(self) -> set[str]:
@@ -386,6 +567,23 @@ class ResultsStore:
         return pd.DataFrame.from_records(
             records, columns=["key", *_SPEC_COLUMNS, "error", "traceback", "attempts", "host", "failed_at"]
         )
+
+
+def _disk_full(path: Path, margin: int = 1 << 16) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left.
+
+    SQLite reports a full disk at open time as "disk I/O error" (it cannot create its -shm file).
+    """
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def record_run(

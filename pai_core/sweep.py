@@ -14,7 +14,10 @@ models × sources × scores × sparsities × seeds plus the fine-tuning schedule
 Each finished spec is one committed row, so a killed sweep loses at most the
 specs in flight, and running the same command again skips every finished spec.
 A failed spec is retried once, then recorded as a failure without stopping the
-sweep.  :func:`report` renders Fig. 3 (the dashboard's plotly figure, as HTML) and CSV files
+sweep.  A storage failure (disk full, read-only or corrupt store or cache) stops
+the sweep at once with a :class:`~pai_core.errors.StorageError` that says how
+many specs are safe in the store and how to resume: every other spec would fail
+the same way.  :func:`report` renders Fig. 3 (the dashboard's plotly figure, as HTML) and CSV files
 from the store.
 
 Example:
@@ -39,13 +42,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
-from . import cache, experiment, masks, models, scores, tasks
+from . import cache, errors, experiment, masks, models, scores, tasks
+from .errors import ClusterUnavailable, StorageError
 from .finetune import SCHEDULES
-from .results import ExperimentResult, ExperimentSpec
+from .results import ExperimentResult, ExperimentSpec, spec_options
 from .store import SUMMARY_COLUMNS, ResultsStore
+from .validate import arg_int_at_least, arg_positive_float, check_device, parse_sparsity
 
 __all__ = [
     "SweepConfig",
@@ -77,9 +83,8 @@ def _tuple(value: Any) -> tuple:
 
 
 def _fraction(v: float | str) -> float:
-    """0.5904, "0.5904", 59.04 and "59.04" all mean 59.04 %; rounded so keys match the CLI's."""
-    x = float(v)
-    return round(x / 100 if x >= 1 else x, 6)
+    """0.5904 and "59.04%" mean 59.04 %; 59.04 is refused (see :func:`pai_core.validate.parse_sparsity`)."""
+    return parse_sparsity(v)
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,8 @@ class SweepConfig:
         suite: Task-suite registry name.
         sources: ``"all"`` (each task of the suite the source once, as the paper) or task indices.
         scores: Pruning-score names.
-        sparsities: ``"paper"`` (:data:`pai_core.masks.PAPER_SPARSITIES`) or fractions (values ≥ 1
-            are read as percent).
+        sparsities: ``"paper"`` (:data:`pai_core.masks.PAPER_SPARSITIES`), or fractions in [0, 1)
+            or percentages written with ``%`` (``[0.36, "59.04%"]``); anything else is refused.
         finetune: Fine-tuning schedule (``"paper"``, ``"short"``, ``"smoke"``); None → zero-shot only.
             Each spec reports zero-shot and, with a schedule, fine-tuned accuracies.
         seeds: Seeds (subsets, random scores, mini-batch order).
@@ -101,6 +106,9 @@ class SweepConfig:
         checkpoints: ``{model: local checkpoint file}`` for hub models on machines offline.
         score_options: ``{score: {option: value}}``, e.g. ``{"hutchinson": {"probes": 20}}``.
         mask_scope, loss, alpha, holdout, image_size: As in :class:`ExperimentSpec`.
+        protocol: The other protocol options of :func:`pai_core.results.spec_options` (``rounds``,
+            ``prune_layers``, ``bn_aware``, ``ridge``, ``bn_warmup_mode``), one value each for the
+            whole grid; a sweep file gives them as top-level keys (``rounds: 100``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (not part of result keys).
         skip_refused: Leave out the scores that refuse a model's family (PX on ViTs), as the paper
             does (:attr:`pai_core.scores.ScoreInfo.refuses`; such a spec fails otherwise).
@@ -124,24 +132,42 @@ class SweepConfig:
     image_size: int | None = None
     device: str = "auto"
     skip_refused: bool = True
+    protocol: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise what YAML, JSON and argparse hand us (lists, comma strings, dicts, percents)
         # so that equal grids compare equal and every value is hashable.
+        problems: list[str] = []
+
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
+        def norm(name: str, fn: Callable[[], Any], example: str) -> None:
+            try:
+                put(name, fn())
+            except (TypeError, ValueError, AttributeError):
+                problems.append(f"{name}: cannot read {getattr(self, name)!r}; expected {example}")
+                put(name, ("?",))  # keeps the other checks running; the config is refused below
+
         put("models", _tuple(self.models))
         put("scores", _tuple(self.scores))
-        put("seeds", tuple(int(s) for s in _tuple(self.seeds)))
+        norm("seeds", lambda: tuple(int(s) for s in _tuple(self.seeds)), "whole numbers, e.g. [0, 1]")
         if isinstance(self.sources, str) and self.sources.strip().lower() == "all":
             put("sources", "all")
         else:
-            put("sources", tuple(int(s) for s in _tuple(self.sources)))
+            norm(
+                "sources", lambda: tuple(int(s) for s in _tuple(self.sources)), "all, or task indices [0, 3]"
+            )
         if isinstance(self.sparsities, str) and self.sparsities.strip().lower() == "paper":
             put("sparsities", "paper")
         else:
-            put("sparsities", tuple(_fraction(q) for q in _tuple(self.sparsities)))
+            good = []
+            for q in _tuple(self.sparsities):
+                try:
+                    good.append(_fraction(q))
+                except ValueError as exc:
+                    problems.append(f"sparsities: {exc}")
+            put("sparsities", tuple(good) if len(good) == len(_tuple(self.sparsities)) else (0.0,))
         if isinstance(self.finetune, str) and self.finetune.strip().lower() in (
             "",
             "none",
@@ -150,13 +176,29 @@ class SweepConfig:
         ):
             put("finetune", None)
         ck = self.checkpoints.items() if isinstance(self.checkpoints, dict) else self.checkpoints
-        put("checkpoints", tuple(sorted((str(k), str(v)) for k, v in ck)))
+        norm(
+            "checkpoints",
+            lambda: tuple(sorted((str(k), str(v)) for k, v in ck)),
+            "{model: /path/to/checkpoint.safetensors}",
+        )
         so = self.score_options.items() if isinstance(self.score_options, dict) else self.score_options
-        put("score_options", tuple(sorted((str(s), tuple(sorted(dict(o).items()))) for s, o in so)))
+        norm(
+            "score_options",
+            lambda: tuple(sorted((str(s), tuple(sorted(dict(o).items()))) for s, o in so)),
+            "{score: {option: value}}, e.g. {hutchinson: {probes: 20}}",
+        )
         if self.images_per_class is not None:
-            put("images_per_class", int(self.images_per_class))
+            norm("images_per_class", lambda: int(self.images_per_class), "a whole number, or null for all")
+        if self.image_size is not None:
+            norm("image_size", lambda: int(self.image_size), "a whole number of pixels, or null")
+        ck_values = dict(self.checkpoints) if self.checkpoints != ("?",) else {}
+        pr = self.protocol.items() if isinstance(self.protocol, dict) else self.protocol
+        norm(
+            "protocol",
+            lambda: tuple(sorted((str(k).replace("-", "_"), v) for k, v in pr)),
+            "top-level keys such as rounds: 100",
+        )
 
-        problems = []
         for m in self.models:
             if m not in models.available() and not m.startswith(("timm:", "open_clip:")):
                 problems.append(f"unknown model {m!r}; valid: {', '.join(models.available())}")
@@ -170,12 +212,30 @@ class SweepConfig:
                 scores.info(s).check_options(dict(opts))
             except ValueError as exc:
                 problems.append(f"score_options: {exc}")
+        options = _protocol_options()
+        for k, v in self.protocol if self.protocol != ("?",) else ():
+            if k not in options:
+                problems.append(f"unknown protocol option {k!r}; valid: {', '.join(options)}")
+                continue
+            try:
+                options[k].check(k, v)
+            except ValueError as exc:
+                problems.append(str(exc))
         if self.finetune is not None and self.finetune not in SCHEDULES:
             problems.append(f"unknown fine-tuning schedule {self.finetune!r}; valid: {', '.join(SCHEDULES)}")
-        if self.sparsities != "paper" and not all(0 <= q < 1 for q in self.sparsities):
+        try:
+            check_device(self.device)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if isinstance(self.images_per_class, int) and self.images_per_class < 2:
             problems.append(
-                f"sparsities must be fractions in [0, 1) or percents in [1, 100): {self.sparsities}"
+                f"images_per_class must be at least 2 (or null for all), got {self.images_per_class}"
             )
+        if isinstance(self.image_size, int) and self.image_size < 1:
+            problems.append(f"image_size must be a positive number of pixels, got {self.image_size}")
+        for m, path in ck_values.items():
+            if not path.strip():
+                problems.append(f"checkpoints: empty file name for {m!r}")
         for name in ("models", "scores", "seeds", "sparsities", "sources"):
             if len(getattr(self, name)) == 0:
                 problems.append(f"{name} is empty")
@@ -186,12 +246,14 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
         """Build from a mapping (keys may use ``-`` or ``_``); unknown keys raise ValueError listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"protocol"}
         clean = {str(k).replace("-", "_"): v for k, v in (d or {}).items()}
+        protocol = {k: clean.pop(k) for k in list(clean) if k in _protocol_options()}
         unknown = sorted(set(clean) - names)
         if unknown:
-            raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return cls(**clean)
+            valid = sorted(names | set(_protocol_options()))
+            raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {', '.join(valid)}")
+        return cls(**clean, protocol=protocol)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SweepConfig:
@@ -225,6 +287,7 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able settings (round-trips through :meth:`from_dict`)."""
         d = dataclasses.asdict(self)
+        d.update(dict(d.pop("protocol")))
         d["checkpoints"] = dict(self.checkpoints)
         d["score_options"] = {s: dict(o) for s, o in self.score_options}
         for k in ("models", "scores", "seeds", "sources", "sparsities"):
@@ -237,6 +300,11 @@ class SweepConfig:
         if self.sparsities == "paper":
             return tuple(float(q) for q in masks.PAPER_SPARSITIES)
         return tuple(self.sparsities)
+
+
+def _protocol_options() -> dict[str, Any]:
+    """The spec-level options a sweep file sets as top-level keys (mask_scope has its own field)."""
+    return {k: opt for k, (opt, _d) in spec_options().items() if k != "mask_scope"}
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -308,6 +376,7 @@ def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
                             data_root=cfg.data_root,
                             checkpoint=ck.get(model),
                             device=cfg.device,
+                            **dict(cfg.protocol),
                         )
                         if spec.key() not in seen:
                             seen.add(spec.key())
@@ -412,7 +481,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _is_deterministic(exc: BaseException) -> bool:
     cause = getattr(exc, "cause", None) or exc
-    return isinstance(cause, _DETERMINISTIC)
+    return isinstance(cause, _DETERMINISTIC) or errors.is_memory_error(cause)
 
 
 def run_sweep(
@@ -440,8 +509,18 @@ def run_sweep(
         log: Where notes go (default: stderr).
 
     Returns:
-        A :class:`SweepReport`; failures are in it (and in ``store.failures()``), never raised.
+        A :class:`SweepReport`; failures of specs are in it (and in ``store.failures()``), not raised.
+
+    Raises:
+        StorageError: The store or the cache cannot be written (disk full, read-only, corrupt): the
+            sweep stops, the message says how many specs are safe in the store and how to resume.
+        ClusterUnavailable: No Ray cluster at ``ray`` (or it refused this driver).
+        ValueError: ``retries`` < 0 or ``gpus_per_task`` <= 0.
     """
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more (extra attempts of a failed spec), got {retries}")
+    if not gpus_per_task > 0:
+        raise ValueError(f"gpus_per_task must be positive (0.5 = two specs per GPU), got {gpus_per_task}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     store = ResultsStore() if store is None else store
     if isinstance(config, SweepConfig):
@@ -453,6 +532,8 @@ def run_sweep(
     keys = [s.key() for s in specs]
     done = store.done_keys()
     todo = [s for s, k in zip(specs, keys) if k not in done]
+    if todo:
+        store.check_writable()  # a read-only store is said now, not after the first spec's work
     rep = SweepReport(total=len(specs), skipped=len(specs) - len(todo), keys=keys)
     t0 = time.perf_counter()
     bar = _Progress(len(specs), rep.skipped, progress, "sweep")
@@ -463,10 +544,34 @@ def run_sweep(
             _run_local(todo, store, retries, bar, rep)
         else:
             _run_ray(todo, store, ray, retries, gpus_per_task, bar, rep, log)
+    except Exception as exc:
+        if not errors.is_storage_error(exc):
+            raise
+        raise _stopped(exc, store, rep) from exc
     finally:
         bar.close()
         rep.elapsed = time.perf_counter() - t0
     return rep
+
+
+def _stopped(exc: BaseException, store: ResultsStore, rep: SweepReport) -> StorageError:
+    """A storage failure as the reason the sweep stopped, with what is safe and how to resume."""
+    if not isinstance(exc, StorageError):
+        exc = (
+            errors.storage_error(exc, "file", getattr(exc, "filename", None))
+            if isinstance(exc, OSError)
+            else exc
+        )
+    if not isinstance(exc, StorageError):  # sqlite3.Error outside a store call: say it as is
+        exc = StorageError(f"results store {store.path}: {exc}", path=store.path)
+    safe = rep.skipped + len(rep.finished)
+    return type(exc)(
+        f"sweep stopped: {exc}. {len(rep.finished)} spec(s) finished in this run; {safe} of {rep.total} are in "
+        f"the store {store.path}",
+        path=exc.path,
+        reason=exc.reason,
+        hint=f"{exc.hint or 'fix that'}, then run the same command again to resume (finished specs are skipped)",
+    )
 
 
 def _run_local(
@@ -483,6 +588,8 @@ def _run_local(
             try:
                 res = experiment.run(spec, bar.stage(_label(spec)))
             except Exception as exc:
+                if errors.is_storage_error(exc):
+                    raise  # disk full, read-only cache…: every other spec would fail the same way
                 store.record_failure(spec, exc)
                 if attempt < retries and not _is_deterministic(exc):
                     continue
@@ -549,10 +656,7 @@ def _run_ray(
     import ray
 
     if not ray.is_initialized():
-        if address in (None, "local"):
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+        connect_ray(address)
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     opts: dict[str, Any] = {
@@ -587,6 +691,9 @@ def _run_ray(
                 try:
                     out = ray.get(ref)
                 except Exception as exc:  # RayTaskError (the spec raised) or a system failure after retries
+                    cause = getattr(exc, "cause", None) or exc
+                    if errors.is_storage_error(cause):
+                        raise cause from exc  # the shared cache is full or read-only: stop the sweep
                     store.record_failure(spec, _error_text(exc))
                     if attempt < retries and not _is_deterministic(exc):
                         pending[task.remote(spec.to_json())] = (spec, attempt + 1)
@@ -604,6 +711,108 @@ def _run_ray(
         for ref in pending:
             ray.cancel(ref, force=False)
         raise
+
+
+#: Seconds to wait for a TCP answer from a cluster address before saying nobody is there.
+CONNECT_TIMEOUT_S = 5.0
+
+_START_HINT = (
+    "start one with `ray start --head --port=6379` (docs/SWEEPS.md, 'The paper's grid on a Ray cluster'), "
+    "or run on this machine alone with --ray local (or without --ray)"
+)
+
+
+def _token_available() -> bool:
+    """Whether this machine holds a Ray auth token (``$RAY_AUTH_TOKEN``, its path, or ``~/.ray/auth_token``)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join("~", ".ray", "auth_token")
+    return Path(path).expanduser().is_file()
+
+
+def _present_token() -> None:
+    """Send this machine's auth token to the cluster when there is one.
+
+    ``ray start --head`` (Ray 2.60) turns token authentication on whenever ``~/.ray/auth_token``
+    exists, but a driver given an explicit address only presents the token when
+    ``RAY_AUTH_MODE=token``; without it the connection fails after 20 s of ``InvalidAuthToken``.
+    A token sent to a cluster without authentication is ignored, so sending it is always safe.
+    An explicit ``RAY_AUTH_MODE`` is left alone.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or not _token_available():
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray reads its settings once per process: refresh them if it was imported already
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    if not parts.hostname:
+        raise ValueError(
+            f"--ray {address!r} is not an address: write auto, local, HEAD_HOST:6379 or ray://HEAD_HOST:10001"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"--ray {address!r}: the port is not a number") from None
+    return parts.hostname, port or (10001 if parts.scheme == "ray" else 6379)
+
+
+def connect_ray(address: str | None) -> None:
+    """``ray.init`` for a sweep, failing within seconds and in one clear line when there is no cluster.
+
+    Args:
+        address: None or ``"local"`` (start Ray here), ``"auto"`` (the cluster this machine runs),
+            ``"HOST:PORT"`` or ``"ray://HOST:PORT"``.
+
+    Raises:
+        ClusterUnavailable: Nothing answers at the address (within :data:`CONNECT_TIMEOUT_S`), no
+            cluster runs here (``auto``), or the cluster refused this driver (auth token).
+        ValueError: The address cannot be parsed.
+    """
+    import ray
+
+    if address in (None, "local"):
+        ray.init(include_dashboard=False, log_to_driver=False)
+        return
+    if address == "auto":
+        try:
+            ray.init(address="auto", log_to_driver=False)
+        except ConnectionError as exc:
+            raise ClusterUnavailable(
+                f"--ray auto: no running Ray cluster found on this machine; {_START_HINT}"
+            ) from exc
+        return
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = (
+            f"no answer within {CONNECT_TIMEOUT_S:.0f} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or str(exc)).lower()
+        )
+        raise ClusterUnavailable(
+            f"--ray {address}: no Ray cluster answers at {host}:{port} ({reason}); check the address and "
+            f"that `ray start --head --port={port}` runs there, or {_START_HINT.split(', or ', 1)[1]}"
+        ) from None
+    _present_token()
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ClusterUnavailable(
+            f"--ray {address}: could not join a Ray cluster at {host}:{port} ({first[:160]}); check the "
+            f"address and that `ray start --head --port={port}` runs there. If it does, it refused this "
+            "driver: with token authentication (on after `ray start --head` when ~/.ray/auth_token exists) "
+            "copy the head's ~/.ray/auth_token to this machine or set RAY_AUTH_TOKEN; use the head's Ray "
+            "and Python versions"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- tables and figures
@@ -858,7 +1067,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default=None)
     p.add_argument("--sources", default=None, help="'all' (each task once, as the paper) or indices: 0,1")
     p.add_argument("--scores", default=None, help=f"comma-separated ({', '.join(scores.available())})")
-    p.add_argument("--sparsities", default=None, help="'paper' or comma-separated fractions/percents")
+    p.add_argument(
+        "--sparsities",
+        default=None,
+        help="'paper', or comma-separated fractions in [0, 1) or percentages: 0.36,59.04%%",
+    )
     p.add_argument("--finetune", default=None, help="schedule (paper, short, smoke) or 'none'")
     p.add_argument("--seeds", default=None, help="comma-separated seeds")
     p.add_argument("--images-per-class", default=None, help="data subset per class, or 'all'")
@@ -875,8 +1088,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         metavar="auto|local|ADDRESS",
         help="run on Ray: 'auto' = the running cluster, 'local' = start one here, or an address",
     )
-    p.add_argument("--gpus-per-task", type=float, default=1.0, help="GPUs per Ray task (0.5: two per GPU)")
-    p.add_argument("--retries", type=int, default=1, help="extra attempts for a failed spec")
+    p.add_argument(
+        "--gpus-per-task", type=arg_positive_float, default=1.0, help="GPUs per Ray task (0.5: two per GPU)"
+    )
+    p.add_argument(
+        "--retries",
+        type=arg_int_at_least(0, "--retries"),
+        default=1,
+        help="extra attempts for a failed spec (0 or more)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="print the expanded grid and what is left; run nothing"
     )

@@ -8,7 +8,12 @@ nothing until features are extracted.
 
 Bad input never crashes a run silently: a missing folder, missing classes or
 too few images raise :class:`DataError` saying what was expected and found;
-unreadable image files are skipped and counted (``TaskSuite.skipped``).
+unreadable image files (corrupt, truncated, decompression bombs) are skipped and
+counted (``TaskSuite.skipped``), and a class left with fewer than
+:data:`MIN_READABLE` readable images is a :class:`DataError` naming the class and
+the files tried, never a task that silently lost a class.  Data files are read
+without running anything stored in them (CIFAR-100's pickles go through a
+restricted unpickler).
 
 Example:
     >>> suite = load_suite("digits")
@@ -19,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import pickle
@@ -30,9 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import DataError
+
 __all__ = [
     "IMAGENET10",
     "IMAGENET10_NAMES",
+    "MIN_READABLE",
     "DataError",
     "ImageSet",
     "Task",
@@ -55,8 +64,8 @@ _I10_WNID: dict[int, str] = {c["index"]: c["wnid"] for t in _I10["tasks"] for c 
 _I10_CLASSNAME: dict[int, str] = {c["index"]: c["name"] for t in _I10["tasks"] for c in t["classes"]}
 
 
-class DataError(ValueError):
-    """The data a suite needs is missing or unusable; the message says what to do."""
+#: Readable images every class must keep (one to fit a head, one more to evaluate held-out).
+MIN_READABLE = 2
 
 
 class ImageSet:
@@ -72,6 +81,7 @@ class ImageSet:
         self.arrays = arrays
         self.paths = list(paths) if paths is not None else None
         self.unreadable: list[str] = []
+        self.reasons: dict[str, str] = {}  # unreadable file → why
         self._array_id: str | None = None
 
     def __len__(self) -> int:
@@ -82,11 +92,22 @@ class ImageSet:
             return Image.fromarray(self.arrays[i])
         path = self.paths[i]
         try:
-            with Image.open(path) as im:
-                im.load()
-                return im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            with warnings.catch_warnings():
+                # Above PIL's pixel limit it only warns (up to twice the limit): a decompression bomb
+                # is skipped like any unreadable file instead of filling the memory.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.load()
+                    return im.convert("RGB")
+        except (
+            OSError,
+            UnidentifiedImageError,
+            ValueError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as exc:
             self.unreadable.append(f"{path}: {exc}")
+            self.reasons[str(path)] = str(exc)
             return None
 
     def subset(self, idx: Sequence[int]) -> ImageSet:
@@ -136,6 +157,31 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def check_readable(self, kept: Sequence[int], minimum: int = MIN_READABLE) -> None:
+        """Refuse a task where some class kept fewer than ``minimum`` readable images.
+
+        Args:
+            kept: Indices of the images that could be read.
+            minimum: Readable images each class needs.
+
+        Raises:
+            DataError: Naming the class and the files tried (with why each one failed).
+        """
+        kept_labels = np.asarray(self.labels)[np.asarray(list(kept), dtype=int)]
+        for c in range(self.num_classes):
+            n = int((kept_labels == c).sum())
+            if n >= minimum:
+                continue
+            idx = np.flatnonzero(np.asarray(self.labels) == c)
+            tried = [str(self.images.paths[i]) for i in idx] if self.images.paths is not None else []
+            why = self.images.reasons
+            shown = [f"{t} ({why[t]})" if t in why else t for t in tried[:5]]
+            raise DataError(
+                f"task {self.name!r}: class {self.class_names[c]!r} has {n} readable image(s) of "
+                f"{len(idx)} tried; at least {minimum} are needed. Files tried: {', '.join(shown) or 'none'}"
+                + (f" and {len(tried) - 5} more" if len(tried) > 5 else "")
+            )
 
 
 @dataclass(eq=False)
@@ -265,14 +311,29 @@ def load_suite(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _subsample(labels: np.ndarray, per_class: int | None, seed: int, min_per_class: int = 2) -> np.ndarray:
-    """Indices keeping at most ``per_class`` images of each label (seeded), in original order."""
+def _subsample(
+    labels: np.ndarray,
+    per_class: int | None,
+    seed: int,
+    min_per_class: int = 2,
+    class_names: Sequence[str] | None = None,
+    where: str = "",
+) -> np.ndarray:
+    """Indices keeping at most ``per_class`` images of each label (seeded), in original order.
+
+    With ``class_names``, every label ``0..len(class_names)-1`` must have ``min_per_class`` images
+    (a class with none is an error, not a class that disappears).
+    """
+    if per_class is not None and per_class < MIN_READABLE:
+        raise DataError(f"images per class must be at least {MIN_READABLE}, got {per_class}")
     rng = np.random.default_rng(seed)
     keep = []
-    for c in np.unique(labels):
+    wanted = range(len(class_names)) if class_names is not None else np.unique(labels)
+    for c in wanted:
         idx = np.flatnonzero(labels == c)
         if len(idx) < min_per_class:
-            raise DataError(f"class {c} has {len(idx)} images; at least {min_per_class} are needed")
+            name = repr(class_names[c]) if class_names is not None else str(c)
+            raise DataError(f"{where}class {name} has {len(idx)} images; at least {min_per_class} are needed")
         if per_class is not None and len(idx) > per_class:
             idx = np.sort(rng.choice(idx, per_class, replace=False))
         keep.append(idx)
@@ -296,7 +357,9 @@ def _array_task(
         if list(class_ids) == sorted(class_ids)
         else np.array([list(class_ids).index(v) for v in labs])
     )
-    keep = _subsample(local, per_class, seed)
+    keep = _subsample(
+        local, per_class, seed, class_names=[str(n) for n in class_names], where=f"task {name!r}: "
+    )
     return Task(
         name,
         tuple(int(c) for c in class_ids),
@@ -314,13 +377,20 @@ def _file_task(
     per_class: int | None,
     seed: int,
     min_per_class: int,
+    folders: Sequence[Path] | None = None,
 ) -> Task:
     paths, labels = [], []
     for local, files in enumerate(files_by_class):
+        if len(files) < min_per_class:
+            where = f" in {folders[local]}" if folders is not None else ""
+            raise DataError(
+                f"task {name!r}: class {class_names[local]!r} has {len(files)} image file(s){where}; "
+                f"at least {min_per_class} are needed ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         paths += sorted(files)
         labels += [local] * len(files)
     labels = np.asarray(labels, dtype=np.int64)
-    keep = _subsample(labels, per_class, seed, min_per_class=min_per_class)
+    keep = _subsample(labels, per_class, seed, min_per_class=min_per_class, class_names=list(class_names))
     return Task(
         name, tuple(class_ids), tuple(class_names), ImageSet(paths=[paths[i] for i in keep]), labels[keep]
     )
@@ -563,6 +633,55 @@ _CIFAR100_SUPER = (
 )
 
 
+#: The only globals a CIFAR-style pickle may name: what NumPy needs to rebuild an array (and bytes).
+_ARRAY_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        # Protocols 0-2 written by Python 3 spell a bytes object as _codecs.encode(str, "latin1").
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, str, bytes, numbers and NumPy arrays; refuses every other global.
+
+    A pickle names the functions it calls when loaded; the standard unpickler imports and calls
+    whatever it names (``os.system`` included).  This one resolves only :data:`_ARRAY_GLOBALS`.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file")
+        if module.startswith("numpy.core.") and importlib.util.find_spec("numpy._core") is not None:
+            module = "numpy._core." + module.removeprefix("numpy.core.")  # NumPy 2 moved it
+        return getattr(importlib.import_module(module), name)
+
+
+def _read_array_pickle(path: Path, keys: Sequence[str]) -> dict:
+    """A pickled dict of arrays and lists (CIFAR's python format), read by :class:`_ArrayUnpickler`."""
+    try:
+        with open(path, "rb") as fh:
+            d = _ArrayUnpickler(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"refused to read {path}: it is not a plain data file ({exc}); loading it would run code "
+            "stored in it. Download CIFAR-100 again from its official site"
+        ) from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise DataError(
+            f"cannot read {path}: {type(exc).__name__}: {exc} (truncated or not CIFAR-100?)"
+        ) from exc
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise DataError(f"{path} is not CIFAR-100's python format: expected a dict with {list(keys)}")
+    return d
+
+
 @register_suite(
     "cifar100-superclasses",
     offline=False,
@@ -575,20 +694,33 @@ def _cifar100(root, images_per_class, seed) -> TaskSuite:
     test = root / "cifar-100-python" / "test"
     if not test.exists():
         try:
-            import torchvision
+            # The archive only (checked against its published MD5); torchvision's dataset class
+            # would unpickle the files with the unrestricted pickle module.
+            from torchvision.datasets import CIFAR100
+            from torchvision.datasets.utils import download_and_extract_archive
 
-            torchvision.datasets.CIFAR100(str(root), train=False, download=True)
+            download_and_extract_archive(
+                CIFAR100.url, str(root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
+            )
         except Exception as exc:
             raise DataError(
                 f"{test} not found and the download failed ({exc}); put the extracted "
                 f"cifar-100-python/ folder in {root}"
             ) from exc
-    with open(test, "rb") as fh:
-        d = pickle.load(fh, encoding="latin1")
-    with open(root / "cifar-100-python" / "meta", "rb") as fh:
-        fine_names = pickle.load(fh, encoding="latin1")["fine_label_names"]
-    imgs = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    fine, coarse = np.asarray(d["fine_labels"]), np.asarray(d["coarse_labels"])
+    d = _read_array_pickle(test, ("data", "fine_labels", "coarse_labels"))
+    fine_names = _read_array_pickle(root / "cifar-100-python" / "meta", ("fine_label_names",))[
+        "fine_label_names"
+    ]
+    try:
+        imgs = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        fine, coarse = (
+            np.asarray(d["fine_labels"], dtype=np.int64),
+            np.asarray(d["coarse_labels"], dtype=np.int64),
+        )
+        if not (len(imgs) == len(fine) == len(coarse)) or len(fine_names) < int(fine.max()) + 1:
+            raise ValueError("the numbers of images, labels and class names do not match")
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{test} is not CIFAR-100's python format: {exc}") from exc
     tasks = []
     for s, sname in enumerate(_CIFAR100_SUPER):
         ids = sorted(set(fine[coarse == s].tolist()))
@@ -614,14 +746,28 @@ def _folder(root, images_per_class, seed, tasks_json: str | None = None, min_per
             f"no task grouping found: expected {spec_path} like "
             '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}'
         )
+    example = '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}'
     try:
         spec = json.loads(spec_path.read_text())
-        groups = [(g["name"], list(g["classes"])) for g in spec["tasks"]]
+        groups = [(g["name"], g["classes"]) for g in spec["tasks"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(
-            f"{spec_path} is not valid: {exc}; expected "
-            '{"tasks": [{"name": "A", "classes": ["cat", "dog"]}]}'
-        ) from exc
+        raise DataError(f"{spec_path} is not valid: {exc}; expected {example}") from exc
+    for name, classes in groups:
+        # A string is a sequence too: "classes": "ab" would otherwise become classes "a" and "b".
+        if not isinstance(classes, list) or not all(isinstance(c, str) and c.strip() for c in classes):
+            raise DataError(
+                f'{spec_path}: task {name!r}: "classes" must be a list of folder names, got '
+                f"{json.dumps(classes)}; expected {example}"
+            )
+        for c in classes:
+            # Judged on the text, not on the resolved path: a class folder the data's owner
+            # symlinked in is theirs to use; "../x" or "/etc" in a JSON file is not.
+            norm = os.path.normpath(c)
+            if os.path.isabs(norm) or norm in (".", "..") or norm.startswith(".." + os.sep):
+                raise DataError(
+                    f"{spec_path}: task {name!r}: class {c!r} is outside the data folder {root}; "
+                    "class names are sub-folders of it"
+                )
     tasks = []
     for name, classes in groups:
         missing = [c for c in classes if not (root / c).is_dir()]
@@ -631,5 +777,16 @@ def _folder(root, images_per_class, seed, tasks_json: str | None = None, min_per
                 f"(found: {sorted(p.name for p in root.iterdir() if p.is_dir())[:10]})"
             )
         files = [[p for p in (root / c).iterdir() if _is_image(p)] for c in classes]
-        tasks.append(_file_task(name, classes, classes, files, images_per_class, seed, min_per_class))
+        tasks.append(
+            _file_task(
+                name,
+                classes,
+                classes,
+                files,
+                images_per_class,
+                seed,
+                min_per_class,
+                [root / c for c in classes],
+            )
+        )
     return TaskSuite("folder", tasks)

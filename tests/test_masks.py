@@ -237,3 +237,97 @@ def test_docstring_examples():
 
     result = doctest.testmod(M)
     assert result.attempted >= 2 and result.failed == 0
+
+
+# --------------------------------------------------------------------------------------
+# ties by magnitude, many sparsities at once, prunable subsets
+# --------------------------------------------------------------------------------------
+
+
+def _reference_removed(scores, tiebreak, k, names=None):
+    """Brute force: sort every (score, tiebreak, sorted-name position, flat index), remove the first k."""
+    names = sorted(scores) if names is None else sorted(names)
+    keys = []
+    for j, n in enumerate(names):
+        s = scores[n].reshape(-1).tolist()
+        t = tiebreak[n].reshape(-1).tolist() if tiebreak is not None else [0.0] * len(s)
+        keys += [(s[i], t[i], j, i, n) for i in range(len(s))]
+    gone = sorted(keys)[:k]
+    out = {n: torch.ones_like(v, dtype=torch.bool).reshape(-1) for n, v in scores.items()}
+    for *_, i, n in gone:
+        out[n][i] = False
+    return {n: out[n].view(scores[n].shape) for n in scores}
+
+
+def test_ties_broken_by_magnitude_before_names():
+    s = {"b": torch.zeros(3), "a": torch.zeros(2)}  # all tied
+    mag = {"b": torch.tensor([0.1, 5.0, 0.2]), "a": torch.tensor([3.0, 0.05])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = M.global_topk(s, 0.6, tiebreak=mag)  # remove 3: the smallest |θ|: a[1], b[0], b[2]
+    assert m["a"].tolist() == [True, False] and m["b"].tolist() == [False, True, False]
+    # equal magnitudes too: sorted names, then flat index
+    with pytest.warns(RuntimeWarning, match="collapse"):
+        m2 = M.global_topk(s, 0.4, tiebreak={"b": torch.ones(3), "a": torch.ones(2)})
+    assert m2["a"].tolist() == [False, False] and m2["b"].tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="tiebreak"):
+        M.global_topk(s, 0.4, tiebreak={"a": torch.ones(2)})
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_many_sparsities_from_one_partition_match_one_at_a_time_and_brute_force(ties):
+    s = rand_scores(seed=4, ties=ties)
+    g = torch.Generator().manual_seed(5)
+    tb = {n: torch.randint(0, 3, t.shape, generator=g).double() for n, t in s.items()}  # ties in |θ| too
+    qs = [*M.PAPER_SPARSITIES, 0.0, 1.0, 0.5]
+    total = sum(t.numel() for t in s.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        many = M.global_topk_many(s, qs, tiebreak=tb)
+        for q, m in zip(qs, many, strict=True):
+            one = M.global_topk(s, q, tiebreak=tb)
+            ref = _reference_removed(s, tb, M.n_remove(q, total))
+            assert all(torch.equal(m[n], one[n]) and torch.equal(m[n], ref[n]) for n in s), q
+            assert list(m) == list(s)
+
+
+def test_eligible_tensors_alone_lose_weights_counted_over_all():
+    s = rand_scores(seed=6)
+    total = sum(t.numel() for t in s.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = M.global_topk(s, 0.3, eligible=["conv.weight", "fc.weight"])
+    assert bool(m["b.weight"].all())
+    assert n_removed(m) == math.floor(0.3 * total + 0.5)
+    ref = _reference_removed(
+        {n: s[n] for n in ("conv.weight", "fc.weight")}, None, math.floor(0.3 * total + 0.5)
+    )
+    assert all(torch.equal(m[n], ref[n]) for n in ref)
+    with pytest.raises(ValueError, match="prunable layers hold only 13"):
+        M.global_topk(s, 0.5, eligible=["b.weight"])
+    lw = M.layerwise_topk(s, 0.3, eligible=["conv.weight", "fc.weight"])
+    assert bool(lw["b.weight"].all())
+    eligible_total = s["conv.weight"].numel() + s["fc.weight"].numel()
+    for n in ("conv.weight", "fc.weight"):
+        assert int((~lw[n]).sum()) == math.floor(0.3 * total / eligible_total * s[n].numel() + 0.5)
+
+
+def test_pack_keeps_its_bit_format():
+    """Most significant bit first, zero-padded: what earlier caches and downloads hold."""
+    m = {"x": torch.tensor([True, False, True, True, False, False, False, True, True, False])}
+    packed = M.pack(m)
+    assert packed["x"].tolist() == [0b10110001, 0b10000000]
+    assert torch.equal(M.unpack(packed)["x"], m["x"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_scores_zero_signs_and_infinities_select_like_floats(dtype):
+    """Selection runs on integer keys of the floats: order and equality must be the floats'."""
+    g = torch.Generator().manual_seed(7)
+    vals = torch.tensor([-0.0, 0.0, -1.5, 1.5, float("inf"), -float("inf"), -1e-30, 1e-30], dtype=dtype)
+    s = {"w": vals[torch.randint(0, len(vals), (200,), generator=g)]}
+    tb = {"w": torch.rand(200, generator=g, dtype=torch.float64)}
+    for q in (0.1, 0.3, 0.5, 0.77):
+        got = M.global_topk(s, q, tiebreak=tb)
+        ref = _reference_removed(s, tb, M.n_remove(q, 200))
+        assert torch.equal(got["w"], ref["w"]), q

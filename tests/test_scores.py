@@ -160,8 +160,8 @@ def loop_grads(model, data, names, loss="mse"):
     return out
 
 
-def full_loss_fn(model, data, names, loss="mse"):
-    """L(flat θ) = mean_i ℓ_i as a function of the flattened scored parameters."""
+def full_loss_fn(model, data, names, loss="mse", temperature=1.0):
+    """L(flat θ) = mean_i ℓ(f(x_i)/T, y_i) as a function of the flattened scored parameters."""
     named = dict(model.named_parameters())
     shapes = [named[n].shape for n in names]
     sizes = [math.prod(s) for s in shapes]
@@ -170,7 +170,10 @@ def full_loss_fn(model, data, names, loss="mse"):
     def f(flat):
         parts = dict(zip(names, (t.view(s) for t, s in zip(flat.split(sizes), shapes))))
         return (
-            sum(S.per_example_loss(functional_call(model, parts, (x,)), y, loss).sum() for x, y in data)
+            sum(
+                S.per_example_loss(functional_call(model, parts, (x,)) / temperature, y, loss).sum()
+                for x, y in data
+            )
             / n_total
         )
 
@@ -187,10 +190,10 @@ def hessian(f, flat):
 
 
 @functools.cache
-def exact(net: str, loss: str = "mse"):
+def exact(net: str, loss: str = "mse", temperature: float = 1.0):
     """(flat θ, g = ∇L, H = ∇²L) of the full-data loss w.r.t. the default scored params."""
     model, data = make(net)
-    f, flat, _, _ = full_loss_fn(model, data, S.default_params(model), loss)
+    f, flat, _, _ = full_loss_fn(model, data, S.default_params(model), loss, temperature)
     x = flat.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(f(x), x)
     return flat, g, hessian(f, flat)
@@ -270,24 +273,40 @@ def test_snip_is_gradient_wrt_mask(net):
 
 
 @pytest.mark.parametrize("net", NETS)
-def test_grasp_matches_exact_hessian(net):
+@pytest.mark.parametrize("temperature", [1.0, 200.0, 7.5])
+def test_grasp_matches_exact_hessian(net, temperature):
+    """θ ⊙ H_T g_T with L_T the loss of f/T, against torch.func's exact Hessian of L_T (mse and ce)."""
     model, data = make(net)
     names = S.default_params(model)
     _, _, sizes, shapes = full_loss_fn(model, data, names)
-    flat, g, H = exact(net)
-    ref = unflatten(flat * (H @ g), names, sizes, shapes)
-    got = S.compute("grasp", model, data)
-    for n in names:
-        assert close(got[n], ref[n]), n
+    for loss in ("mse", "ce"):
+        flat, g, H = exact(net, loss, temperature)
+        ref = unflatten(flat * (H @ g), names, sizes, shapes)
+        got = S.compute("grasp", model, data, loss=loss, temperature=temperature)
+        for n in names:
+            assert close(got[n], ref[n], atol=1e-12 * float(ref[n].abs().max()) + 1e-30), (loss, n)
 
 
-def test_grasp_sign_keeps_large_positive_theta_hg():
+def test_grasp_default_temperature_is_200_and_changes_the_ranking():
+    model, data = make("cnn")
+    assert S.info("grasp").option("temperature").default == 200.0
+    default = S.compute("grasp", model, data)
+    t200 = S.compute("grasp", model, data, temperature=200)
+    t1 = S.compute("grasp", model, data, temperature=1)
+    assert all(torch.equal(default[n], t200[n]) for n in default)
+    a = torch.cat([t.reshape(-1) for t in t1.values()])
+    b = torch.cat([t.reshape(-1) for t in t200.values()])
+    assert not torch.equal(a.argsort(), b.argsort())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 200.0])
+def test_grasp_sign_keeps_large_positive_theta_hg(temperature):
     """GraSP removes the largest −θ⊙Hg, i.e. keeps the largest θ⊙Hg."""
     model, data = make("mlp")
     names = S.default_params(model)
-    flat, g, H = exact("mlp")
+    flat, g, H = exact("mlp", "mse", temperature)
     thg = flat * (H @ g)
-    keep = M.global_topk(S.compute("grasp", model, data), 0.5)
+    keep = M.global_topk(S.compute("grasp", model, data, temperature=temperature), 0.5)
     keep_flat = torch.cat([keep[n].reshape(-1) for n in names])
     assert thg[thg.argmax()] > 0
     assert keep_flat[thg.argmax()] and not keep_flat[thg.argmin()]
@@ -325,7 +344,7 @@ def test_hutchinson_is_mean_of_z_hz(net, monkeypatch):
         return z
 
     monkeypatch.setattr(H_mod, "_rademacher", spy)
-    got = S.compute("hutchinson", model, data, probes=3, seed=3)
+    got = S.compute("hutchinson", model, data, probes=3, seed=3, probe_batch=0)
     assert len(drawn) == 3 and all(set(z.unique().tolist()) <= {-1.0, 1.0} for z in drawn)
     ref = flat**2 * torch.stack([z * (H @ z) for z in drawn]).mean(0)
     assert close(torch.cat([got[n].reshape(-1) for n in names]), ref)
@@ -882,3 +901,302 @@ def test_docstring_examples():
         result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
         attempted, failed = attempted + result.attempted, failed + result.failed
     assert attempted >= 5 and failed == 0
+
+
+# --------------------------------------------------------------------------------------
+# Hutchinson with fresh probes per group of examples: exact, unbiased, its variance and spread
+# --------------------------------------------------------------------------------------
+
+
+def group_hessians(net: str, probe_batch: int):
+    """Exact Hessians H_g of the summed loss of each probe group (consecutive examples of a batch;
+    probe_batch = 0: one group, all the data)."""
+    model, data = make(net)
+    names = S.default_params(model)
+    if probe_batch == 0:
+        f, flat, _, _ = full_loss_fn(model, data, names)
+        n = sum(len(x) for x, _ in data)
+        return [hessian(lambda v: f(v) * n, flat)]
+    out = []
+    for x, y in data:
+        step = probe_batch or len(x)
+        for lo in range(0, len(x), step):
+            f, flat, _, _ = full_loss_fn(model, [(x[lo : lo + step], y[lo : lo + step])], names)
+            n = len(x[lo : lo + step])
+            out.append(hessian(lambda v, f=f, n=n: f(v) * n, flat))  # f is a mean: times n = sum
+    return out
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("probe_batch", [1, 2])
+def test_hutchinson_fresh_probes_per_group_is_mean_of_z_hgz(net, probe_batch, monkeypatch):
+    """(1/N) Σ_g (1/K) Σ_k z_gk ⊙ H_g z_gk exactly, for the probes it drew (group after group)."""
+    model, data = make(net)
+    names = S.default_params(model)
+    flat, _, _ = exact(net)
+    hs = group_hessians(net, probe_batch)
+    drawn = []
+    real = H_mod._rademacher
+
+    def spy(params, seed):
+        z = real(params, seed)
+        drawn.append(torch.cat([t.reshape(-1) for t in z]))
+        return z
+
+    monkeypatch.setattr(H_mod, "_rademacher", spy)
+    k = 2
+    d = {}
+    got = S.compute("hutchinson", model, data, probes=k, seed=5, probe_batch=probe_batch, diagnostics=d)
+    assert len(drawn) == k * len(hs) and d["hutchinson_groups"] == len(hs)
+    n = sum(len(x) for x, _ in data)
+    est = sum(z * (h @ z) for i, h in enumerate(hs) for z in drawn[i * k : (i + 1) * k]) / (k * n)
+    assert close(torch.cat([got[nm].reshape(-1) for nm in names]), flat**2 * est)
+
+
+def _hutchinson_draws(probe_batch: int, seeds: range, probes: int = 1) -> torch.Tensor:
+    model, data = make("mlp")
+    names = S.default_params(model)
+    runs = [
+        torch.cat(
+            [
+                t.reshape(-1)
+                for t in S.compute(
+                    "hutchinson", model, data, probes=probes, probe_batch=probe_batch, seed=s
+                ).values()
+            ]
+        )
+        for s in seeds
+    ]
+    assert list(S.compute("magnitude", model, None)) == names
+    return torch.stack(runs)
+
+
+def test_hutchinson_unbiased_with_the_predicted_variance_lower_per_example():
+    """Over 400 seeds: the mean is θ² ⊙ diag(H) and the variance is the analytic
+    Var_j = θ_j⁴ (1/(N²K)) Σ_g Σ_{l≠j} (H_g)_jl², smaller per example than with shared probes."""
+    flat, _, H = exact("mlp")
+    n = 7
+    seeds = range(400)
+    target = flat**2 * torch.diagonal(H)
+
+    def analytic(hs):
+        return flat**4 * sum((h**2).sum(1) - torch.diagonal(h) ** 2 for h in hs) / n**2
+
+    var = {}
+    for pb in (1, 0):
+        runs = _hutchinson_draws(pb, seeds)
+        pred = analytic(group_hessians("mlp", pb))
+        mean, emp = runs.mean(0), runs.var(0)
+        assert ((mean - target).abs() <= 5 * (pred / len(seeds)).sqrt() + 1e-12).all(), pb
+        assert 0.8 < float(emp.sum() / pred.sum()) < 1.25, pb
+        var[pb] = pred.sum()
+    assert var[1] < var[0] / 2  # fresh probes per example: less than half the variance here
+
+
+def test_hutchinson_reports_its_spread():
+    """The reported median SE/|estimate| matches the analytic one (K = 8 probes per example)."""
+    model, data = make("mlp")
+    flat, _, _ = exact("mlp")
+    hs = group_hessians("mlp", 1)
+    k, n = 8, 7
+    d = {}
+    got = torch.cat(
+        [
+            t.reshape(-1)
+            for t in S.compute("hutchinson", model, data, probes=k, seed=3, diagnostics=d).values()
+        ]
+    )
+    se = (flat**4 * sum((h**2).sum(1) - torch.diagonal(h) ** 2 for h in hs) / (n**2 * k)).sqrt()
+    nz = got != 0
+    want = float((se[nz] / got[nz].abs()).median())
+    assert d["hutchinson_se_from"] == "within groups"
+    assert want / 1.5 < d["hutchinson_rel_se_median"] < want * 1.5
+    assert 0 < d["hutchinson_significant_share"] <= 1
+    d1 = {}
+    S.compute("hutchinson", model, data, probes=1, seed=3, diagnostics=d1)
+    assert d1["hutchinson_se_from"].startswith("across groups")
+
+
+def test_hutchinson_default_is_per_example():
+    assert S.info("hutchinson").option("probe_batch").default == 1
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm warm-up modes
+# --------------------------------------------------------------------------------------
+
+
+def test_bn_warmup_running_mode_is_the_papers_code():
+    """No reset, momentum 0.1: μ ← 0.9 μ + 0.1 μ_batch per batch (variance: unbiased batch var)."""
+    model, data = make("cnn")
+    mu0, var0 = model.bn1.running_mean.clone(), model.bn1.running_var.clone()
+    before = snapshot(model)
+    S.compute("diag", model, data, bn_warmup=1, bn_warmup_mode="running")
+    mu, var = mu0, var0
+    with torch.no_grad():
+        for x, _ in data:
+            z = model.conv1(x)
+            mu = 0.9 * mu + 0.1 * z.mean((0, 2, 3))
+            var = 0.9 * var + 0.1 * z.var((0, 2, 3), unbiased=True)
+    assert close(model.bn1.running_mean, mu) and close(model.bn1.running_var, var)
+    assert model.bn1.momentum == 0.1 and snapshot(model)["training"] == before["training"]
+    with pytest.raises(ValueError, match="reset-cumulative, running"):
+        S.compute("diag", model, data, bn_warmup=1, bn_warmup_mode="ema")
+
+
+def test_warmup_modes_match_the_spec():
+    from pai_core.results import spec_options
+
+    assert spec_options()["bn_warmup_mode"][0].choices == S.BN_WARMUP_MODES
+
+
+# --------------------------------------------------------------------------------------
+# SynFlow against its definition
+# --------------------------------------------------------------------------------------
+
+
+def test_synflow_is_the_synaptic_saliency_of_the_path_product():
+    """Bias-free ReLU MLP: R = 1ᵀ|W3||W2||W1|1, S = |W| ⊙ ∂R/∂|W| (divided by R)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 6, bias=False),
+        nn.ReLU(),
+        nn.Linear(6, 4, bias=False),
+        nn.ReLU(),
+        nn.Linear(4, 3, bias=False),
+    ).to(DT)
+    data = [(torch.randn(2, 5, dtype=DT), torch.tensor([0, 1]))]
+    A = [model[i].weight.detach().abs().clone().requires_grad_(True) for i in (0, 2, 4)]
+    r = torch.ones(1, 3, dtype=DT) @ A[2] @ A[1] @ A[0] @ torch.ones(5, 1, dtype=DT)
+    grads = torch.autograd.grad(r.sum(), A)
+    d = {}
+    got = S.compute("synflow", model, data, diagnostics=d)
+    for i, name in enumerate(["0.weight", "2.weight", "4.weight"]):
+        assert close(got[name], A[i].detach() * grads[i] / r.sum()), name
+        assert close(got[name].sum(), torch.tensor(1.0, dtype=DT))  # each layer carries the whole flow
+    assert d["synflow_R"] == pytest.approx(float(r.sum().detach()), rel=1e-12)
+    assert S.info("synflow").rounds == 100 and not S.info("synflow").data_driven
+
+
+def test_synflow_folds_batchnorm_and_ignores_activations():
+    """conv → BN (eval) → ReLU6 → conv → pool → Linear: the flow of the positive linear network
+    |W3|·pool(|W2| ∗ (|a|·(|W1| ∗ 1) + |c|) + |b2|)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=False),
+        nn.BatchNorm2d(3),
+        nn.ReLU6(),
+        nn.Conv2d(3, 2, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    ).to(DT)
+    _randomise_bn(model)
+    model.eval()
+    data = [(torch.randn(1, 2, 5, 5, dtype=DT), torch.tensor([0]))]
+    bn = model[1]
+    a = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach()
+    c = (bn.bias - a * bn.running_mean).detach()
+    W = [model[i].weight.detach().abs().clone().requires_grad_(True) for i in (0, 3, 6)]
+    h = F.conv2d(torch.ones(1, 2, 5, 5, dtype=DT), W[0], padding=1)
+    h = a.abs()[None, :, None, None] * h + c.abs()[None, :, None, None]
+    h = F.conv2d(h, W[1], model[3].bias.detach().abs()).mean((2, 3))
+    r = (h @ W[2].T).sum()
+    grads = torch.autograd.grad(r, W)
+    got = S.compute("synflow", model, data)
+    for i, name in enumerate(["0.weight", "3.weight", "6.weight"]):
+        assert close(got[name], W[i].detach() * grads[i] / r), name
+
+
+# --------------------------------------------------------------------------------------
+# PX on BatchNorm networks
+# --------------------------------------------------------------------------------------
+
+
+def test_px_with_batchnorm_folded_matches_a_direct_formula():
+    """conv1 → BN → ReLU → conv2(+b) → pool → fc, two batches: z₁ with weights 1, gates of the
+    eval-mode net and batch-statistics BN (γ, β as is); z₂ with squared weights, BN as a²·x + c."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=False),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Conv2d(3, 2, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    ).to(DT)
+    _randomise_bn(model)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.randn(b, 2, 4, 4, generator=g, dtype=DT), torch.zeros(b, dtype=torch.long)) for b in (3, 2)
+    ]
+    conv1, bn, conv2, fc = model[0], model[1], model[3], model[6]
+    W = [conv1.weight.detach(), conv2.weight.detach(), fc.weight.detach()]
+    b2 = conv2.bias.detach()
+    gamma, beta = bn.weight.detach(), bn.bias.detach()
+    a = gamma / (bn.running_var + bn.eps).sqrt()
+    c = beta - a * bn.running_mean
+    z1 = 0
+    for x, _ in data:
+        gate = (bn(conv1(x)) > 0).to(DT).detach()
+        h = F.conv2d(x**2, torch.ones_like(W[0]), padding=1)
+        h = F.batch_norm(h, None, None, gamma, beta, training=True, eps=bn.eps) * gate
+        h = F.conv2d(h, torch.ones_like(W[1]), b2).mean((2, 3))
+        z1 = z1 + (h @ torch.ones_like(W[2]).T).sum(0)
+    sq = [(w**2).clone().requires_grad_(True) for w in W]
+    h = F.conv2d(torch.ones(1, 2, 4, 4, dtype=DT), sq[0], padding=1)
+    h = (a**2)[None, :, None, None] * h + c[None, :, None, None]
+    h = F.conv2d(h, sq[1], b2).mean((2, 3))
+    z2 = (h @ sq[2].T)[0]
+    grads = torch.autograd.grad((z1 * z2).sum(), sq)
+    got = S.compute("px", model, data)
+    for i, name in enumerate(["0.weight", "3.weight", "6.weight"]):
+        assert close(got[name], W[i] ** 2 * grads[i].abs()), name
+
+
+def _real_cnn(name: str):
+    from pai_core import models
+
+    if name == "resnet50":
+        timm = pytest.importorskip("timm")
+        torch.manual_seed(0)
+        # timm zero-initialises each residual branch's last BatchNorm γ (the branch is then off in
+        # the real network too); give them the values a trained network has.
+        net = timm.create_model("resnet50", pretrained=False, num_classes=0)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.2, 1.0)
+        return net.eval(), 32
+    try:
+        enc = models.load_encoder(name)
+    except models.ModelUnavailable as exc:
+        pytest.skip(f"{name}: {exc}")
+    return enc.model.eval(), 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "mobilenet_v2", "resnet50"])
+def test_px_carries_signal_on_real_batchnorm_networks_and_differs_from_magnitude(arch):
+    """On the paper's BatchNorm CNNs (real weights where they install offline): the folded PX gives
+    every tensor a share of R well above rounding, ranks unlike magnitude, and the batch-statistics
+    variant refuses with the reason."""
+    from scipy.stats import spearmanr
+
+    enc, size = _real_cnn(arch)
+    model = nn.Sequential(enc, nn.LazyLinear(3))
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(2, 3, size, size, generator=g) * 2 - 1, torch.tensor([0, 2]))]
+    with torch.no_grad():
+        model(data[0][0])  # materialise the head
+    d = {}
+    px = S.compute("px", model, data, diagnostics=d)
+    mag = S.compute("magnitude", model, None)
+    assert d["px_blind_tensors"] == [] and d["px_min_tensor_share"] > 1e-6, d
+    a = torch.cat([t.reshape(-1) for t in px.values()]).numpy()
+    b = torch.cat([t.reshape(-1) for t in mag.values()]).numpy()
+    rho = spearmanr(a, b).statistic
+    assert rho < 0.95, rho
+    with pytest.raises(ValueError, match="bn_fold=1"):
+        S.compute("px", model, data, bn_fold=0)

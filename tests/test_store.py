@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pai_core import experiment
 from pai_core import store as store_mod
 from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
 from pai_core.store import SUMMARY_COLUMNS, ResultsStore
@@ -204,15 +205,22 @@ def test_every_cli_run_lands_in_the_store_and_experiment_run_writes_none(tmp_pat
 
 
 def test_a_broken_store_only_warns(tmp_path, monkeypatch, capsys):
+    """Recording into a broken store warns and keeps the run; the CLI refuses before any work (issue 9)."""
     bad = tmp_path / "not-a-db.sqlite"
-    bad.write_bytes(b"this is not a SQLite file" * 100)
+    junk = b"this is not a SQLite file" * 100
+    bad.write_bytes(junk)
     monkeypatch.setenv("PAI_RESULTS_DB", str(bad))
     spec = ExperimentSpec(
         model="test_resnet", score="random", sparsity=0.5, images_per_class=5, image_size=32
     )
+    res = experiment.run(spec)
     with pytest.warns(UserWarning, match="results store"):
-        assert _cli_run(spec) == 0
-    assert "mean source" in capsys.readouterr().out  # the run's results are printed all the same
+        assert store_mod.record_run(res) is None
+    assert res.mean_source_zero_shot is not None  # the run's results are there all the same
+    assert _cli_run(spec) == 2
+    err = capsys.readouterr().err
+    assert "cannot use results store" in err and "move it aside" in err and "Traceback" not in err
+    assert bad.read_bytes() == junk
 
 
 _WRITER = textwrap.dedent("""

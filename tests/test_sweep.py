@@ -50,12 +50,12 @@ TINY = {
 
 def test_config_files_yaml_and_json_normalise(tmp_path):
     (tmp_path / "s.yaml").write_text(
-        "models: efficientnet_lite0, mobilenet_v2\nscores: [magnitude, kfac]\nsparsities: [36, 59.04]\n"
+        "models: efficientnet_lite0, mobilenet_v2\nscores: [magnitude, kfac]\nsparsities: [36%, 59.04%]\n"
         "images-per-class: 10\nfinetune: none\nsources: [0, 1]\n"
     )
     cfg = SweepConfig.from_file(tmp_path / "s.yaml")
     assert cfg.models == ("efficientnet_lite0", "mobilenet_v2")
-    assert cfg.sparsities == (0.36, 0.5904)  # percents read as such, rounded so keys match the CLI's
+    assert cfg.sparsities == (0.36, 0.5904)  # percents (written with %) read as such, keys match the CLI's
     assert cfg.images_per_class == 10 and cfg.finetune is None and cfg.sources == (0, 1)
     (tmp_path / "s.json").write_text(json.dumps(cfg.to_dict()))
     assert SweepConfig.from_file(tmp_path / "s.json") == cfg
@@ -72,6 +72,10 @@ def test_config_files_yaml_and_json_normalise(tmp_path):
         ({"suite": "mnist"}, "unknown suite"),
         ({"finetune": "forever"}, "unknown fine-tuning schedule"),
         ({"sparsities": [100]}, "sparsities"),
+        (
+            {"sparsities": [59.04]},
+            "sparsities: sparsity 59.04 is not a fraction.*59.04%",
+        ),  # no silent percent
     ],
 )
 def test_bad_configs_are_clear_errors(bad, match):

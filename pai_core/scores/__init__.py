@@ -17,7 +17,7 @@ Layout (one module per family, as in curvlinops):
 * :mod:`~pai_core.scores.magnitude` (magnitude, random), :mod:`~pai_core.scores.fisher`
   (SNIP, diagonal empirical Fisher, Fisher–Taylor), :mod:`~pai_core.scores.kfac` (K-FAC factors,
   reduce or expand, and the block score), :mod:`~pai_core.scores.hessian` (GraSP, Hutchinson),
-  :mod:`~pai_core.scores.px` (PX);
+  :mod:`~pai_core.scores.px` (PX), :mod:`~pai_core.scores.synflow` (SynFlow);
 * :mod:`~pai_core.scores._registry`: :func:`register_score`, the metadata types, and
   :func:`compute`, which refuses a silent zero and hands scores a diagnostics dict.
 
@@ -42,8 +42,9 @@ from __future__ import annotations
 
 # The family modules register their scores on import; the order of the imports does not
 # matter (ScoreInfo.order sets the display order).
-from . import fisher, hessian, kfac, magnitude, px  # noqa: F401
+from . import fisher, hessian, kfac, magnitude, px, synflow  # noqa: F401
 from ._base import (
+    BN_WARMUP_MODES,
     LOSSES,
     Batches,
     Coverage,
@@ -81,6 +82,7 @@ __all__ = [
     "BN_WARMUP",
     # conventions shared by every score
     "LOSSES",
+    "BN_WARMUP_MODES",
     "Batches",
     "Named",
     "Scores",

@@ -50,6 +50,7 @@ __all__ = [
     "per_example_loss",
     "default_params",
     "warmup_batchnorm",
+    "BN_WARMUP_MODES",
 ]
 
 #: Re-iterable ``(inputs, integer labels)`` batches, e.g. a list or a DataLoader.
@@ -88,8 +89,12 @@ class ScoreCall:
         named: The scored parameters, ``{name: parameter}`` in ``model.named_parameters()`` order.
         loss: One of :data:`LOSSES`.
         progress: ``progress(done, total, message)`` or None.
-        diagnostics: The caller's dict for diagnostics (JSON-able values keyed by diagnostic
-            name), or None when nobody asked: a score then skips diagnostics that cost time.
+        diagnostics: Where a score reports what its caller should see next to the scores
+            (JSON-able entries keyed by diagnostic name, e.g.
+            ``d["hutchinson_rel_se_median"] = 0.3``); a dict, never None (the caller's own when it
+            passed one to ``compute``).  Write with :meth:`diagnose` or directly.
+        diagnostics_wanted: Whether the caller passed a dict to ``compute``; a score skips the
+            diagnostics that cost time (e.g. K-FAC's curvature-scale ratio) when it did not.
         coverage: What the score's pass saw (:meth:`cover`; checked by ``compute``).
     """
 
@@ -98,7 +103,8 @@ class ScoreCall:
     named: Named
     loss: str = "mse"
     progress: Progress | None = None
-    diagnostics: dict[str, Any] | None = None
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    diagnostics_wanted: bool = False
     coverage: Coverage = dataclasses.field(default_factory=Coverage)
 
     def report(self, done: int, total: int, message: str) -> None:
@@ -107,9 +113,8 @@ class ScoreCall:
             self.progress(done, total, message)
 
     def diagnose(self, name: str, value: Any) -> None:
-        """Record diagnostic ``name`` (a JSON-able value) if the caller asked for diagnostics."""
-        if self.diagnostics is not None:
-            self.diagnostics[name] = value
+        """Record diagnostic ``name`` (a JSON-able value) in :attr:`diagnostics`."""
+        self.diagnostics[name] = value
 
     def cover(self, seen: Iterable[str] = (), unreached: Iterable[str] = ()) -> None:
         """Report parameters the pass saw, and parameters with no path to the loss."""
@@ -290,22 +295,45 @@ def _scoring_state(model: nn.Module, need_grad: Iterable[nn.Parameter] = ()) -> 
             p.requires_grad_(f)
 
 
+#: How :func:`warmup_batchnorm` re-estimates the statistics: ``"reset-cumulative"`` (reset, then the
+#: exact average of the per-batch statistics over the passes) or ``"running"`` (the scalable
+#: second-order PaI paper's code: no reset, an exponential running average with momentum 0.1).
+BN_WARMUP_MODES = ("reset-cumulative", "running")
+
+
 def warmup_batchnorm(
-    model: nn.Module, batches: Batches, passes: int = 1, progress: Progress | None = None
+    model: nn.Module,
+    batches: Batches,
+    passes: int = 1,
+    progress: Progress | None = None,
+    mode: str = "reset-cumulative",
 ) -> None:
     """Re-estimate BatchNorm running statistics on ``batches`` (in place, kept).
 
-    Resets every BatchNorm's running mean/var, then runs ``passes`` train-mode forward passes
-    without gradients with ``momentum=None`` (cumulative average of the per-batch statistics).
-    Only BatchNorm layers are put in train mode, so dropout stays off.  Momentum and every
-    module's train/eval flag are restored afterwards; the new statistics stay.
+    Runs ``passes`` train-mode forward passes without gradients.  Only BatchNorm layers are put in
+    train mode, so dropout and stochastic depth stay off.  Momentum and every module's train/eval
+    flag are restored afterwards; the new statistics stay.
+
+    * ``mode="reset-cumulative"``: every BatchNorm's running mean/var is reset first and updated
+      with ``momentum=None``, i.e. the statistics become the plain average of the per-batch means
+      and (unbiased) variances over all batches of all passes; the pre-trained statistics are gone.
+    * ``mode="running"`` (Gollini Navarrete et al., 2025, their code's warm-up): no reset, momentum
+      0.1: after each batch ``μ ← 0.9 μ + 0.1 μ_batch`` (same for the variance), so the pre-trained
+      statistics decay by ``0.9`` per batch.  Their code also switches dropout on during the
+      warm-up; here only BatchNorm layers train, since dropout adds noise, not statistics.
 
     Args:
         model: Model to update.
         batches: Re-iterable ``(x, y)`` batches (labels unused).
         passes: Number of passes over ``batches``.
         progress: Optional ``progress(done, total, message)``.
+        mode: One of :data:`BN_WARMUP_MODES`.
+
+    Raises:
+        ValueError: Unknown ``mode``.
     """
+    if mode not in BN_WARMUP_MODES:
+        raise ValueError(f"unknown BatchNorm warm-up mode {mode!r}; valid: {', '.join(BN_WARMUP_MODES)}")
     bns = [
         m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
     ]
@@ -319,8 +347,11 @@ def warmup_batchnorm(
         for m, _ in modes:
             m.training = False
         for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
+            if mode == "reset-cumulative":
+                m.reset_running_stats()
+                m.momentum = None
+            else:
+                m.momentum = 0.1
             m.training = True
         with torch.no_grad():
             for _ in range(passes):
@@ -328,7 +359,7 @@ def warmup_batchnorm(
                     model(x)
                     done += 1
                     if progress:
-                        progress(done, total, "BatchNorm warm-up")
+                        progress(done, total, f"BatchNorm warm-up ({mode})")
     finally:
         for m, t in modes:
             m.training = t

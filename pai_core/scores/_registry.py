@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from torch import Tensor, nn
 
-from ._base import LOSSES, Batches, ScoreCall, _reach, _resolve_params, warmup_batchnorm
+from ._base import BN_WARMUP_MODES, LOSSES, Batches, ScoreCall, _reach, _resolve_params, warmup_batchnorm
 
 if TYPE_CHECKING:
     from ..results import Progress
@@ -198,6 +198,8 @@ class ScoreInfo:
         color: Its colour in figures (None: a stable colour derived from the name).
         order: Position in lists and in a figure's bar clusters (lower first; ties keep
             registration order).
+        rounds: Pruning rounds by default (1: one-shot; SynFlow is iterative by definition), what
+            ``ExperimentSpec.rounds = None`` resolves to.
     """
 
     name: str
@@ -210,6 +212,7 @@ class ScoreInfo:
     options: tuple[ScoreOption, ...] = ()
     color: str | None = None
     order: int = 100
+    rounds: int = 1
 
     def option(self, name: str) -> ScoreOption:
         """The option called ``name``; ValueError listing the valid ones."""
@@ -273,6 +276,7 @@ def register_score(
     options: Sequence[ScoreOption] = (),
     color: str | None = None,
     order: int = 100,
+    rounds: int = 1,
 ) -> Callable[[_F], _F]:
     """Register a score function with its metadata (see :class:`ScoreInfo` for the fields).
 
@@ -300,7 +304,7 @@ def register_score(
             raise ValueError(f"score {name!r}: give a description or a docstring (its formula and paper)")
         refused = dict(refuses or {})
         _REGISTRY[name] = ScoreInfo(
-            name, label, about, fn, data_driven, stochastic, refused, opts, color, order
+            name, label, about, fn, data_driven, stochastic, refused, opts, color, order, rounds
         )
         return fn
 
@@ -338,6 +342,7 @@ def compute(
     loss: str = "mse",
     progress: Progress | None = None,
     diagnostics: dict[str, Any] | None = None,
+    bn_warmup_mode: str = "reset-cumulative",
     **options: Any,
 ) -> dict[str, Tensor]:
     """Compute saliency score ``name`` for the parameters ``params`` of ``model`` (higher = keep).
@@ -357,8 +362,10 @@ def compute(
         progress: Optional callable ``progress(done, total, message)``, called per batch.
         diagnostics: Optional dict that the score fills with what it measured on the way, as
             JSON-able values keyed by diagnostic name (e.g. ``d["kfac_scale_ratio"] =
-            {layer: ratio}``; each score's docstring lists its own).  Scores skip diagnostics
-            that cost time when this is None.
+            {layer: ratio}``, ``d["hutchinson_rel_se_median"]``; each score's docstring lists its
+            own).  None: not collected, and scores skip the diagnostics that cost time.
+        bn_warmup_mode: How the ``bn_warmup`` option re-estimates BatchNorm statistics
+            (:data:`~pai_core.scores._base.BN_WARMUP_MODES`).
         **options: The score's options (:attr:`ScoreInfo.options`: ``bn_warmup`` for every
             data-driven score, ``damping``, ``probes``, …) and ``seed`` for stochastic scores.
 
@@ -382,22 +389,26 @@ def compute(
     spec = info(name)
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    if bn_warmup_mode not in BN_WARMUP_MODES:
+        raise ValueError(
+            f"unknown BatchNorm warm-up mode {bn_warmup_mode!r}; valid: {', '.join(BN_WARMUP_MODES)}"
+        )
     opts = {**spec.defaults(), **spec.check_options(options)}
     warm = int(opts.pop(BN_WARMUP.name, 0))
     named = _resolve_params(model, params)
     if spec.data_driven and batches is None:
         raise ValueError(f"score {name!r} needs data (batches)")
     if warm > 0:
-        warmup_batchnorm(model, batches, warm, progress)
-    call = ScoreCall(model, batches, named, loss, progress, diagnostics)
+        warmup_batchnorm(model, batches, warm, progress, mode=bn_warmup_mode)
+    diag = diagnostics if diagnostics is not None else {}
+    call = ScoreCall(model, batches, named, loss, progress, diag, diagnostics_wanted=diagnostics is not None)
     scores = spec.fn(call, **opts)
     if spec.data_driven:
         _check_coverage(name, call, scores)
-    if diagnostics is not None:
-        try:
-            json.dumps(diagnostics)
-        except (TypeError, ValueError) as exc:
-            raise RuntimeError(f"score {name!r} wrote a diagnostic that is not JSON-able: {exc}") from None
+    try:
+        json.dumps(diag)
+    except (TypeError, ValueError) as exc:
+        raise RuntimeError(f"score {name!r} wrote a diagnostic that is not JSON-able: {exc}") from None
     return {n: scores[n].detach() for n in named}
 
 

@@ -313,7 +313,8 @@ def kfac_score(c: ScoreCall, *, damping: float = 1e-3, approx: str = "auto") -> 
         Eschenhagen, Immer, Turner, Schneider & Hennig, "Kronecker-Factored Approximate
         Curvature for Modern Neural Network Architectures", NeurIPS (2023), arXiv:2311.00636.
     """
-    factors, engine = _factors(c.model, c.batches, c.named, c.loss, approx, c.progress, c.diagnostics)
+    diag = c.diagnostics if c.diagnostics_wanted else None  # the scale ratio costs per-example passes
+    factors, engine = _factors(c.model, c.batches, c.named, c.loss, approx, c.progress, diag)
     c.cover([n for n in c.named if n not in engine.unreached], engine.unreached)
     out = {}
     for n, p in c.named.items():
