@@ -49,7 +49,9 @@ def build(arch: str):
     if arch in ("resnet50", "vit_b16", "efficientnet_lite0"):
         import timm
 
-        name = {"vit_b16": "vit_base_patch16_224", "efficientnet_lite0": "tf_efficientnet_lite0"}.get(arch, arch)
+        name = {"vit_b16": "vit_base_patch16_224", "efficientnet_lite0": "tf_efficientnet_lite0"}.get(
+            arch, arch
+        )
         enc = timm.create_model(name, pretrained=False, num_classes=0)
         dim = enc.num_features
     elif arch in ("clip_vit_b16", "clip_rn50"):
@@ -135,7 +137,14 @@ def measure_memory(args, arch: str, ops: list[str]) -> dict[str, float]:
     out = {}
     for op in ["unit", *ops]:
         cmd = [sys.executable, __file__, "--child", op, "--archs", arch, "--n", str(args.n)]
-        cmd += ["--batch-size", str(args.batch_size), "--threads", str(args.threads), "--probes", str(args.probes)]
+        cmd += [
+            "--batch-size",
+            str(args.batch_size),
+            "--threads",
+            str(args.threads),
+            "--probes",
+            str(args.probes),
+        ]
         if args.code:
             cmd += ["--code", args.code]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
