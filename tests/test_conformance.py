@@ -16,6 +16,8 @@ The full-size models' timings and memory are a benchmark, not a test: ``bench/be
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -290,13 +292,24 @@ def narrow_open_clip(monkeypatch):
 
 
 @pytest.mark.parametrize(("model", "arch"), [("vit_b16_clip", "ViT-B-16"), ("resnet50_clip", "RN50")])
-def test_clip_encoders_run_on_the_digits_suite_at_their_fixed_size(model, arch, narrow_open_clip, tmp_path):
-    """Random-weight checkpoints of the registered CLIP encoders: the suite asks for 112 px, the
+def test_clip_encoders_run_on_the_digits_suite_at_their_fixed_size(
+    model, arch, narrow_open_clip, tmp_path, capsys
+):
+    """Random-weight safetensors checkpoints of the registered CLIP encoders through
+    ``python -m pai_core run --suite digits --checkpoint …``: the suite asks for 112 px, the
     position embeddings are learned for 224 px; the run feeds 224 px and says so, and K-FAC
-    scores every weight matrix (in_proj, the raw projection, the attention pool) non-zero."""
+    scores every weight matrix (in_proj, the raw projection, the attention pool) non-zero.
+
+    The architectures are narrowed (``narrow_open_clip``: 2 blocks / one block per stage, narrow
+    widths, every module type and the 224 px input kept) for CI speed; the README ("Fixed input
+    sizes") gives the same command for the full-size random-weight checkpoints."""
+    from safetensors.torch import save_file
+
+    from pai_core.__main__ import main
+
     torch.manual_seed(0)
-    ckpt = tmp_path / f"{model}.pth"
-    torch.save(narrow_open_clip(arch).visual.state_dict(), ckpt)
+    ckpt = tmp_path / f"{model}.safetensors"
+    save_file({k: v.contiguous() for k, v in narrow_open_clip(arch).visual.state_dict().items()}, str(ckpt))
     enc = models.load_encoder(model, checkpoint=ckpt)
     assert enc.fixed_size and enc.input_size == 224 and enc.size_for(112) == 224
     spec = ExperimentSpec(
@@ -310,6 +323,24 @@ def test_clip_encoders_run_on_the_digits_suite_at_their_fixed_size(model, arch, 
     x = ctx.inputs(0)[0][:1]
     assert list(sc) == S.default_params(enc.model, x)
     assert all(bool(t.any()) for t in sc.values())
-    res = experiment.run(spec, use_cache=False)
-    assert any("224 px" in note for note in res.notes)
-    assert all(0.0 <= t.zero_shot <= 1.0 for t in res.tasks)
+    diag = experiment.get_score_diagnostics(ctx)
+    assert set(diag["kfac_scale_ratio"]) == {f"encoder.{n}" for n in sc}
+    out = tmp_path / "run.json"
+    argv = [
+        "run",
+        "--model",
+        model,
+        "--suite",
+        "digits",
+        "--checkpoint",
+        str(ckpt),
+        "--images-per-class",
+        "2",
+    ]
+    assert main([*argv, "--score", "kfac", "--sparsity", "0.5", "--device", "cpu", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "images fed at 224 px" in printed, printed
+    res = json.loads(out.read_text())
+    res = res[0] if isinstance(res, list) else res
+    assert any("224 px" in note for note in res["notes"])
+    assert all(0.0 <= t["zero_shot"] <= 1.0 for t in res["tasks"])
