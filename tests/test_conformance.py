@@ -9,6 +9,10 @@ type kept, float64), and every score that accepts it:
   reference;
 * K-FAC's factors of one layer of each module type equal their definitions (reduce and expand,
   per-example loops, :mod:`tests.brute`);
+* the narrow builds keep every module type of the full-size architecture (built on the meta
+  device), and every registered encoder has its architecture here;
+* the run-time check: a weight the hooks are made blind to is caught (diag falls back to exact
+  per-example gradients, K-FAC refuses it by name, a score returning zeros for it is refused);
 * the CLIP encoders run end to end on the offline digits suite (112 px) at their fixed 224 px.
 
 The full-size models' timings and memory are a benchmark, not a test: ``bench/bench_archs.py``.
@@ -84,6 +88,32 @@ def _mobilenet_v2():
     return models._TorchvisionMobileNetFeatures(torchvision.models.mobilenet_v2(width_mult=0.25)), 64
 
 
+def _registered(name: str, size: int):
+    """A registered encoder exactly as ``load_encoder`` builds it (the tiny random-weight ones);
+    its parameters require gradients, as the brute-force references need (the scores do not)."""
+    return lambda: (models.load_encoder(name).model.requires_grad_(True), size)
+
+
+def _full_size(arch: str) -> nn.Module:
+    """The full-size architecture on the meta device (no memory, no time): what the narrow
+    builds must match module type for module type."""
+    import open_clip
+    import timm
+    import torchvision
+
+    with torch.device("meta"):
+        if arch in ("resnet50", "vit_base_patch16_224"):
+            return timm.create_model(arch, pretrained=False, num_classes=0)
+        if arch == "efficientnet_lite0":
+            return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+        if arch == "mobilenet_v2":
+            return models._TorchvisionMobileNetFeatures(torchvision.models.mobilenet_v2())
+        if arch.startswith("open_clip"):
+            clip = {"open_clip ViT-B-16": "ViT-B-16", "open_clip RN50": "RN50"}[arch]
+            return open_clip.create_model(clip, pretrained=None, device="meta").visual
+        return models.load_encoder(arch).model  # the tiny registered ones are their own full size
+
+
 #: name: (builder, one weight per module type whose K-FAC factors are checked, with its q/k/v blocks)
 ARCHS = {
     "resnet50": (
@@ -144,6 +174,36 @@ ARCHS = {
             "1.weight": 1,
         },
     ),
+    "test_resnet": (_registered("test_resnet", 64), {"0.layer1.0.conv1.weight": 1}),
+    "test_vit": (_registered("test_vit", 32), {"0.blocks.0.attn.qkv.weight": 3}),
+}
+
+#: Registered encoder: the architecture case that stands for it (the self-supervised ResNet-50s
+#: and DINO's ViT-B/16 are timm's resnet50 / vit_base_patch16_224 with other weights).
+REGISTERED = {
+    "efficientnet_lite0": "efficientnet_lite0",
+    "mobilenet_v2": "mobilenet_v2",
+    "resnet50": "resnet50",
+    "resnet50_mocov2": "resnet50",
+    "resnet50_dino": "resnet50",
+    "vit_b16_dino": "vit_base_patch16_224",
+    "vit_b16_clip": "open_clip ViT-B-16",
+    "resnet50_clip": "open_clip RN50",
+    "test_resnet": "test_resnet",
+    "test_vit": "test_vit",
+}
+
+#: Per architecture, a weight the hooks are made blind to (the failure issue 11 found: a weight
+#: applied where the hooks do not look), of the module type most at risk.
+BLINDED = {
+    "resnet50": "0.layer1.0.conv1.weight",
+    "vit_base_patch16_224": "0.blocks.0.attn.qkv.weight",
+    "open_clip ViT-B-16": "0.transformer.resblocks.0.attn.in_proj_weight",
+    "open_clip RN50": "0.attnpool.q_proj.weight",
+    "efficientnet_lite0": "0.blocks.1.0.conv_dw.weight",
+    "mobilenet_v2": "0.features.2.conv.1.0.weight",
+    "test_resnet": "0.layer1.0.conv1.weight",
+    "test_vit": "0.blocks.0.attn.qkv.weight",
 }
 
 EMBEDDINGS = ("pos_embed", "positional_embedding", "cls_token", "class_embedding")
@@ -195,6 +255,22 @@ class Case:
 @pytest.fixture(scope="module", params=list(ARCHS))
 def case(request) -> tuple[str, Case]:
     return request.param, Case(request.param)
+
+
+def test_every_registered_encoder_has_an_architecture_case():
+    assert set(models.available()) == set(REGISTERED), "add the new encoder's architecture here"
+    assert set(REGISTERED.values()) == set(ARCHS) == set(BLINDED)
+
+
+def _types(m: nn.Module) -> set[str]:
+    return {f"{type(x).__module__}.{type(x).__qualname__}" for x in m.modules()}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_narrow_builds_keep_every_module_type_of_the_full_architecture(arch):
+    torch.manual_seed(0)
+    narrow = ARCHS[arch][0]()[0]
+    assert _types(narrow) == _types(_full_size(arch)), arch
 
 
 def test_every_weight_matrix_is_scored(case):
@@ -264,6 +340,43 @@ def test_kfac_factors_of_each_module_type_match_their_definition(case, approx):
         assert f[name].A.shape == A.shape and f[name].B.shape == B.shape, (arch, name)
         for got, want in ((f[name].A, A), (f[name].B, B)):
             assert torch.allclose(got, want, rtol=1e-9, atol=1e-13 * float(want.abs().max())), (arch, name)
+
+
+def test_a_weight_the_hooks_miss_is_never_scored_zero(case, monkeypatch):
+    """Make the hooks blind to one weight (as they were to open_clip's attention pool and MHA
+    in_proj): the probe must notice, diag must fall back to exact per-example gradients (equal
+    to the torch.func reference), K-FAC must refuse that weight by name, and a score that
+    returns zeros for it without saying what it saw must be refused by ``compute``."""
+    from pai_core.scores import _sites
+    from pai_core.scores._registry import _REGISTRY
+
+    arch, c = case
+    blind = BLINDED[arch]
+    real = _sites._Recorder._parse
+
+    def parse(self, func, args, kwargs):
+        call = real(self, func, args, kwargs)
+        return None if call is not None and call.ref.name == blind else call
+
+    monkeypatch.setattr(_sites._Recorder, "_parse", parse)
+    got = S.compute("diag", c.model, c.data, params=c.names)
+    theta = c.model.get_parameter(blind).detach()
+    ref = theta**2 * (c.ref[blind] ** 2).mean(0)
+    assert bool(ref.any())
+    assert torch.allclose(got[blind], ref, rtol=1e-8, atol=1e-12 * float(ref.abs().max())), arch
+    with pytest.raises(ValueError, match=rf"K-FAC has no factors for \[{blind!r}\]"):
+        S.compute("kfac", c.model, c.data, params=c.names)
+
+    @S.register_score("zero_for_missed", label="zero for missed", data_driven=True)
+    def zero_for_missed(call):
+        "A score that scores the weight it cannot see zero (tests only)."
+        return {n: torch.zeros_like(p) if n == blind else p.detach() ** 2 for n, p in call.named.items()}
+
+    try:
+        with pytest.raises(RuntimeError, match=rf"zero_for_missed.*{blind}.*refusing to score them zero"):
+            S.compute("zero_for_missed", c.model, c.data, params=c.names)
+    finally:
+        _REGISTRY.pop("zero_for_missed")
 
 
 # --------------------------------------------------------------------------------------
