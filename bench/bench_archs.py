@@ -22,6 +22,9 @@ gradient) over the same ``--n`` images and batch size.
     python bench/bench_archs.py --coverage --n 4
     python bench/bench_archs.py --code /tmp/old_checkout ...   # the same against other code
 
+``--scores kfac_factors`` times K-FAC's factor pass alone (``kfac`` minus it: the damped inverses,
+a cost independent of ``--n``).
+
 Targets (issue 15): kfac <= 2x on resnet50 and vit_b16 at n = 500, peak memory <= 2x.
 """
 
@@ -113,6 +116,9 @@ def run_op(op: str, model, batches, names, probes: int) -> None:
     opts = {"probes": probes} if name == "hutchinson" else {}
     if approx:
         opts["approx"] = approx
+    if name == "kfac_factors":  # K-FAC's factor pass alone (kfac minus this: the inverses)
+        scores.kfac_factors(model, batches, params=names, **opts)
+        return
     scores.compute(name, model, batches, params=names, **opts)
 
 
