@@ -239,9 +239,10 @@ def _damped_inverse_diag(m: Tensor, damping: float) -> Tensor:
 
     float64 on purpose: at the default damping the damped factors' condition numbers reach
     ``1 + d/damping`` (4.6e6 for ResNet-50's 4608-wide patches), and a float32 Cholesky, though
-    2.4x faster there, was measured 1.1e-2 off float64 (largest relative error of the diagonal,
-    the reduce A factor of ``layer4.0.conv2`` of a random-weight ResNet-50, 16 images).  At the
-    paper's 500 images the inverses are a fixed cost of about 0.1x one forward+backward (README).
+    2.5x faster there, was measured 1.1e-2 off float64 (largest relative error of the diagonal,
+    the reduce A factor of ``layer4.0.conv2`` of a random-weight ResNet-50, 16 images:
+    ``bench/bench_kfac_inverse.py``).  The inverses are a cost independent of the number of
+    images (README, "Performance").
     """
     d = m.shape[-1]
     m = m.double()
