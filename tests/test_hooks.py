@@ -263,3 +263,55 @@ def test_registry_refuses_a_silent_zero():
     finally:
         _REGISTRY.pop("blind")
         _REGISTRY.pop("forgetful")
+
+
+# --------------------------------------------------------------------------------------
+# K-FAC's symmetric products and patch chunks (issue 15): same factors, less work
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k", "syrk_min"), [(20, 512), (37, 8)])  # one product; lower blocks
+def test_symmetric_products_equal_the_full_product(k, syrk_min, monkeypatch):
+    monkeypatch.setattr(H, "_SYRK_MIN", syrk_min)
+    monkeypatch.setattr(H, "_SYRK_BLOCK", 8)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, k, 50, generator=g, dtype=DT)
+    acc = torch.randn(3, k, k, generator=g, dtype=DT)
+    acc = acc + acc.mT  # symmetric start, as the accumulators are
+    want = acc + u @ u.mT
+    H._syrk_(acc, u)
+    assert torch.allclose(H._mirror(acc), want, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_chunks_keep_enough_positions_per_product_and_bound_memory():
+    for k, t, groups in [(4608, 49, 1), (2304, 196, 1), (576, 3136, 1), (27, 12544, 1), (9, 3136, 96)]:
+        b_step, g_step = H._patch_chunks(k, t, groups)
+        assert b_step * t >= H._MIN_INNER or b_step * k * t * groups >= H._PATCH_ELEMS, (k, t)
+        assert 1 <= g_step <= groups
+        if b_step * t > H._MIN_INNER:  # more than the minimum: only because memory allows it
+            assert b_step * k * t * g_step <= 4 * H._PATCH_ELEMS
+    assert H._patch_chunks(4608, 49, 1)[0] > 1  # ResNet-50's last stage: not one example per chunk
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_chunked_expand_factors_equal_brute_force(groups, monkeypatch):
+    """Tiny chunk bounds force several example chunks (and group chunks) per batch: the expand
+    factors of (grouped) convs are still exactly their per-example definitions."""
+    monkeypatch.setattr(H, "_PATCH_ELEMS", 64)
+    monkeypatch.setattr(H, "_MIN_INNER", 8)
+    monkeypatch.setattr(H, "_SYRK_MIN", 8)
+    monkeypatch.setattr(H, "_SYRK_BLOCK", 4)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=groups),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).to(DT)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(5, 4, 6, 6, generator=g, dtype=DT), torch.tensor([0, 1, 2, 0, 1]))]
+    assert H._patch_chunks(4 // groups * 9, 36, groups)[0] < 5  # several chunks per batch
+    f = S.kfac_factors(model, data, params=["0.weight"], approx="expand")["0.weight"]
+    A, B = kfac_reference(model, data, "0.weight", "expand", 1)
+    assert torch.allclose(f.A, A, rtol=1e-10, atol=1e-13) and torch.allclose(f.B, B, rtol=1e-10, atol=1e-13)

@@ -144,6 +144,26 @@ def _syrk_(acc: Tensor, u: Tensor) -> None:
         acc[:, ri, : ri.stop].baddbmm_(u[:, ri], u[:, : ri.stop].mT)
 
 
+def _patch_chunks(k: int, t: int, groups: int) -> tuple[int, int]:
+    """(examples, groups) per chunk of unfolded patches ``(K, T)`` per group and example.
+
+    At most about :data:`_PATCH_ELEMS` elements per chunk (memory), but at least
+    :data:`_MIN_INNER` positions per product whatever ``K`` is: a chunk of one example of
+    ResNet-50's last stage (``K = 4608``, ``T = 49``) would read the whole ``K × K`` accumulator
+    per 49 multiply-adds.  Groups are split only when a chunk would exceed 4x the bound.
+
+    Example:
+        >>> _patch_chunks(4608, 49, 1)  # ResNet-50's layer4 3x3 convs at 224 px: not one example
+        (18, 1)
+    """
+    per_example = k * t * groups
+    b_step = max(math.ceil(_MIN_INNER / t), _PATCH_ELEMS // max(per_example, 1), 1)
+    g_step = groups
+    if b_step * per_example > 4 * _PATCH_ELEMS:
+        g_step = max(1, _PATCH_ELEMS // (k * t * b_step))
+    return b_step, g_step
+
+
 def _mirror(acc: Tensor) -> Tensor:
     """The symmetric matrix whose lower triangle ``acc`` holds."""
     low = torch.tril(acc)
@@ -510,14 +530,9 @@ class _HookEngine:
             for s0 in range(0, b, step):
                 u = gt[s0 : s0 + step].permute(1, 2, 0, 3).reshape(groups, gt.shape[2], -1)
                 _syrk_(b_acc, u)
-        # A: unfolded patches (K times the input) in chunks of examples (and groups) that bound
-        # memory, with at least _MIN_INNER positions per product.
+        # A: unfolded patches (K times the input) in chunks of examples (and groups).
         k = (x.shape[1] // groups) * call.kernel[0] * call.kernel[1]
-        per_example = k * t * groups
-        b_step = max(math.ceil(_MIN_INNER / t), _PATCH_ELEMS // max(per_example, 1), 1)
-        g_step = groups
-        if b_step * per_example > 4 * _PATCH_ELEMS:
-            g_step = max(1, _PATCH_ELEMS // (k * t * b_step))
+        b_step, g_step = _patch_chunks(k, t, groups)
         for s0 in range(0, b, b_step):
             part = call.rows(slice(s0, s0 + b_step))
             for g0 in range(0, groups, g_step):
