@@ -280,7 +280,7 @@ def test_symmetric_products_equal_the_full_product(k, syrk_min, monkeypatch):
     acc = acc + acc.mT  # symmetric start, as the accumulators are
     want = acc + u @ u.mT
     H._syrk_(acc, u)
-    assert torch.allclose(H._mirror(acc), want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(H._mirror_(acc), want, rtol=1e-12, atol=1e-12)
 
 
 def test_patch_chunks_keep_enough_positions_per_product_and_bound_memory():

@@ -134,7 +134,7 @@ def _infer_layout(ids: Tensor, p: int) -> _Layout | None:
 
 def _syrk_(acc: Tensor, u: Tensor) -> None:
     """``acc += u uᵀ`` for ``u`` (G, K, M), lower triangle by blocks when K is large (only the
-    lower triangle of ``acc`` is then valid: :func:`_mirror` completes it)."""
+    lower triangle of ``acc`` is then valid: :func:`_mirror_` completes it)."""
     k = u.shape[1]
     if k <= _SYRK_MIN:
         acc.baddbmm_(u, u.mT)
@@ -164,10 +164,11 @@ def _patch_chunks(k: int, t: int, groups: int) -> tuple[int, int]:
     return b_step, g_step
 
 
-def _mirror(acc: Tensor) -> Tensor:
-    """The symmetric matrix whose lower triangle ``acc`` holds."""
-    low = torch.tril(acc)
-    return low + torch.tril(acc, -1).mT
+def _mirror_(acc: Tensor) -> Tensor:
+    """Make ``acc`` the symmetric matrix whose lower triangle it holds (in place; one transient
+    strict-lower copy) and return it."""
+    upper = torch.tril(acc, -1).mT
+    return acc.tril_().add_(upper)
 
 
 # --------------------------------------------------------------------------------------
@@ -695,14 +696,18 @@ class _HookEngine:
 
     # -- results -----------------------------------------------------------------------
     def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{name: (A, B)}`` normalised as :func:`~pai_core.scores.kfac.kfac_factors` says."""
+        """``{name: (A, B)}`` normalised as :func:`~pai_core.scores.kfac.kfac_factors` says.
+
+        Built in place from the accumulators, which it consumes (call once): the factors are
+        the largest tensors K-FAC holds, and a second copy would double its peak memory.
+        """
         out = {}
-        for name, a in self.a_sum.items():
-            a, bm = _mirror(a), _mirror(self.b_sum[name]) / self.n
+        for name in list(self.a_sum):
+            a, bm = _mirror_(self.a_sum.pop(name)), _mirror_(self.b_sum.pop(name)).div_(self.n)
             if self.kind[name] == "reduce":
-                out[name] = (a / self.n, bm)
+                out[name] = (a.div_(self.n), bm)
             else:
-                out[name] = (a / self.a_count[name].clamp_min(1)[:, None, None], bm)
+                out[name] = (a.div_(self.a_count[name].clamp_min(1)[:, None, None]), bm)
         return out
 
     def scale_ratios(self) -> dict[str, float]:

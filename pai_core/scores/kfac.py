@@ -245,15 +245,17 @@ def _damped_inverse_diag(m: Tensor, damping: float) -> Tensor:
     images (README, "Performance").
     """
     d = m.shape[-1]
-    m = m.double()
-    lam = damping * torch.diagonal(m, dim1=-2, dim2=-1).sum(-1) / d
+    damped = m.to(torch.float64, copy=True)  # the only copy of the factor (no identity matrix)
+    diag = torch.diagonal(damped, dim1=-2, dim2=-1)
+    lam = damping * diag.sum(-1) / d
     # A layer whose factor is exactly zero (all its inputs are zero) gets a tiny λ: its weights
     # then score ~0, which is the truth (removing them changes nothing).
     lam = torch.where(lam > 0, lam, torch.full_like(lam, 1e-30))
-    damped = m + lam[:, None, None] * torch.eye(d, dtype=m.dtype, device=m.device)
+    diag.add_(lam[:, None])
     chol, info = torch.linalg.cholesky_ex(damped)
     if not bool((info == 0).all()):  # not numerically PD; a general inverse still has a diagonal
         return torch.diagonal(torch.linalg.inv(damped), dim1=-2, dim2=-1)
+    del damped, diag
     # LAPACK's potri (triangular inverse + product): as fast as one triangular solve against I
     # for one block and faster for many small ones (depthwise convs).
     return torch.diagonal(torch.cholesky_inverse(chol), dim1=-2, dim2=-1)
@@ -318,7 +320,7 @@ def kfac_score(c: ScoreCall, *, damping: float = 1e-3, approx: str = "auto") -> 
         if n in engine.unreached:  # no path to the loss: removing it changes nothing
             out[n] = torch.zeros_like(p.detach())
             continue
-        f = factors[n]
+        f = factors.pop(n)  # freed as we go: the factors are K-FAC's largest tensors
         hinv = _damped_inverse_diag(f.B, damping)[:, :, None] * _damped_inverse_diag(f.A, damping)[:, None, :]
         th = p.detach()
         out[n] = (th.double() ** 2 / f.to_param(hinv, th.shape)).to(th.dtype)
