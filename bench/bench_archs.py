@@ -227,9 +227,9 @@ def main() -> None:
         return
     ops = [s for s in args.scores.split(",") if s]
     what = "peak memory" if args.memory else "coverage" if args.coverage else "CPU time"
+    reps = f", min of {args.repeats}" if what == "CPU time" else ""
     print(
-        f"{what}; n={args.n}, batch {args.batch_size}, 224 px, {args.threads} thread(s), "
-        f"min of {args.repeats}; code: {args.code or ROOT}\n"
+        f"{what}; n={args.n}, batch {args.batch_size}, 224 px, {args.threads} thread(s){reps}; code: {args.code or ROOT}\n"
     )
     for arch in args.archs.split(","):
         if args.coverage:
