@@ -9,6 +9,7 @@ runnable on their own.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -18,6 +19,81 @@ from pai_core import cache, errors, models, scores, tasks
 
 st.set_page_config(page_title="PaI Explorer", page_icon=":material/content_cut:", layout="wide")
 common.init_state()
+
+
+@dataclass(frozen=True)
+class PageEntry:
+    """One page of the app: its script, navigation title and icon, and its card on the Overview
+    (title, one-line description; None: no card)."""
+
+    path: str
+    title: str
+    icon: str
+    card: tuple[str, str] | None = None
+
+
+#: The app's pages after the Overview, in navigation order: a new page is one entry here.
+PAGES = [
+    PageEntry(
+        "app_pages/1_Toy_landscapes.py",
+        "Toy landscapes",
+        ":material/toys:",
+        (
+            "Toy landscapes (Fig. 1–2)",
+            "Two weights, two quadratic losses: move sliders and watch pruning and retraining on the source act "
+            "on an aligned or misaligned transfer task. Instant.",
+        ),
+    ),
+    PageEntry(
+        "app_pages/2_Prune_and_evaluate.py",
+        "Prune & evaluate",
+        ":material/content_cut:",
+        (
+            "Prune & evaluate (Fig. 3)",
+            "Prune a real encoder with several scores and sparsities, fine-tune on the source, compare source and "
+            "transfer accuracy, and read the verdict on P1 and P2 computed from the numbers.",
+        ),
+    ),
+    PageEntry(
+        "app_pages/3_Loss_landscape.py",
+        "Loss landscape",
+        ":material/landscape:",
+        (
+            "Loss landscape (Fig. 4)",
+            "Source and transfer loss over the plane through the pre-trained, pruned and fine-tuned weights, "
+            "magnitude and diagonal Hessian side by side.",
+        ),
+    ),
+    PageEntry(
+        "app_pages/4_Results.py",
+        "Results",
+        ":material/table_chart:",
+        (
+            "Results",
+            "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, masks).",
+        ),
+    ),
+    PageEntry(
+        "app_pages/6_Task_alignment.py",
+        "Task alignment",
+        ":material/compare_arrows:",
+        (
+            "Task alignment (beyond the paper)",
+            "P1's assumption measured: how aligned each source → transfer pair is at θ₀, against how much "
+            "transfers and what not seeing the transfer task costs.",
+        ),
+    ),
+    PageEntry(
+        "app_pages/5_From_scratch.py",
+        "From scratch",
+        ":material/restart_alt:",
+        (
+            "From scratch (the scalable second-order paper)",
+            "Prune a randomly initialised small network before training, train it, and compare scores across "
+            "sparsities, the way the scalable second-order PaI paper does.",
+        ),
+    ),
+]
 
 
 def overview() -> None:
@@ -41,40 +117,22 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
 - **P2: repairing the pruned model on the source also repairs it on the transfer tasks.** Briefly
   fine-tuning the pruned encoder on the source task moves it back towards a low-loss region that the
   tasks share, so transfer accuracy goes up (or at least not down).
+
+Beyond the paper: the Prune page can also repair the pruned encoder **without SGD**, by the optimal
+update δ of Eq. (3) computed on the source (OBS-corrected, crossed bars), and add tasks from another
+data set as **cross-domain** transfer tasks; the Task alignment page measures P1's assumption directly.
 """
     )
 
     st.subheader("Pages")
-    cols = st.columns(4)
-    page_text = [
-        (
-            "app_pages/1_Toy_landscapes.py",
-            "Toy landscapes (Fig. 1–2)",
-            "Two weights, two quadratic losses: move sliders and watch pruning and retraining on the "
-            "source act on an aligned or misaligned transfer task. Instant.",
-        ),
-        (
-            "app_pages/2_Prune_and_evaluate.py",
-            "Prune & evaluate (Fig. 3)",
-            "Prune a real encoder with several scores and sparsities, optionally fine-tune on the source, "
-            "and compare source and transfer accuracy; per-layer sparsity and mask overlap (P1).",
-        ),
-        (
-            "app_pages/3_Loss_landscape.py",
-            "Loss landscape (Fig. 4)",
-            "Source and transfer loss over the plane through the pre-trained, pruned and fine-tuned weights.",
-        ),
-        (
-            "app_pages/4_Results.py",
-            "Results",
-            "Every finished run as a table and as the Fig. 3 grid across models; downloads (CSV, JSON, "
-            "masks).",
-        ),
-    ]
-    for col, (path, title, text) in zip(cols, page_text, strict=True):
-        with col:
-            st.page_link(path, label=f"**{title}**")
-            st.caption(text)
+    cards = [p for p in PAGES if p.card]
+    per_row = 3  # six cards in one row truncate their titles at 1280 px
+    for start in range(0, len(cards), per_row):
+        row = cards[start : start + per_row]
+        for col, p in zip(st.columns(per_row), row, strict=False):
+            with col:
+                st.page_link(p.path, label=f"**{p.card[0]}**")
+                st.caption(p.card[1])
 
     st.subheader("This machine")
     c1, c2 = st.columns(2)
@@ -85,8 +143,9 @@ The paper behind this app, *second-order PaI and transfer*, makes two prediction
         )
         st.caption(
             "On a GPU the pages default to the paper's fine-tuning schedule and 50 images per class; on a "
-            "CPU to no fine-tuning and 20 images per class, so a first run takes about a minute. Every "
-            "run page has a device override (auto / cpu / cuda)."
+            "CPU to the 'cpu' schedule (5 epochs, lr 3e-4) and 20 images per class, so the default Prune run "
+            "takes a few minutes. Sparsity levels default per model (pai_core.defaults). Every run page has a "
+            "device override (auto / cpu / cuda)."
         )
     with c2:
         try:
@@ -180,18 +239,15 @@ PAI_IMAGENET10_ROOT=/data/imagenet/val streamlit run app.py
 ImageNet-10 reads the ILSVRC2012 **validation** folder, flat (`ILSVRC2012_val_00000001.JPEG`, …) or one
 sub-folder per WordNet id (`n01440764/…`); it uses 10 tasks × 10 classes × 50 images, as in the paper.
 The `folder` suite takes any folder of class sub-folders plus a `tasks.json` grouping classes into tasks.
-The `digits` suite (handwritten digits, plus Fashion-MNIST when Debian's `dataset-fashion-mnist` is
-installed) always works offline and is the default.
+The run pages start on `fashion-mnist` when Debian's `dataset-fashion-mnist` is installed (photos of
+clothing, which ImageNet encoders read like natural images), and otherwise on `digits` (handwritten
+digits, which always work offline).
 """
     )
     st.caption(f"Pruning scores available: {', '.join(scores.available())}.")
 
 
-pages = [
-    st.Page(overview, title="Overview", icon=":material/home:", default=True),
-    st.Page("app_pages/1_Toy_landscapes.py", title="Toy landscapes", icon=":material/toys:"),
-    st.Page("app_pages/2_Prune_and_evaluate.py", title="Prune & evaluate", icon=":material/content_cut:"),
-    st.Page("app_pages/3_Loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
-    st.Page("app_pages/4_Results.py", title="Results", icon=":material/table_chart:"),
+pages = [st.Page(overview, title="Overview", icon=":material/home:", default=True)] + [
+    st.Page(p.path, title=p.title, icon=p.icon) for p in PAGES
 ]
 st.navigation(pages).run()

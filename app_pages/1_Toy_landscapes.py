@@ -13,8 +13,8 @@ from pai_core.toy import (
     ToySpec,
     available_presets,
     available_scores,
+    explain,
     preset,
-    removed_weights,
     scenario_from_spec,
 )
 from pai_core.toy_figures import toy_figure
@@ -105,10 +105,11 @@ with st.sidebar:
         on_change=_on_edit,
     )
     st.slider(
-        "Rotation between tasks (°)",
+        "Rotation between tasks",
         0.0,
         90.0,
         step=5.0,
+        format="%d°",
         key=K_ROT,
         on_change=_on_edit,
         help="0 = aligned tasks, 90 = orthogonal: the transfer task's steep axis is the source's flat one.",
@@ -116,10 +117,11 @@ with st.sidebar:
     st.slider("Eigenvalue λ1", 0.1, 5.0, step=0.1, key=K_L1, on_change=_on_edit)
     st.slider("Eigenvalue λ2", 0.1, 5.0, step=0.1, key=K_L2, on_change=_on_edit)
     st.slider(
-        "Hessian tilt (°)",
+        "Hessian tilt",
         -90.0,
         90.0,
         step=5.0,
+        format="%d°",
         key=K_TILT,
         on_change=_on_edit,
         help="Angle of λ1's axis from θ[1]. 0 = axis-aligned (diagonal H); otherwise H has cross-terms.",
@@ -140,20 +142,14 @@ fig = toy_figure(result, show_transfer=st.session_state[K_SHOW])
 
 st.plotly_chart(fig, key="toy_figure")
 st.caption(
-    "Lighter = lower source loss. For a PNG, use the camera icon in the figure's toolbar (top right); "
-    "the button below saves the interactive figure as a self-contained HTML file."
+    "Lighter = lower source loss; dashed: the transfer loss at the same levels. The buttons below save the "
+    "figure: HTML (interactive; the camera icon in its toolbar gives a PNG too), PNG or SVG."
 )
-st.download_button(
-    "Download figure (HTML)",
-    data=fig.to_html,  # a callable: the ~5 MB page is only built when someone clicks
-    file_name=f"toy_landscape_{result.score}.html",
-    mime="text/html",
-    on_click="ignore",
-)
+common.figure_downloads(fig, f"toy_landscape_{result.score}", key="btn_toy_fig")
 
-row = {r.name: r for r in result.losses}
-j = result.pruned_index
-k = 1 - j
+# What this scenario shows, sentence by sentence, each computed from its numbers (pai_core.toy.explain).
+st.markdown("**Here:** " + " ".join(explain(result)))
+
 st.subheader("Losses at each point")
 st.dataframe(
     result.table_rows(),
@@ -164,23 +160,21 @@ st.dataframe(
     },
 )
 
-removed = removed_weights(result.source_hessian, result.theta0)
-transfer_verdict = (
-    "better"
-    if row["retrained"].transfer < row["pruned"].transfer - 1e-9
-    else "worse"
-    if row["retrained"].transfer > row["pruned"].transfer + 1e-9
-    else "unchanged"
+st.subheader("The three scores side by side (Fig. 2)")
+st.caption(
+    "The same landscape and θ₀ under each score: magnitude (H ≈ I), diagonal (θⱼ²·Hⱼⱼ) and block / OBS "
+    "(θⱼ² / [H⁻¹]ⱼⱼ with the correction δ). Where they remove different weights, curvature matters; where "
+    "the ✕ and the ★ differ, retraining (and OBS) moves the weight that is left."
 )
-st.markdown(
-    f"**Here:** the *{result.score}* score removes **θ[{j + 1}]** "
-    f"(magnitude would remove θ[{removed['magnitude'] + 1}], diagonal θ[{removed['diagonal'] + 1}], "
-    f"block θ[{removed['block'] + 1}]). Plain removal raises the source loss from 0 to "
-    f"**{row['pruned'].source:.3f}**; the OBS correction moves θ[{k + 1}] from "
-    f"{result.pruned[k]:.3f} to {result.obs[k]:.3f} and brings it down to **{row['obs'].source:.3f}**, "
-    f"exactly where retraining on the source ends. On the unseen transfer task, retraining makes the "
-    f"loss **{transfer_verdict}**: {row['pruned'].transfer:.3f} → {row['retrained'].transfer:.3f}."
-)
+cols = st.columns(3)
+for col, score in zip(cols, available_scores(), strict=True):
+    side = scenario_from_spec(ToySpec(**{**spec.__dict__, "score": score}))
+    with col:
+        st.plotly_chart(
+            toy_figure(side, show_transfer=st.session_state[K_SHOW], height=400, legend=False),
+            key=f"toy_side_{score}",
+        )
+        st.caption(SCORE_LABELS[score] + f" — removes θ[{side.pruned_index + 1}]")
 
 with st.expander("Guided tour: what to try and what to look for", expanded=False):
     st.markdown(

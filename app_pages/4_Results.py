@@ -9,8 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import common
-from pai_core import figures
-from pai_core.results import SUMMARY_COLUMNS
+from pai_core import figures, transfer_figures, verdicts
 
 common.page_defaults({})
 ss = st.session_state
@@ -36,50 +35,62 @@ if not results:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _frame(signature: tuple, _results):
-    return figures.results_frame(_results)
+def _frames(signature: tuple, _results):
+    return figures.results_frame(_results), figures.results_table(_results)
 
 
 sig = common.results_signature()
-frame = _frame(sig, results)
+frame, table = _frames(sig, results)
 
 # -- filters -----------------------------------------------------------------------------------
 st.subheader("Filter")
-fcols = st.columns(4)
+
+fcols = st.columns(5)
 filters = {}
-for col, name in zip(fcols, ("model", "suite", "score", "finetune"), strict=True):
+for col, name, title in zip(
+    fcols,
+    ("model", "suite", "score", "finetune", "repair"),
+    ("model", "suite", "score", "fine-tuning", "OBS correction"),
+    strict=True,
+):
     opts = sorted(frame[name].dropna().unique().tolist())
     key = f"results_w_{name}"
     ss[key] = [v for v in ss.get(key, opts) if v in opts] or opts
-    filters[name] = col.multiselect(name.replace("finetune", "fine-tuning"), opts, key=key)
+    filters[name] = col.multiselect(
+        title, opts, key=key, format_func=figures.score_label if name == "score" else str
+    )
 mask = frame["model"].notna()
 for name, vals in filters.items():
     mask &= frame[name].isin(vals)
-view = frame[mask]
+view = table[mask.to_numpy()]
 chosen = [r for r, keep in zip(results, mask.tolist(), strict=True) if keep]
 
 st.subheader(f"Runs ({len(view)} of {len(frame)})")
 st.dataframe(
-    view.drop(columns=["key", "sparsity"]),
+    view,
     hide_index=True,
     width="stretch",
     column_config={
         **{
-            c: st.column_config.NumberColumn(c.replace("_", " ") + " (%)", format="%.1f")
-            for c in SUMMARY_COLUMNS
+            c: st.column_config.NumberColumn(c, format="%.1f")
+            for c in view.columns
+            if c.endswith("(%)") and c != "sparsity (%)"
         },
-        "sparsity (%)": st.column_config.NumberColumn(format="%.2f"),
+        # As given: 59.04, not 59.0 or 59.040000000000006.
+        "sparsity (%)": st.column_config.NumberColumn(format="%g"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
+        "settings": st.column_config.TextColumn(width="large"),
     },
 )
 st.caption(
-    "Click a column header to sort. Accuracies in %; 'seconds' is the run's compute time (0 for stages read "
-    "from the cache)."
+    "Click a column header to sort. Accuracies in %: zero-shot and fine-tuned first, then the dense encoder. "
+    "'seconds' is the run's compute time (0 for stages read from the cache); 'key' identifies the run in the "
+    "cache and the store."
 )
 d1, d2, _ = st.columns([1, 1, 3])
 d1.download_button(
     "Download table (CSV)",
-    data=view.to_csv(index=False).encode(),
+    data=frame[mask].to_csv(index=False).encode(),
     file_name="pai_results.csv",
     mime="text/csv",
     on_click="ignore",
@@ -105,11 +116,34 @@ if len(labels) > 1:
     if ss.get("results_w_setting") not in labels:
         ss["results_w_setting"] = labels[0]
     pick = st.selectbox(
-        "Runs with these settings (one panel compares like with like)", labels, key="results_w_setting"
+        "Runs with these settings (one figure compares like with like)", labels, key="results_w_setting"
     )
 else:
     pick = labels[0]
-sel = groups[pick]
+    st.caption(f"Settings: {pick}")
+group = groups[pick]
+
+
+def _short_label(r) -> str:
+    src = next((t.task for t in r.tasks if t.role == "source"), f"task {r.spec.source}")
+    return (
+        f"{r.spec.model} · {figures.score_label(r.spec.score)} · {figures.sparsity_label(r.spec.sparsity)} · "
+        f"source {src}"
+    )
+
+
+by_key = {r.spec.key(): r for r in group}
+if ss.get("results_w_overlay_group") != pick:  # a new setting: draw all of its runs
+    ss["results_w_overlay_group"] = pick
+    ss["results_w_overlay"] = list(by_key)
+ss["results_w_overlay"] = [k for k in ss["results_w_overlay"] if k in by_key]
+st.multiselect(
+    "Runs drawn together in the figure (remove some to compare fewer; runs of several sources are averaged)",
+    list(by_key),
+    key="results_w_overlay",
+    format_func=lambda k: _short_label(by_key[k]),
+)
+sel = [by_key[k] for k in ss["results_w_overlay"]]
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -117,18 +151,44 @@ def _grid(keys: tuple[str, ...], _results):
     return figures.fig3_figure(_results)
 
 
-try:
-    fig = _grid(tuple(sorted(r.spec.key() for r in sel)), sel)
-except ValueError as exc:
-    common.show_error(exc)
+if not sel:
+    st.info("Choose at least one run to draw.")
 else:
-    n_src = len({r.spec.source for r in sel})
-    st.plotly_chart(fig, key="results_fig3")
-    st.caption(
-        f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
-        "sources). PNG: camera icon in the toolbar."
-    )
-    common.figure_download(fig, "fig3_grid.html", key="btn_results_fig_html")
+    try:
+        fig = _grid(tuple(sorted(r.spec.key() for r in sel)), sel)
+    except ValueError as exc:
+        common.show_error(exc)
+    else:
+        n_src = len({r.spec.source for r in sel})
+        st.plotly_chart(fig, key="results_fig3")
+        st.caption(
+            f"One column per model; bars average over {n_src} source task(s) (error bars: ±1 s.d. across "
+            "sources). Solid: zero-shot"
+            + ("; hatched: fine-tuned on the source" if any(r.spec.finetune for r in sel) else "")
+            + ("; crossed: OBS-corrected on the source (no SGD)" if any(r.spec.repair for r in sel) else "")
+            + ("; a third row holds cross-domain tasks" if any(r.spec.transfer_suite for r in sel) else "")
+            + ". Dashed: dense (how it was measured is in its label); dotted: chance."
+        )
+        for sentence in transfer_figures.repair_verdict(sel):
+            st.markdown(sentence)
+        common.figure_downloads(fig, "fig3_grid", key="btn_results_fig")
+        for model in dict.fromkeys(r.spec.model for r in sel):
+            runs = [r for r in sel if r.spec.model == model]
+            v = verdicts.fig3_verdict(runs, label=figures.score_label)
+            if not v.lines:
+                continue
+            with st.container(border=True):
+                st.markdown(f"**{model}: what these runs say about P1 and P2** (each run judged on its own)")
+                for line in v.lines:
+                    st.markdown(line)
+                for w in v.warnings:
+                    st.warning(w, icon=":material/warning:")
+                if v.contradictions:
+                    st.warning(
+                        "**Runs that contradict the paper:**\n\n"
+                        + "\n".join(f"- {c}" for c in v.contradictions),
+                        icon=":material/report:",
+                    )
 
 # -- masks of one run ----------------------------------------------------------------------------
 st.subheader("Masks of a run")

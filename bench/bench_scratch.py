@@ -155,7 +155,7 @@ def timing(args: argparse.Namespace) -> dict:
     wb = scratch.Batches(data, train_idx, 128)
     print(f"\nBatchNorm warm-up, one pass over {len(train_idx)} training images, batch 128:\n")
     for label, fn in (
-        ("paper (running average, momentum 0.1)", lambda: scratch.warmup_batchnorm_running(model, wb)),
+        ("paper (running average, momentum 0.1)", lambda: scores.warmup_batchnorm(model, wb, mode="running")),
         ("reset + cumulative (scores.warmup_batchnorm)", lambda: scores.warmup_batchnorm(model, wb, 1)),
     ):
         s = best(fn, 2)

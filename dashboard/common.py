@@ -18,10 +18,10 @@ from typing import Any
 import streamlit as st
 import torch
 
-from pai_core import errors, experiment, figures, models, scores, store, tasks
-from pai_core.features import device_label
+from pai_core import defaults, errors, experiment, export, figures, models, scores, store, tasks
+from pai_core.features import device_label, pick_device
 from pai_core.finetune import SCHEDULES
-from pai_core.results import ExperimentResult, ExperimentSpec, spec_options
+from pai_core.results import REPAIR_FORMS, ExperimentResult, ExperimentSpec, spec_options
 
 __all__ = [
     # session state
@@ -35,6 +35,9 @@ __all__ = [
     "schedule_caption",
     "default_schedule",
     "default_images_per_class",
+    "default_suite",
+    "level_choices",
+    "apply_model_defaults",
     "model_caption",
     "suite_env_var",
     "data_root_default",
@@ -44,6 +47,9 @@ __all__ = [
     "score_options",
     "spec_option_inputs",
     "spec_option_values",
+    "REPAIR_CHOICES",
+    "beyond_inputs",
+    "beyond_options",
     # cached loaders
     "device_text",
     "task_names",
@@ -56,10 +62,12 @@ __all__ = [
     "all_results",
     "results_json",
     "figure_download",
+    "figure_downloads",
     # jobs and progress
     "PageJob",
     "ProgressPanel",
     "STAGE_LABELS",
+    "duration_text",
     # errors
     "USER_ERRORS",
     "error_record",
@@ -80,12 +88,16 @@ STATE_DEFAULTS: dict[str, Any] = {
     "land_output": None,
     "land_error": None,
     "results_masks": None,  # {"key": spec key, "bytes": b"...", "name": file name}
+    "align_job": None,  # the Task alignment page's job: {"specs": [...], "sources": …, "k": …}
+    "align_output": None,  # {"rows": [PairAlignment, ...]}
+    "align_error": None,
+    "align_layers": None,  # pai_core.alignment.Alignment of the pair chosen for the per-layer view
 }
 
 # Widget keys carry one of these prefixes; re-assigning them on every run keeps a page's settings
 # when the user visits another page and comes back (Streamlit drops the state of widgets that
 # were not drawn in a run).  Buttons are keyed "btn_…" and never re-assigned (that is an error).
-_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_")
+_PERSISTED_PREFIXES = ("prune_w_", "land_w_", "results_w_", "overview_w_", "scratch_w_", "align_w_")
 
 
 def init_state() -> None:
@@ -139,15 +151,41 @@ def schedule_caption(name: str | None, *, long: bool = False) -> str:
 
 
 def default_schedule(*, allow_off: bool = True) -> str:
-    """The paper's schedule on a GPU; on a CPU-only machine off (or the 2-epoch smoke schedule)."""
-    if gpu_available():
-        return "paper"
-    return OFF if allow_off else "smoke"
+    """Fine-tuning on by default: the paper's schedule on a GPU, the safe ``cpu`` one on a CPU
+    (:func:`pai_core.defaults.schedule`; ``allow_off`` is kept for callers that offer "off")."""
+    return defaults.schedule(gpu_available())
 
 
 def default_images_per_class() -> int:
-    """The paper's 50 images per class on a GPU; 20 on a CPU so a first run takes about a minute."""
-    return 50 if gpu_available() else 20
+    """The paper's 50 images per class on a GPU; 20 on a CPU (:func:`pai_core.defaults.images_per_class`)."""
+    return defaults.images_per_class(gpu_available())
+
+
+def default_suite() -> str:
+    """Fashion-MNIST where installed, else digits (:func:`pai_core.defaults.suite`)."""
+    return defaults.suite()
+
+
+def level_choices(model: str) -> list[float]:
+    """Sparsity levels offered for ``model``: its own grid and the paper's seven, sorted."""
+    return sorted(set(defaults.for_model(model).sparsities) | set(defaults.PAPER_SPARSITIES))
+
+
+def apply_model_defaults(prefix: str, model: str) -> None:
+    """When the chosen model changes, select its default sparsity levels and protocol options.
+
+    Sets ``{prefix}_w_levels`` to :meth:`pai_core.defaults.ModelDefaults.selection` and every
+    ``{prefix}_w_spec_<field>`` of its ``spec_options`` (the advanced-options widgets' keys), once
+    per model change, so a user's own choice for the same model is kept.
+    """
+    ss = st.session_state
+    if ss.get(f"{prefix}_w_levels_model") == model:
+        return
+    d = defaults.for_model(model)
+    ss[f"{prefix}_w_levels_model"] = model
+    ss[f"{prefix}_w_levels"] = list(d.selection(gpu_available()))
+    for name, value in d.spec_options.items():
+        ss[f"{prefix}_w_spec_{name}"] = value
 
 
 def model_caption(name: str) -> str:
@@ -258,6 +296,73 @@ def spec_option_values(prefix: str) -> dict[str, Any]:
         value = st.session_state.get(_spec_key(prefix, name), default)
         out[name] = int(value) if opt.type is int and value is not None else value
     return out
+
+
+#: The OBS-correction choices of the run pages (none, then :data:`pai_core.results.REPAIR_FORMS`).
+REPAIR_CHOICES = (OFF, *REPAIR_FORMS)
+_REPAIR_CAPTIONS = {
+    OFF: "off",
+    "a": "a: layer reconstruction (exact, about one epoch of solves)",
+    "kfac": "kfac: the K-FAC block (30 CG iterations, slower)",
+}
+
+
+def beyond_inputs(prefix: str, *, repair: bool = True) -> None:
+    """Widgets for the stages beyond the paper: the OBS correction and a cross-domain transfer suite.
+
+    Keys ``{prefix}_w_repair``, ``_repair_damping``, ``_xsuite``, ``_xroot`` (read back with
+    :func:`beyond_options`); defaults: off, 1 %, none.
+    """
+    ss = st.session_state
+    ss.setdefault(f"{prefix}_w_repair", OFF)
+    ss.setdefault(f"{prefix}_w_repair_damping", 0.01)
+    ss.setdefault(f"{prefix}_w_xsuite", OFF)
+    ss.setdefault(f"{prefix}_w_xroot", "")
+    c1, c2 = st.columns(2)
+    if repair:
+        with c1:
+            st.selectbox(
+                "OBS correction on the source (no SGD) — beyond the paper",
+                REPAIR_CHOICES,
+                key=f"{prefix}_w_repair",
+                format_func=_REPAIR_CAPTIONS.get,
+                help="Apply Eq. (3)'s optimal update δ of the kept weights, computed from the source task's "
+                "curvature, instead of (or beside) fine-tuning: crossed bars in Fig. 3. P2 says it should help "
+                "the transfer tasks too when the landscapes align.",
+            )
+            st.number_input(
+                "Damping of the correction's curvature (× mean diagonal)",
+                min_value=1e-6,
+                max_value=100.0,
+                step=0.01,
+                format="%g",
+                key=f"{prefix}_w_repair_damping",
+            )
+    with c2:
+        st.selectbox(
+            "Cross-domain transfer suite (optional) — beyond the paper",
+            [OFF, *tasks.available()],
+            key=f"{prefix}_w_xsuite",
+            format_func=lambda n: "none" if n == OFF else n,
+            help="Also evaluate the tasks of another data set, labelled cross-domain in every figure and "
+            "table (heads fitted on the dense encoder with that data; pruning never sees it).",
+        )
+        xs = ss[f"{prefix}_w_xsuite"]
+        if xs != OFF and tasks.info(xs).needs_root:
+            st.text_input("Its data folder", key=f"{prefix}_w_xroot", help=tasks.info(xs).needs)
+
+
+def beyond_options(prefix: str) -> dict[str, Any]:
+    """The :class:`ExperimentSpec` fields set by :func:`beyond_inputs`."""
+    ss = st.session_state
+    rep = ss.get(f"{prefix}_w_repair", OFF)
+    xs = ss.get(f"{prefix}_w_xsuite", OFF)
+    return {
+        "repair": None if rep == OFF else rep,
+        "repair_damping": float(ss.get(f"{prefix}_w_repair_damping", 0.01)),
+        "transfer_suite": None if xs == OFF else xs,
+        "transfer_data_root": (ss.get(f"{prefix}_w_xroot") or None) if xs != OFF else None,
+    }
 
 
 # ----------------------------------------------------------------------------- cached loaders
@@ -388,59 +493,121 @@ STAGE_LABELS = {
     "fine-tune": "fine-tuning on the source task",
     "evaluate": "evaluating the fine-tuned encoder",
     "landscape": "loss over the PCA plane",
+    "repair": "OBS correction on the source (K-FAC factors, then solves)",
+    "repaired": "evaluating the OBS-corrected encoder",
+    "fisher": "diagonal Fisher of a task",
+    "factors": "K-FAC factors of a task",
+    "pairs": "task pairs",
     "done": "finished",
 }
+
+
+def duration_text(seconds: float) -> str:
+    """``75 -> "1 min 15 s"``, ``8.2 -> "8 s"``, ``3725 -> "1 h 2 min"``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        m, sec = divmod(seconds, 60)
+        return f"{m} min {sec} s" if sec else f"{m} min"
+    h, rest = divmod(seconds, 3600)
+    return f"{h} h {rest // 60} min"
 
 
 class ProgressPanel:
     """The engine's ``progress(stage, done, total, message)`` drawn as Streamlit progress bars.
 
-    One bar per stage (created when the stage starts), one overall bar when several runs are
-    queued, and a status line.  Updates are throttled: the engine reports every batch, and each
-    update is a message to the browser.
+    A job line (run i of n, elapsed, time left once a run has finished), a status line, and one bar
+    per stage of the *current* run with its elapsed time and, while it runs, an estimate of the time
+    left (elapsed × remaining / done).  Each run starts with fresh bars: the previous run's finished
+    stages are cleared.  Updates are throttled: the engine reports every batch, and each update is a
+    message to the browser.
 
     Args:
-        parent: Container to draw in.
+        parent: Container to draw in (put it where the user looks: the top of the page).
         runs: How many runs the job has.
         min_interval: Seconds between two updates of the same bar (the last one always shows).
+        clock: Seconds, monotonic (tests pass a fake one).
     """
 
-    def __init__(self, parent: Any, runs: int = 1, *, min_interval: float = 0.15) -> None:
+    def __init__(
+        self,
+        parent: Any,
+        runs: int = 1,
+        *,
+        min_interval: float = 0.15,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._box = parent.container(border=True)
         self._runs = runs
+        self._job_line = self._box.empty()
         self._overall = self._box.progress(0.0, text=f"run 1 of {runs}") if runs > 1 else None
         self._status = self._box.empty()
+        self._stage_slot = self._box.empty()
+        self._stage_box = self._stage_slot.container()
         self._bars: dict[str, Any] = {}
         self._last: dict[str, float] = {}
+        self._started: dict[str, float] = {}
         self._min_interval = min_interval
+        self._t0 = clock()
+        self._run_t0 = self._t0
+        self._finished_runs = 0
         self.run_index = 0
 
+    def _job_text(self) -> str:
+        elapsed = self._clock() - self._t0
+        text = f"{duration_text(elapsed)} elapsed"
+        if self._runs > 1 and 0 < self._finished_runs < self._runs:
+            left = elapsed / self._finished_runs * (self._runs - self._finished_runs)
+            text += f" · about {duration_text(left)} left (from the runs so far)"
+        return text
+
     def start_run(self, index: int, label: str) -> None:
-        """Announce run ``index`` (0-based) of the job."""
+        """Announce run ``index`` (0-based) of the job; clears the previous run's stage bars."""
+        self._finished_runs = index
         self.run_index = index
+        self._run_t0 = self._clock()
+        self._stage_box = self._stage_slot.container()  # replaces the old bars
+        self._bars.clear()
+        self._last.clear()
+        self._started.clear()
         if self._overall is not None:
             self._overall.progress(index / self._runs, text=f"run {index + 1} of {self._runs}: {label}")
-        self._status.caption(label)
+            self._status.empty()  # the overall bar names the run already
+        else:
+            self._status.caption(label)
+        self._job_line.caption(self._job_text())
 
     def finish(self, text: str = "done") -> None:
+        self._finished_runs = self._runs
         if self._overall is not None:
             self._overall.progress(1.0, text=text)
-        self._status.caption(text)
+        self._status.caption(f"{text} in {duration_text(self._clock() - self._t0)}")
 
     def __call__(self, stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
-        now = time.monotonic()
+        now = self._clock()
+        self._started.setdefault(stage, now)
         complete = total > 0 and done >= total
-        if not complete and now - self._last.get(stage, 0.0) < self._min_interval:
+        if not complete and now - self._last.get(stage, -1e18) < self._min_interval:
             return
         self._last[stage] = now
         if stage == "done":
             self._status.caption(message or "finished")
             return
         if stage not in self._bars:
-            self._bars[stage] = self._box.empty()
+            self._bars[stage] = self._stage_box.empty()
         frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+        elapsed = now - self._started[stage]
+        timing = f"{duration_text(elapsed)} elapsed"
+        if complete:
+            timing = f"done in {duration_text(elapsed)}"
+        elif 0 < done < total and elapsed >= 1.0:
+            timing += f", about {duration_text(elapsed * (total - done) / done)} left"
         label = STAGE_LABELS.get(stage, stage)
-        self._bars[stage].progress(frac, text=f"{label}: {message}" if message else label)
+        text = f"{label}: {message}" if message else label
+        self._bars[stage].progress(frac, text=f"{text} — {timing}")
+        self._job_line.caption(self._job_text())
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -505,7 +672,12 @@ class PageJob:
         st.session_state[f"{self.name}_job"] = None
 
     def run(
-        self, work: Callable[[Any, ProgressPanel], Iterator[Any]], *, runs: int = 1, caption: str = ""
+        self,
+        work: Callable[[Any, ProgressPanel], Iterator[Any]],
+        *,
+        runs: int = 1,
+        caption: str = "",
+        parent: Any = None,
     ) -> None:
         """Execute the queued job, if any, then rerun the page.
 
@@ -515,20 +687,23 @@ class PageJob:
                 :func:`show_error` (explained for the user's situation, a traceback for bugs).
             runs: Pieces of work, for the overall progress bar.
             caption: What the job does, under its Cancel button.
+            parent: Where to draw the Cancel button, the caption and the progress panel (a container
+                near the top of the page, so they show without scrolling); default: here.
         """
         ss = st.session_state
         job = self.job
         if job is None:
             return
-        st.button(
+        where = parent if parent is not None else st
+        where.button(
             "Cancel",
             key=f"btn_{self.name}_cancel",
             on_click=self.cancel,
             help="Stops after the current step; finished stages stay cached.",
         )
         if caption:
-            st.caption(caption)
-        panel = ProgressPanel(st, runs=runs)
+            where.caption(caption)
+        panel = ProgressPanel(where, runs=runs)
         try:
             for output in work(job, panel):
                 ss[f"{self.name}_output"] = output
@@ -633,13 +808,23 @@ def show_error(err: BaseException | dict | None) -> None:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def describe_specs(specs: Sequence[ExperimentSpec]) -> str:
-    """One sentence of what a job will run."""
+def describe_specs(specs: Sequence[ExperimentSpec], task_names: Sequence[str] | None = None) -> str:
+    """One sentence of what a job will run: model, suite, source and transfer tasks by name, the
+    fine-tuning schedule and the device it will actually run on."""
     s = specs[0]
     ft = "no fine-tuning" if s.finetune is None else "fine-tuning " + schedule_caption(s.finetune, long=True)
+    if task_names and s.source < len(task_names):
+        others = [n for k, n in enumerate(task_names) if k != s.source]
+        tasks_text = f"source {task_names[s.source]}; transfer {', '.join(others) or 'none'}"
+    else:
+        tasks_text = f"source task {s.source}"
+    try:
+        device = device_label(pick_device(s.device))
+    except ValueError:
+        device = s.device  # the run itself will explain (e.g. cuda without a GPU)
     return (
-        f"{len(specs)} run(s) of {s.model} on {s.suite} (source task {s.source}), "
-        f"{s.images_per_class} images per class, {ft}, device {s.device}"
+        f"{len(specs)} run(s) of {s.model} on {s.suite} ({tasks_text}), "
+        f"{s.images_per_class} images per class, {ft}, on {device}"
     )
 
 
@@ -658,6 +843,40 @@ def figure_download(fig: Any, file_name: str, key: str) -> None:
         on_click="ignore",
         key=key,
     )
+
+
+def figure_downloads(fig: Any, stem: str, key: str) -> None:
+    """Download buttons for a figure: HTML (interactive, opens offline), PNG and SVG (static, drawn
+    by :mod:`pai_core.export` when a file is asked for; disabled, with the reason, without a renderer).
+
+    Keys: ``{key}_html``, ``{key}_png``, ``{key}_svg``.
+    """
+    ok, why = export.renderer_status()
+    cols = st.columns([1, 1, 1, 3])
+    cols[0].download_button(
+        "HTML",
+        data=lambda: figures.figure_html(fig),
+        file_name=f"{stem}.html",
+        mime=export.MIME["html"],
+        on_click="ignore",
+        key=f"{key}_html",
+        icon=":material/download:",
+        help="The interactive figure as a self-contained page (opens offline).",
+    )
+    for col, fmt in zip(cols[1:3], export.FORMATS, strict=True):
+        col.download_button(
+            fmt.upper(),
+            data=(lambda f=fmt: export.figure_image(fig, f)) if ok else b"",
+            file_name=f"{stem}.{fmt}",
+            mime=export.MIME[fmt],
+            on_click="ignore",
+            key=f"{key}_{fmt}",
+            icon=":material/download:",
+            disabled=not ok,
+            help=f"Static {fmt.upper()} for papers and slides ({why}; about 3 s)."
+            if ok
+            else f"Not available here: {why}.",
+        )
 
 
 def results_json(results: Sequence[ExperimentResult]) -> str:
@@ -689,7 +908,15 @@ def model_and_data_pickers(
                 f"Weights come from: {entry.source}.",
             )
     with c2:
-        suite = st.selectbox("Task suite", tasks.available(), key=f"{prefix}_w_suite")
+        current = (
+            tasks.info(ss[f"{prefix}_w_suite"]) if ss.get(f"{prefix}_w_suite") in tasks.available() else None
+        )
+        suite = st.selectbox(
+            "Task suite",
+            tasks.available(),
+            key=f"{prefix}_w_suite",
+            help=None if current is None else f"{current.description}. Needs: {current.needs}.",
+        )
         suite_info = tasks.info(suite)
         if suite_info.needs_root:
             if not ss[f"{prefix}_w_root"]:
@@ -700,7 +927,8 @@ def model_and_data_pickers(
                 help=suite_info.needs,
                 placeholder=f"or set {suite_env_var(suite)}",
             )
-        st.caption(f"Needs: {suite_info.needs}")
+        if suite_info.needs_root:  # offline suites say what they are in the help; folders need saying
+            st.caption(f"Needs: {suite_info.needs}")
     root = (ss[f"{prefix}_w_root"] or None) if suite_info.needs_root else None
     checkpoint = (ss[f"{prefix}_w_checkpoint"] or None) if not entry.offline else None
     names: list[str] | None = None

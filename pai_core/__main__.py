@@ -1,9 +1,15 @@
-"""Command line: ``python -m pai_core {models,suites,scores,evaluate,run,landscape,sweep,report}``.
+"""Command line: ``python -m pai_core {models,suites,scores,evaluate,run,landscape,align,sweep,report,scratch}``.
 
 Examples:
     python -m pai_core evaluate --model efficientnet_lite0 --suite digits
     python -m pai_core run --score kfac --sparsity 0.5904 --finetune short
     python -m pai_core run --score magnitude --sparsity paper --all-sources
+    python -m pai_core run --score magnitude --sparsity 0.4 --repair a --transfer-suite fashion-mnist
+    python -m pai_core align --score diag --sparsity 0.3,0.4 --out artifacts/alignment
+    python -m pai_core scratch run --model resnet20 --score diag --sparsity 0.98 --bn-warmup paper
+
+``scratch`` is the other experiment kind, the scalable second-order paper's own protocol (prune a
+randomly initialised network, train it from scratch): :mod:`pai_core.scratch_cli`.
 
 Every expected failure (no weights, no data, bad settings, a file or folder that cannot be used,
 memory running out) ends with one line on stderr that names the file or setting, and exit status
@@ -22,9 +28,9 @@ import time
 import warnings
 from pathlib import Path
 
-from . import errors, experiment, masks, models, scores, store, sweep, tasks
+from . import errors, experiment, masks, models, scores, scratch_cli, store, sweep, tasks
 from .features import device_label, pick_device
-from .results import ExperimentResult, ExperimentSpec, spec_options
+from .results import REPAIR_FORMS, ExperimentResult, ExperimentSpec, spec_options
 from .validate import arg_int_at_least as _int_at_least
 from .validate import arg_positive_float as _positive_float
 from .validate import check_device, parse_sparsity
@@ -150,6 +156,32 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=name, default=default, choices=opt.choices, help=text)
 
 
+def _add_beyond_args(p: argparse.ArgumentParser, *, repair: bool = True) -> None:
+    """Flags of the stages beyond the paper: the OBS correction and cross-domain transfer tasks."""
+    if repair:
+        p.add_argument(
+            "--repair",
+            default=None,
+            choices=REPAIR_FORMS,
+            help="also OBS-correct the pruned encoder on the source, no SGD: a = layer reconstruction "
+            "(exact, fast), kfac = the K-FAC block (30 CG iterations); docs/REPAIR_ALIGNMENT.md",
+        )
+        p.add_argument(
+            "--repair-damping",
+            type=_positive_float,
+            default=1e-2,
+            help="relative damping of the repair's curvature factors (default 0.01 = 1%% of the mean diagonal)",
+        )
+    p.add_argument(
+        "--transfer-suite",
+        default=None,
+        help=f"also evaluate the tasks of another suite, as cross-domain transfer tasks ({', '.join(tasks.available())})",
+    )
+    p.add_argument(
+        "--transfer-data-root", default=None, help="data folder of --transfer-suite when it reads one"
+    )
+
+
 def _fmt(v: float | None) -> str:
     return "   -  " if v is None else f"{100 * v:6.2f}"
 
@@ -247,18 +279,28 @@ def _print_result(res: ExperimentResult) -> None:
         f"\n{s.model} / {s.suite} / source {s.source} / {s.score} / sparsity {100 * s.sparsity:.2f}%"
         f" / fine-tuning: {res.schedule or 'off'}{' (cached)' if res.cached else ''}"
     )
-    print(f"{'task':28} {'role':9} {'dense':>7} {'zero-shot':>9} {'fine-tuned':>10}")
+    rep = s.repair is not None
+    head = f"{'task':32} {'role':12} {'dense':>7} {'zero-shot':>9} {'fine-tuned':>10}"
+    print(head + (f" {'OBS-corr.':>9}" if rep else ""))
     for t in res.tasks:
-        print(f"{t.task:28} {t.role:9} {_fmt(t.dense):>7} {_fmt(t.zero_shot):>9} {_fmt(t.finetuned):>10}")
+        line = (
+            f"{t.task[:32]:32} {t.role:12} {_fmt(t.dense):>7} {_fmt(t.zero_shot):>9} {_fmt(t.finetuned):>10}"
+        )
+        print(line + (f" {_fmt(t.repaired):>9}" if rep else ""))
     m = res.summary()
-    print(
-        f"{'mean source':38} {_fmt(m['source_dense']):>7} {_fmt(m['source_zero_shot']):>9} "
-        f"{_fmt(m['source_finetuned']):>10}"
-    )
-    print(
-        f"{'mean transfer':38} {_fmt(m['transfer_dense']):>7} {_fmt(m['transfer_zero_shot']):>9} "
-        f"{_fmt(m['transfer_finetuned']):>10}"
-    )
+    for label, prefix in (("source", "source"), ("transfer", "transfer"), ("cross-domain", "cross")):
+        if m[f"{prefix}_dense"] is None:
+            continue
+        line = (
+            f"{'mean ' + label:45} {_fmt(m[f'{prefix}_dense']):>7} {_fmt(m[f'{prefix}_zero_shot']):>9} "
+            f"{_fmt(m[f'{prefix}_finetuned']):>10}"
+        )
+        print(line + (f" {_fmt(m[f'{prefix}_repaired']):>9}" if rep else ""))
+    if rep:
+        from .transfer_figures import repair_verdict
+
+        for sentence in repair_verdict([res]):
+            print(f"verdict: {sentence}")
     for note in res.notes:
         print(f"note: {note}")
 
@@ -266,6 +308,7 @@ def _print_result(res: ExperimentResult) -> None:
 def _cmd_run(args) -> int:
     # Everything that can be checked is checked before computing anything.
     json_out = _check_writable(args.json, "output file (--json)") if args.json else None
+    out_dir = _check_out_dir(args.out)
     sparsities = _parse_sparsities(args.sparsity)
     pick_device(args.device)
     store.ResultsStore().check_writable()  # a corrupt or read-only results store is reported now, not after the run
@@ -295,24 +338,137 @@ def _cmd_run(args) -> int:
             store.record_run(res)
             _print_result(res)
             results.append(res)
+    _print_verdict(results)
     if json_out is not None:
         from .cache import atomic_write_bytes
 
         text = json.dumps([r.to_dict() for r in results], indent=1)
         atomic_write_bytes(json_out, text.encode(), what="output file (--json)")
+    if out_dir is not None:
+        from . import figures
+
+        _write_figure(figures.fig3_figure(results), out_dir / "fig3")
     return 0
 
 
-def _cmd_landscape(args) -> int:
-    from . import landscape
+def _print_verdict(results: list[ExperimentResult]) -> None:
+    """The page's verdict under Fig. 3, as text (per source task: each is its own experiment)."""
+    from . import figures, verdicts
 
+    for src in sorted({r.spec.source for r in results}):
+        v = verdicts.fig3_verdict([r for r in results if r.spec.source == src], label=figures.score_label)
+        if not v.lines:
+            continue
+        print(f"\nverdict (source {src}):")
+        for line in v.lines + v.warnings:
+            print("  " + line.replace("**", ""))
+        for c in v.contradictions:
+            print("  contradicts the paper: " + c)
+
+
+def _check_out_dir(path: str | None) -> Path | None:
+    """``--out``: a folder that can be written, checked before any work."""
+    if path is None:
+        return None
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.storage_error(exc, "output folder (--out)", out) from None
+    _check_writable(str(out / ".pai_write_test"), "output folder (--out)")
+    return out
+
+
+def _write_figure(fig, stem: Path) -> None:
+    from . import export
+
+    paths = export.write_figure(fig, stem)
+    for fmt, p in paths.items():
+        print(f"wrote {fmt.upper():4} {p}")
+    ok, why = export.renderer_status()
+    if not ok:
+        print(f"no PNG/SVG: {why} (the HTML has the same figure)")
+
+
+def _cmd_landscape(args) -> int:
+    from . import figures, landscape, verdicts
+    from .cache import atomic_write_bytes
+
+    out = _check_out_dir(args.out)
     pick_device(args.device)
-    spec = _spec(args, sparsity=args.sparsity)
-    ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
-    print(f"PCA plane: explained variance {ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}")
-    for label, (x, y) in ls.points.items():
-        src, tr = ls.point_losses[label]
-        print(f"{label:30} at ({x:+.4g}, {y:+.4g})  source loss {src:.4f}  transfer loss {tr:.4f}")
+    names = [n for n in args.score.split(",") if n.strip()]
+    unknown = [n for n in names if n not in scores.available()]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown score(s) {unknown or args.score!r}; valid: {', '.join(scores.available())}"
+        )
+    from . import defaults
+
+    sparsity = (
+        args.sparsity if args.sparsity is not None else defaults.for_model(args.model).landscape_sparsity
+    )
+    finetune = args.finetune or defaults.schedule(pick_device(args.device).type == "cuda")
+    lands = []
+    for name in names:
+        spec = _spec(args, sparsity=sparsity, score=name.strip(), finetune=finetune)
+        ls = landscape.compute(spec, args.transfer, grid=args.grid, extent=args.extent, progress=_Bar())
+        lands.append(ls)
+        print(
+            f"\n{figures.score_label(spec.score)}: PCA plane, explained variance "
+            f"{ls.explained_variance[0]:.3f}, {ls.explained_variance[1]:.3f}; grid {len(ls.xs)}x{len(ls.ys)}"
+        )
+        for label, (x, y) in ls.points.items():
+            src, tr = ls.point_losses[label]
+            off = ls.off_plane.get(label, 0.0)
+            print(
+                f"{label:34} at ({x:+.4g}, {y:+.4g})  source loss {src:.4f}  transfer loss {tr:.4f}"
+                + (f"  ({off:.4g} off the plane)" if off else "")
+            )
+        print(verdicts.landscape_verdict(ls.point_losses))
+    if out is not None:
+        stem = out / "fig4_landscape"
+        _write_figure(figures.landscape_figure(lands), stem)
+        data = json.dumps([ls.to_dict() for ls in lands], indent=1).encode()
+        atomic_write_bytes(stem.with_name(stem.name + ".json"), data, what="output file (--out)")
+        print(f"wrote JSON {stem.with_name(stem.name + '.json')}")
+    return 0
+
+
+def _cmd_align(args) -> int:
+    from . import task_pairs, transfer_figures
+
+    sparsities = _parse_sparsities(args.sparsity)
+    pick_device(args.device)
+    sources = None
+    if args.sources:
+        try:
+            sources = [int(v) for v in args.sources.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--sources must be comma-separated task indices, got {args.sources!r}"
+            ) from None
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.storage_error(exc, "output folder (--out)", out) from None
+    base = _spec(args)
+    bar = _Bar()
+    rows = []
+    for q in sparsities:
+        rows += task_pairs.alignment_table(base.replace(sparsity=q), sources=sources, k=args.k, progress=bar)
+    frame = task_pairs.alignment_frame(rows)
+    print(transfer_figures.alignment_text(frame))
+    if out is not None:
+        from .cache import atomic_write_bytes
+
+        atomic_write_bytes(out / "alignment.csv", frame.to_csv(index=False).encode(), what="alignment.csv")
+        text = json.dumps([r.to_dict() for r in rows], indent=1)
+        atomic_write_bytes(out / "alignment.json", text.encode(), what="alignment.json")
+        html = transfer_figures.alignment_report_html(frame)
+        atomic_write_bytes(out / "alignment.html", html.encode(), what="alignment.html")
+        print(f"wrote {out / 'alignment.csv'}, alignment.json and alignment.html")
     return 0
 
 
@@ -354,24 +510,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--finetune",
         nargs="?",
-        const="short",
+        const="cpu",
         default=None,
-        help="fine-tune on the source: schedule paper|short|smoke (flag alone: short)",
+        help="fine-tune on the source: schedule paper|cpu|short|smoke (flag alone: cpu, the safe CPU "
+        "schedule; short and smoke use lr 1e-3, which can raise the loss of a lightly pruned model)",
     )
+    _add_beyond_args(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--out", default=None, help="folder for Fig. 3 of these runs: fig3.html, and fig3.png/.svg (kaleido)"
+    )
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser("landscape", help="PCA loss landscape of a source/transfer pair (Fig. 4)")
     _add_data_args(p)
     p.add_argument("--source", type=_int_at_least(0, "--source"), default=0)
     p.add_argument("--transfer", type=_int_at_least(0, "--transfer"), default=1)
-    p.add_argument("--score", default="magnitude", choices=scores.available(), help="pruning score")
+    p.add_argument(
+        "--score",
+        default="magnitude,diag",
+        help=f"pruning score(s), comma-separated: one row of panels each ({', '.join(scores.available())})",
+    )
     p.add_argument("--score-options", default=None, help=_score_options_help())
     p.add_argument(
-        "--sparsity", type=_one_sparsity, default=0.6642, help="one level: a fraction in [0, 1) or 66.42%%"
+        "--sparsity",
+        type=_one_sparsity,
+        default=None,
+        help="one level: a fraction in [0, 1) or 47.52%%; default: the model's (pai_core.defaults)",
     )
-    p.add_argument("--finetune", default="short")
+    p.add_argument(
+        "--finetune",
+        default=None,
+        help="schedule that gives θ̃ₛ* (paper|cpu|short|smoke); default: paper on a GPU, cpu on a CPU",
+    )
+    p.add_argument(
+        "--out", default=None, help="folder for fig4_landscape.html (.png/.svg with kaleido) and .json"
+    )
     _add_spec_options(p)
+    p.add_argument(
+        "--repair",
+        default=None,
+        choices=REPAIR_FORMS,
+        help="add the OBS-corrected point θ̃₀+δ (projected onto the plane; its distance is printed)",
+    )
+    p.add_argument("--repair-damping", type=_positive_float, default=1e-2)
     p.add_argument("--grid", type=_int_at_least(2, "--grid"), default=9, help="points per axis (at least 2)")
     p.add_argument(
         "--extent",
@@ -381,7 +563,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(fn=_cmd_landscape)
 
+    p = sub.add_parser(
+        "align",
+        help="every source → transfer pair: retention, the oracle mask's price, and task alignment",
+        description="For one score, at each sparsity, and every ordered pair of tasks (cross-domain ones "
+        "with --transfer-suite): the transfer task's retention (zero-shot / dense with the source's mask), "
+        "its accuracy with its own mask (oracle) and the price of not seeing it, and how aligned the two "
+        "tasks are at θ₀ (diagonal-Fisher correlation, K-FAC eigenspace overlap, mask Jaccard). Every "
+        "stage and row is cached: the same command resumes, and repeats in seconds.",
+    )
+    _add_data_args(p)
+    p.add_argument("--score", default="diag", choices=scores.available(), help="pruning score (default diag)")
+    p.add_argument("--score-options", default=None, help=_score_options_help())
+    p.add_argument(
+        "--sparsity",
+        default="0.3",
+        help="fractions in [0, 1) or percentages with %%, comma-separated (0.3,40%%), or 'paper'",
+    )
+    p.add_argument("--sources", default=None, help="comma-separated source indices (default: every task)")
+    p.add_argument("--loss", default="mse", choices=scores.LOSSES)
+    p.add_argument(
+        "--k", type=_int_at_least(1, "--k"), default=10, help="eigenvectors compared per K-FAC factor"
+    )
+    _add_beyond_args(p, repair=False)
+    p.add_argument("--out", default=None, help="also write alignment.csv, .json and .html to this folder")
+    p.set_defaults(fn=_cmd_align)
+
     sweep.add_cli(sub)
+    scratch_cli.add_cli(sub, bar=_Bar)
 
     args = parser.parse_args(argv)
     shown = warnings.showwarning

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tasks import DataError
+from .tasks import FASHION_DIRS, DataError, read_idx
 
 __all__ = [
     "DatasetInfo",
@@ -54,9 +53,6 @@ __all__ = [
     "crop_flip",
     "FASHION_DIRS",
 ]
-
-#: Where Debian's ``dataset-fashion-mnist`` puts the files.
-FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
 @dataclass(frozen=True)
@@ -178,37 +174,8 @@ class ImageData:
 
 
 # --------------------------------------------------------------------------------------
-# readers
+# readers (the IDX reader lives in pai_core.tasks, torch-free; imported above)
 # --------------------------------------------------------------------------------------
-
-_IDX_TYPES = {0x08: np.uint8}
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (MNIST format, optionally gzipped) of unsigned bytes, checking its header.
-
-    Raises:
-        DataError: Not an IDX ``uint8`` file, or its size disagrees with its header.
-    """
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
-        raise DataError(f"{path}: cannot be read ({exc})") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or not 1 <= data[3] <= 4:
-        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims))
-    if len(data) != expected:
-        raise DataError(
-            f"{path}: IDX header announces {dims} ({expected} bytes) but the file has {len(data)}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find_fashion(root: Path | None) -> Path:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import cache, layers, masks, scores
+from . import cache, layers, masks, scores, transfer_stages
 from .evaluate import Heads, evaluate, fit_heads, split_indices
 from .features import pick_device, task_inputs
 from .finetune import finetune, schedule
@@ -645,7 +645,6 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
     tick("load")
 
     dense = ctx.heads.dense
-    tick("features+heads")
 
     mask = get_masks(ctx)
     report = masks.sparsity_report(mask)
@@ -655,8 +654,16 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
     diagnostics = _diagnostics(ctx, mask, compensated)
     tick("diagnostics")
 
+    # Tasks of spec.transfer_suite (cross-domain), evaluated after the suite's own at every stage.
+    xdom = None
+    if spec.transfer_suite is not None:
+        xdom = transfer_stages.CrossDomain(prepare(transfer_stages.cross_spec(spec), progress))
+    if xdom is not None:
+        dense = dense + xdom.dense
+    tick("features+heads")
+
     def accuracies(model: nn.Module, stage: str) -> list[float]:
-        return evaluate(
+        accs = evaluate(
             model,
             ctx.encoder,
             ctx.suite,
@@ -665,11 +672,13 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
             device=ctx.device,
             progress=ctx.stage(stage),
         )
+        return accs + (xdom.evaluate(model, stage) if xdom is not None else [])
 
     zs = accuracies(pruned, "zero-shot")
     tick("zero-shot")
 
-    ft_accs: list[float | None] = [None] * len(ctx.suite.tasks)
+    n_tasks = len(zs)
+    ft_accs: list[float | None] = [None] * n_tasks
     ft_log = None
     if spec.finetune:
         state, ft_log = get_finetuned(ctx, mask)
@@ -679,15 +688,33 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
         ft_accs = accuracies(tuned, "evaluate")
         tick("evaluate")
 
+    # OBS-corrected: the pruned encoder with the source's optimal update δ of Eq. (3), no SGD.
+    rep_accs: list[float | None] = [None] * n_tasks
+    rep_report = None
+    if spec.repair:
+        state, rep_report = transfer_stages.get_repaired(ctx, mask)
+        tick("repair")
+        fixed = ctx.encoder.copy().model
+        fixed.load_state_dict(state)
+        rep_accs = accuracies(fixed, "repaired")
+        tick("evaluate repaired")
+
+    n = len(ctx.suite.tasks)
+    names = [t.name for t in ctx.suite.tasks] + (xdom.names if xdom is not None else [])
+    classes = [t.num_classes for t in ctx.suite.tasks] + (
+        [t.num_classes for t in xdom.ctx.suite.tasks] if xdom is not None else []
+    )
     tasks = [
         TaskResult(
-            task=t.name,
-            role="source" if k == spec.source else "transfer",
+            task=name,
+            role="source" if k == spec.source else "transfer" if k < n else "cross-domain",
             dense=dense[k],
             zero_shot=zs[k],
             finetuned=ft_accs[k],
+            num_classes=classes[k],
+            repaired=rep_accs[k],
         )
-        for k, t in enumerate(ctx.suite.tasks)
+        for k, name in enumerate(names)
     ]
     notes = list(ctx.suite.notes)
     if ctx.suite.image_size and ctx.image_size != ctx.suite.image_size and not spec.image_size:
@@ -695,6 +722,10 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
             f"images fed at {ctx.image_size} px, the size {spec.model}'s position embeddings are "
             f"learned for (the suite's {ctx.suite.image_size} px would not fit)"
         )
+    if xdom is not None:
+        notes += [xdom.note(), *xdom.ctx.suite.notes]
+    if rep_report is not None:
+        notes += rep_report.notes()
     if collapsed:
         notes.append(f"layer collapse: {len(collapsed)} layer(s) lost every weight, e.g. {collapsed[:3]}")
     if ctx.suite.skipped:

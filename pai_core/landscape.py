@@ -9,6 +9,11 @@ exactly from their 2-D coordinates.  On a grid over the plane we load
 loss (each task through its own frozen ridge head, the paper's squared error).
 The encoder stays in eval mode (BatchNorm uses its running statistics), as in
 fine-tuning.
+
+With ``spec.repair`` a fourth point joins them: θ̃₀ + δ, the pruned weights OBS-corrected on the
+source (:mod:`pai_core.repair`, no SGD).  It is generally *not* in the plane of the other three;
+it is shown at its orthogonal projection, its distance from the plane is reported
+(:attr:`Landscape.off_plane`), and its losses are measured at the exact point.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from sklearn.decomposition import PCA
 from torch import Tensor, nn
 
-from . import cache, masks
+from . import cache, masks, transfer_stages
 from .experiment import get_finetuned, get_masks, prepare
 from .finetune import mse_loss
 from .results import ExperimentSpec, StageProgress
@@ -29,6 +34,8 @@ from .results import ExperimentSpec, StageProgress
 __all__ = ["Landscape", "pca_plane", "compute"]
 
 LABELS = ("θ₀ (dense)", "θ̃₀ (pruned)", "θ̃ₛ* (pruned + fine-tuned)")
+#: The fourth point, with ``spec.repair``.
+REPAIRED_LABEL = "θ̃₀+δ (OBS-corrected, projected)"
 
 
 @dataclass
@@ -36,13 +43,16 @@ class Landscape:
     """Losses over the PCA plane of (θ₀, θ̃₀, θ̃ₛ*).
 
     Attributes:
-        xs, ys: Grid coordinates along the first and second principal direction.
+        xs, ys: Grid coordinates along the first and second principal direction (increasing; they
+            include the three points' coordinates).
         source_loss, transfer_loss: ``[len(ys), len(xs)]`` mean squared errors.
         points: Label → (x, y) coordinates of the three weight vectors.
         point_losses: Label → (source loss, transfer loss) at the exact points.
         source_name, transfer_name: Task names.
         explained_variance: Fractions of variance of the two directions.
         spec: The experiment (its ``finetune`` must be set).
+        off_plane: Label → Euclidean distance of a point from the plane (0 for the three that
+            span it; the OBS-corrected point's, with ``spec.repair``).
     """
 
     xs: np.ndarray
@@ -55,6 +65,22 @@ class Landscape:
     transfer_name: str
     explained_variance: tuple[float, float]
     spec: ExperimentSpec | None = None
+    off_plane: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-able: the grid, both loss surfaces, the points and their exact losses, the spec."""
+        return {
+            "spec": None if self.spec is None else dataclasses.asdict(self.spec),
+            "source_name": self.source_name,
+            "transfer_name": self.transfer_name,
+            "xs": np.asarray(self.xs).tolist(),
+            "ys": np.asarray(self.ys).tolist(),
+            "source_loss": np.asarray(self.source_loss).tolist(),
+            "transfer_loss": np.asarray(self.transfer_loss).tolist(),
+            "points": {k: list(v) for k, v in self.points.items()},
+            "point_losses": {k: list(v) for k, v in self.point_losses.items()},
+            "explained_variance": list(self.explained_variance),
+        }
 
 
 def pca_plane(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,7 +137,8 @@ def compute(
         spec: The experiment: its source, score, sparsity and fine-tuning schedule
             (``spec.finetune`` None means the "short" schedule).
         transfer: Index of the transfer task.
-        grid: Points per axis.
+        grid: Evenly spaced points per axis; the three points' own coordinates are added to each
+            axis, so the grid has up to ``grid + 3`` lines per axis and holds every point exactly.
         extent: Half-width of the grid along each direction, in units of the
             largest |coordinate| of the three points along it (1.0 = just enclosing
             them); the two axes are scaled separately, so read their units.
@@ -133,11 +160,12 @@ def compute(
             f"not the source {spec.source}); got {transfer}"
         )
     key = {
-        "spec": dataclasses.asdict(spec) | {"device": None},
+        "spec": spec.key_fields(),
         "transfer": transfer,
         "grid": grid,
         "extent": extent,
         "n": images_per_task,
+        "points_on_grid": True,
     }
 
     def build() -> dict:
@@ -151,28 +179,43 @@ def compute(
         model.load_state_dict(tuned_state)
         theta_tuned = _flat(model, names)
         mean, basis, coords = pca_plane(np.stack([theta0, theta_pruned, theta_tuned]))
+        vectors = {lab: v for lab, v in zip(LABELS, (theta0, theta_pruned, theta_tuned), strict=True)}
+        points = {lab: [float(c[0]), float(c[1])] for lab, c in zip(LABELS, coords, strict=True)}
+        off_plane = dict.fromkeys(LABELS, 0.0)
+        if spec.repair:
+            state, _ = transfer_stages.get_repaired(ctx, mask)
+            model.load_state_dict(state)
+            theta_rep = _flat(model, names)
+            c = (theta_rep - mean) @ basis.T
+            vectors[REPAIRED_LABEL] = theta_rep
+            points[REPAIRED_LABEL] = [float(c[0]), float(c[1])]
+            off_plane[REPAIRED_LABEL] = float(np.linalg.norm(theta_rep - mean - c @ basis))
+            model.load_state_dict(tuned_state)  # buffers as without the fourth point
         pca_var = np.var(coords, axis=0)
         ev = pca_var / pca_var.sum() if pca_var.sum() > 0 else np.zeros(2)
+        coords = np.array(list(points.values()))  # the grid encloses the projected fourth point too
         # One half-width per axis: the pruning step (first direction) is often orders of
         # magnitude longer than the fine-tuning step (second), which a square grid would hide.
         half = extent * np.maximum(np.abs(coords).max(axis=0), 1e-12)
-        xs = np.linspace(-half[0], half[0], grid)
-        ys = np.linspace(-half[1], half[1], grid)
+        # The three points' own coordinates join the grid lines, so the surface is evaluated exactly
+        # at θ₀, θ̃₀ and θ̃ₛ* (a plain grid can put θ₀ between nodes and draw it off the valley floor).
+        xs = np.unique(np.concatenate([np.linspace(-half[0], half[0], grid), coords[:, 0]]))
+        ys = np.unique(np.concatenate([np.linspace(-half[1], half[1], grid), coords[:, 1]]))
         data = {}
         for role, k in (("source", spec.source), ("transfer", transfer)):
             x, y = ctx.split(k, "eval")
             sel = np.linspace(0, len(x) - 1, min(images_per_task, len(x))).astype(int)
             data[role] = (x[sel], y[sel], ctx.heads.module(k).to(device))
         model.to(device).eval()
-        surf = {"source": np.zeros((grid, grid)), "transfer": np.zeros((grid, grid))}
+        surf = {"source": np.zeros((len(ys), len(xs))), "transfer": np.zeros((len(ys), len(xs)))}
         for i, b in enumerate(ys):
             for j, a in enumerate(xs):
                 _load_flat(model, names, mean + a * basis[0] + b * basis[1])
                 for role, (x, y, head) in data.items():
                     surf[role][i, j] = _loss(model, head, x, y, device)
-            ctx.progress("landscape", i + 1, grid, f"loss grid row {i + 1}/{grid}")
+            ctx.progress("landscape", i + 1, len(ys), f"loss grid row {i + 1}/{len(ys)}")
         point_losses = {}
-        for label, vec in zip(LABELS, (theta0, theta_pruned, theta_tuned), strict=True):
+        for label, vec in vectors.items():
             _load_flat(model, names, vec)
             point_losses[label] = [_loss(model, head, x, y, device) for (x, y, head) in data.values()]
         return {
@@ -180,8 +223,9 @@ def compute(
             "ys": ys.tolist(),
             "source_loss": surf["source"].tolist(),
             "transfer_loss": surf["transfer"].tolist(),
-            "points": {lab: [float(c[0]), float(c[1])] for lab, c in zip(LABELS, coords, strict=True)},
+            "points": points,
             "point_losses": point_losses,
+            "off_plane": off_plane,
             "explained_variance": [float(v) for v in ev],
         }
 
@@ -197,4 +241,5 @@ def compute(
         transfer_name=suite.tasks[transfer].name,
         explained_variance=tuple(d["explained_variance"]),
         spec=spec,
+        off_plane=dict(d.get("off_plane", {})),
     )

@@ -34,6 +34,8 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "SpecOption",
     "spec_options",
+    "ROLES",
+    "REPAIR_FORMS",
     "ExperimentSpec",
     "TaskResult",
     "ExperimentResult",
@@ -51,11 +53,25 @@ StageProgress = Callable[[str, int, int, str], None]
 #: BatchNorm folding by default; every score option resolved in the key.
 RESULT_VERSION = 2
 
-#: The six means of :meth:`ExperimentResult.summary`: (source, transfer) × (dense, zero-shot,
-#: fine-tuned) accuracy; one column each in the results store and in tables.
-SUMMARY_COLUMNS = tuple(
-    f"{role}_{kind}" for role in ("source", "transfer") for kind in ("dense", "zero_shot", "finetuned")
-)
+#: Roles of a task in a run → the prefix of its summary columns: the source, the other tasks of the
+#: source's suite, and the tasks of ``spec.transfer_suite`` (another data set: cross-domain).
+ROLES = {"source": "source", "transfer": "transfer", "cross-domain": "cross"}
+
+#: Accuracies of a task: dense, zero-shot (pruned), fine-tuned on the source, OBS-corrected.
+_KINDS = ("dense", "zero_shot", "finetuned", "repaired")
+
+#: The means of :meth:`ExperimentResult.summary`: (source, transfer, cross-domain) × (dense,
+#: zero-shot, fine-tuned, OBS-corrected) accuracy; one column each in the results store and in
+#: tables (None where a run has no such task or stage).
+SUMMARY_COLUMNS = tuple(f"{prefix}_{kind}" for prefix in ROLES.values() for kind in _KINDS)
+
+#: OBS repair forms (= :func:`pai_core.repair.available_forms`, written out because repair imports
+#: torch; a test holds the two equal).
+REPAIR_FORMS = ("a", "kfac")
+
+#: Spec fields added after results were first keyed, with the value they had implicitly before:
+#: at that value they stay out of :meth:`ExperimentSpec.key`, so earlier results keep their keys.
+_LATER_FIELDS = {"repair": None, "repair_damping": 1e-2, "transfer_suite": None, "transfer_data_root": None}
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,14 @@ class ExperimentSpec:
         data_root: Folder for suites that read one.
         checkpoint: Local checkpoint file for the encoder (offline use of hub models).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; not part of cache keys.
+        repair: OBS-correct the pruned encoder with the source's curvature (no SGD;
+            :mod:`pai_core.repair`): ``"a"`` (layer reconstruction, exact, the default form) or
+            ``"kfac"`` (the K-FAC block, iterative); None: no OBS-corrected stage.
+        repair_damping: Relative damping of the repair's curvature factors (1 % of the mean diagonal).
+        transfer_suite: Another task suite whose tasks are evaluated too, as *cross-domain* transfer
+            tasks (heads fitted on the dense encoder with that suite's data; pruning, fine-tuning and
+            the repair still see only the source); None: the source's suite only.
+        transfer_data_root: Data folder of ``transfer_suite`` when it reads one.
     """
 
     # = pai_core.models.DEFAULT_MODEL, written out because models imports torch (a test holds
@@ -228,6 +252,10 @@ class ExperimentSpec:
     data_root: str | None = None
     checkpoint: str | None = None
     device: str = "auto"
+    repair: str | None = None
+    repair_damping: float = 1e-2
+    transfer_suite: str | None = None
+    transfer_data_root: str | None = None
 
     def __post_init__(self) -> None:
         # The registries a spec is checked against import torch: imported when a spec is built,
@@ -255,10 +283,38 @@ class ExperimentSpec:
             object.__setattr__(self, "rounds", score.rounds)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        self._check_later_fields()
         # Normalise options so equal specs hash equally whatever order they were given in.
         opts = self.score_options.items() if isinstance(self.score_options, dict) else self.score_options
         object.__setattr__(self, "score_options", tuple(sorted((str(k), v) for k, v in opts)))
         score.check_options(dict(self.score_options))
+
+    def _check_later_fields(self) -> None:
+        from .tasks import available as suites
+
+        if self.repair is not None and self.repair not in REPAIR_FORMS:
+            raise ValueError(
+                f"unknown repair form {self.repair!r}; valid: {', '.join(REPAIR_FORMS)} (or none)"
+            )
+        d = self.repair_damping
+        if isinstance(d, bool) or not isinstance(d, int | float) or not (0 < float(d) < float("inf")):
+            raise ValueError(f"repair_damping must be a positive number, got {d!r}")
+        object.__setattr__(self, "repair_damping", float(d))
+        if self.transfer_suite is not None:
+            if self.transfer_suite not in suites():
+                raise ValueError(
+                    f"unknown transfer suite {self.transfer_suite!r}; valid: {', '.join(suites())}"
+                )
+            if self.transfer_suite == self.suite and self.transfer_data_root == self.data_root:
+                raise ValueError(
+                    f"transfer_suite {self.transfer_suite!r} is the source's own suite: its other tasks are "
+                    "transfer tasks already; leave transfer_suite empty, or name another suite"
+                )
+
+    @property
+    def cross_domain(self) -> bool:
+        """Whether the run has cross-domain transfer tasks (``transfer_suite`` set)."""
+        return self.transfer_suite is not None
 
     # -- serialisation ------------------------------------------------------------------
     def to_json(self) -> str:
@@ -279,25 +335,35 @@ class ExperimentSpec:
 
         return {**info(self.score).defaults(), **dict(self.score_options)}
 
-    def key(self) -> str:
-        """Cache key of the result (device excluded: it does not change what is computed).
-
-        The score's options enter with their defaults filled in, so a changed default makes a new key.
-        """
-        d = {**dataclasses.asdict(self), "device": None, "v": RESULT_VERSION}
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that determine what is computed: :func:`dataclasses.asdict` without the device,
+        the score's options with their defaults filled in (a changed default makes a new key), and
+        without fields added later (:data:`_LATER_FIELDS`) while they keep their earlier meaning."""
+        d = {**dataclasses.asdict(self), "device": None}
         d["score_options"] = sorted(self.resolved_score_options().items())
-        return cache.spec_key("results", d)
+        if self.repair is None:
+            d.pop("repair_damping")
+        for name, before in _LATER_FIELDS.items():
+            if name in d and d[name] == before:
+                d.pop(name)
+        return d
+
+    def key(self) -> str:
+        """Cache key of the result (device excluded: it does not change what is computed)."""
+        return cache.spec_key("results", {**self.key_fields(), "v": RESULT_VERSION})
 
 
 @dataclass
 class TaskResult:
-    """Accuracies on one task."""
+    """Accuracies on one task (fractions), and its number of classes (chance is ``1 / num_classes``)."""
 
     task: str
-    role: str  # "source" or "transfer"
+    role: str  # "source", "transfer" or "cross-domain" (a task of spec.transfer_suite): ROLES
     dense: float
     zero_shot: float
     finetuned: float | None = None
+    repaired: float | None = None  # pruned + OBS-corrected on the source (spec.repair), no SGD
+    num_classes: int | None = None  # None in results recorded before it was kept
 
 
 @dataclass
@@ -346,9 +412,20 @@ class ExperimentResult:
     def mean_transfer_finetuned(self) -> float | None:
         return self._mean("transfer", "finetuned")
 
+    @property
+    def mean_source_repaired(self) -> float | None:
+        return self._mean("source", "repaired")
+
+    @property
+    def mean_transfer_repaired(self) -> float | None:
+        return self._mean("transfer", "repaired")
+
     def summary(self) -> dict[str, float | None]:
-        """The six means of :data:`SUMMARY_COLUMNS` (source/transfer × dense/zero-shot/fine-tuned)."""
-        return {c: self._mean(*c.split("_", 1)) for c in SUMMARY_COLUMNS}
+        """The means of :data:`SUMMARY_COLUMNS` (source/transfer/cross-domain × dense/zero-shot/
+        fine-tuned/OBS-corrected; None where no task has the value)."""
+        return {
+            f"{prefix}_{kind}": self._mean(role, kind) for role, prefix in ROLES.items() for kind in _KINDS
+        }
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

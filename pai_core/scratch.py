@@ -8,7 +8,7 @@ One run (:func:`run_scratch`, described by a :class:`~pai_core.scratch_spec.Scra
 1. **init**: the network from :mod:`pai_core.nets`, seeded by ``spec.seed``;
 2. **BatchNorm warm-up** (``spec.bn_warmup``): ``"paper"`` runs one train-mode pass over the
    training set updating the running statistics with momentum 0.1, without resetting them
-   (:func:`warmup_batchnorm_running`, the authors' ``warmup_step``); ``"reset"`` uses this
+   (:func:`pai_core.scores.warmup_batchnorm` with ``mode="running"``, the authors' ``warmup_step``); ``"reset"`` uses this
    project's :func:`pai_core.scores.warmup_batchnorm` (reset, then a cumulative average);
    ``"off"`` leaves the statistics at mean 0, variance 1;
 3. **score** (:func:`pai_core.scores.compute`) with the cross-entropy of the network's own
@@ -32,24 +32,15 @@ Deviations from the paper's code, on purpose: the training batches are shuffled 
 see :mod:`pai_core.scores`); its Hutchinson pass divides the logits by a temperature T = 200,
 this project's ``hutchinson`` does not; its scoring examples are augmented, ours are not.
 
-CLI (own entry until it joins ``python -m pai_core``)::
-
-    python -m pai_core.scratch list
-    python -m pai_core.scratch run --model resnet20 --dataset fashion-mnist --score diag \\
-        --sparsity 0.9 --bn-warmup paper --seed 0
-    python -m pai_core.scratch grid --scores random,magnitude,snip --sparsities 0.9,0.98 \\
-        --bn-warmup off,paper --seeds 0,1 --train-size 2500 --test-size 2000 --out report/
+The command line is ``python -m pai_core scratch {list,run,grid}`` (:mod:`pai_core.scratch_cli`);
+grids of runs are sweeps of the ``scratch`` kind (:mod:`pai_core.scratch_sweep`).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -65,7 +56,6 @@ from .features import pick_device
 from .scratch_spec import (
     BN_WARMUPS,
     DATA_FREE_SCORES,
-    EXTREME_SPARSITIES,
     PAPER_SCORES,
     RESULT_VERSION,
     SCHEDULES,
@@ -86,12 +76,12 @@ __all__ = [
     "validate",
     # grids
     "default_scores",
+    "is_data_free",
     "plan_grid",
     "run_grid",
     # building blocks (tests, benchmarks, the dashboard)
     "SCORE_BATCH",
     "TEST_SUBSET_SEED",
-    "warmup_batchnorm_running",
     "Batches",
     "prepare_data",
     "build_model",
@@ -99,9 +89,6 @@ __all__ = [
     "get_masks",
     "train_masked",
     "evaluate",
-    # CLI
-    "add_cli",
-    "main",
 ]
 
 #: ``progress(stage, done, total, message)``; stages: "data", "warm-up", "scores", "masks", "train".
@@ -208,72 +195,6 @@ def build_model(spec: ScratchSpec, data: datasets.ImageData) -> nn.Module:
 # --------------------------------------------------------------------------------------
 
 
-def warmup_batchnorm_running(
-    model: nn.Module,
-    batches: Any,
-    passes: int = 1,
-    momentum: float | None = 0.1,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> None:
-    """The scalable paper's BatchNorm warm-up: train-mode forward passes with a running average.
-
-    For every BatchNorm layer, each batch ``b`` updates the running statistics by the
-    exponential moving average of PyTorch's train mode,
-    ``r ← (1 − m)·r + m·stat_b`` with ``m = momentum`` (mean, and unbiased variance), starting
-    from whatever the statistics are (no reset), for ``passes`` passes over ``batches``; no
-    gradients, no parameter changes.  This is the authors' ``warmup_step`` (``pbt.py``: model in
-    train mode, one pass over the training loader, PyTorch's default momentum 0.1).
-
-    It differs from :func:`pai_core.scores.warmup_batchnorm`, which first *resets* the
-    statistics and then takes the *cumulative* (equal-weight) average over the batches: with
-    momentum 0.1, the last batches weigh most and the initial mean 0 / variance 1 keeps a weight
-    ``0.9^B`` after ``B`` batches.
-
-    Only BatchNorm layers are put in train mode (the paper's ``model.train()`` also switches
-    dropout on, which the networks here do not have); every module's train/eval flag and every
-    BatchNorm's momentum are restored afterwards; the new statistics (and
-    ``num_batches_tracked``) stay.
-
-    Args:
-        model: Network to update in place.
-        batches: Re-iterable ``(x, y)`` batches (labels unused), on the model's device.
-        passes: Passes over ``batches``.
-        momentum: EMA weight of the new batch; ``None`` keeps each layer's own momentum.
-        progress: Optional ``progress(done, total, message)``.
-    """
-    bns = [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    if passes <= 0 or not bns:
-        return
-    modes = [(m, m.training) for m in model.modules()]
-    momenta = [(m, m.momentum) for m in bns]
-    try:
-        total = len(batches) * passes
-    except TypeError:
-        total = 0
-    done = 0
-    try:
-        for m, _ in modes:
-            m.training = False
-        for m in bns:
-            m.training = True
-            if momentum is not None:
-                m.momentum = momentum
-        with torch.no_grad():
-            for _ in range(passes):
-                for x, _y in batches:
-                    model(x)
-                    done += 1
-                    if progress:
-                        progress(done, total, "BatchNorm warm-up (running average, momentum 0.1)")
-    finally:
-        for m, t in modes:
-            m.training = t
-        for m, mom in momenta:
-            m.momentum = mom
-
-
 def _warmup(
     spec: ScratchSpec,
     model: nn.Module,
@@ -291,9 +212,9 @@ def _warmup(
     )
     batches = Batches(data, train_idx, sched.batch_size, device, "train", aug)
     if spec.bn_warmup == "paper":
-        warmup_batchnorm_running(model, batches, 1, 0.1, progress)
+        scores.warmup_batchnorm(model, batches, 1, progress, mode="running")
     elif spec.bn_warmup == "reset":
-        scores.warmup_batchnorm(model, batches, 1, progress)
+        scores.warmup_batchnorm(model, batches, 1, progress, mode="reset-cumulative")
 
 
 # --------------------------------------------------------------------------------------
@@ -329,9 +250,9 @@ def _score_key(spec: ScratchSpec, data: datasets.ImageData) -> dict[str, Any]:
 
 def _score_options(spec: ScratchSpec) -> dict[str, Any]:
     opts = dict(spec.score_options)
-    # Seeded scores follow the run's seed unless the options fix one.
-    # TODO(phase B): take "accepts a seed" from the score registry's metadata once it has it.
-    if spec.score in ("random", "hutchinson"):
+    # Stochastic scores (the registry says which) follow the run's seed unless the options fix one,
+    # as the transfer protocol does (pai_core.experiment.get_scores).
+    if scores.info(spec.score).stochastic:
         opts.setdefault("seed", spec.seed)
     return opts
 
@@ -639,7 +560,7 @@ def run_scratch(
 
 
 def _run(spec: ScratchSpec, progress: StageProgress) -> ScratchResult:
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     device = pick_device(spec.device)
     sched = schedule(spec.schedule)
@@ -674,6 +595,9 @@ def _run(spec: ScratchSpec, progress: StageProgress) -> ScratchResult:
     timings["train"] = time.perf_counter() - t0
     timings["epoch"] = timings["train"] / max(len(curve), 1)
     timings["total"] = time.perf_counter() - t_start
+    # CPU seconds of this process (all its threads): on a shared machine the honest cost, as wall
+    # time grows with whatever else runs there.
+    timings["cpu"] = time.process_time() - cpu_start
 
     order = {n: i for i, (n, _p) in enumerate(model.named_parameters())}
     layer_density = [
@@ -716,7 +640,7 @@ def _notes(spec, sched, data, train_idx, test_idx, collapsed, nonzero) -> list[s
         notes.append(f"tested on a balanced subset: {len(test_idx)} of {len(data.test_y)} test images")
     if spec.sparsity == 0.0:
         notes.append("dense network (sparsity 0): no score computed, nothing pruned")
-    elif spec.bn_warmup != "off" and spec.score in DATA_FREE_SCORES:
+    elif spec.bn_warmup != "off" and is_data_free(spec.score):
         notes.append(f"{spec.score} looks at no data: the BatchNorm warm-up cannot change its mask")
     if spec.score == "hutchinson" and spec.sparsity > 0:
         notes.append("hutchinson on the plain logits (the paper's code divides them by T = 200 first)")
@@ -730,6 +654,17 @@ def _notes(spec, sched, data, train_idx, test_idx, collapsed, nonzero) -> list[s
 # --------------------------------------------------------------------------------------
 # grids
 # --------------------------------------------------------------------------------------
+
+
+def is_data_free(score: str) -> bool:
+    """Whether a score looks at no data (so the BatchNorm warm-up cannot change its mask).
+
+    From the registry's metadata (:attr:`pai_core.scores.ScoreInfo.data_driven`); a name it
+    does not hold falls back to :data:`~pai_core.scratch_spec.DATA_FREE_SCORES`.
+    """
+    if score in scores.available():
+        return not scores.info(score).data_driven
+    return score in DATA_FREE_SCORES
 
 
 def default_scores() -> list[str]:
@@ -749,7 +684,7 @@ def plan_grid(
 ) -> list[ScratchSpec]:
     """Specs of a score × sparsity × warm-up × seed grid.
 
-    Data-free scores (:data:`DATA_FREE_SCORES`) run with ``bn_warmup="off"`` only when
+    Data-free scores (:func:`is_data_free`) run with ``bn_warmup="off"`` only when
     ``"off"`` is in the grid: the warm-up cannot change their mask, so the other variants would
     repeat the same training.  With ``dense``, one unpruned run per seed (score ignored) is added.
     """
@@ -760,7 +695,7 @@ def plan_grid(
     if dense:
         specs += [base.replace(sparsity=0.0, score="magnitude", bn_warmup="off", seed=s) for s in seeds]
     for score, q, w, s in itertools.product(score_names, sparsities, bn_warmups, seeds):
-        if score in DATA_FREE_SCORES and w != "off" and "off" in bn_warmups:
+        if is_data_free(score) and w != "off" and "off" in bn_warmups:
             continue
         specs.append(base.replace(score=score, sparsity=float(q), bn_warmup=w, seed=int(s)))
     return specs
@@ -779,189 +714,3 @@ def run_grid(
         if on_result:
             on_result(i, res)
     return out
-
-
-# --------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------
-
-
-class _Printer:
-    """One progress line per stage on stderr."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, stage: str, done: int, total: int, message: str) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < 0.5:
-            return
-        self.last = now
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r[{stage:>8}] {done}/{total} {message[:70]:<70}{end}")
-        sys.stderr.flush()
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    d = ScratchSpec()
-    p.add_argument("--model", default=d.model, help=f"network ({', '.join(nets.available())})")
-    p.add_argument("--width", type=float, default=d.width, help="channel multiplier")
-    p.add_argument("--init", default=d.init, choices=nets.INITS)
-    p.add_argument("--dataset", default=d.dataset, help=f"dataset ({', '.join(datasets.available())})")
-    p.add_argument("--data-root", default=None, help="folder with the dataset (CIFAR: the binary version)")
-    p.add_argument("--train-size", type=int, default=None, help="balanced training subset (default: all)")
-    p.add_argument("--test-size", type=int, default=None, help="balanced test subset (default: all)")
-    p.add_argument(
-        "--score-per-class", type=int, default=d.score_per_class, help="scoring examples per class"
-    )
-    p.add_argument("--score-option", action="append", default=[], metavar="KEY=JSON", help="score option")
-    p.add_argument("--mask-scope", default=d.mask_scope, choices=("global", "layerwise"))
-    p.add_argument("--prune-layers", default=d.prune_layers, choices=("conv", "conv+linear"))
-    p.add_argument("--schedule", default=d.schedule, help=f"training recipe ({', '.join(SCHEDULES)})")
-    p.add_argument("--device", default=d.device, help="auto (GPU when present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def _base_spec(args: argparse.Namespace, **fields: Any) -> ScratchSpec:
-    opts = []
-    for item in args.score_option:
-        k, _, v = item.partition("=")
-        opts.append((k, json.loads(v)))
-    return ScratchSpec(
-        model=args.model,
-        width=args.width,
-        init=args.init,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        score_per_class=args.score_per_class,
-        score_options=tuple(opts),
-        mask_scope=args.mask_scope,
-        prune_layers=args.prune_layers,
-        schedule=args.schedule,
-        device=args.device,
-        **fields,
-    )
-
-
-def _summary_line(r: ScratchResult) -> str:
-    s = r.spec
-    return (
-        f"{s.score:14} q={100 * s.sparsity:6.2f}%  warm-up={s.bn_warmup:5}  seed={s.seed}  "
-        f"final={100 * r.final_acc:6.2f}%  best={100 * r.best_acc:6.2f}%  "
-        f"collapsed={len(r.collapsed_layers)}  {r.timings.get('total', 0):6.1f}s{'  (cached)' if r.cached else ''}"
-    )
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    print("networks:")
-    for n in nets.available():
-        print(f"  {n:12} {nets.info(n).description}")
-    print("datasets:")
-    for n in datasets.available():
-        i = datasets.info(n)
-        print(f"  {n:14} {'offline' if i.offline else 'needs data'}: {i.needs}")
-    print("schedules:")
-    for s in SCHEDULES.values():
-        print(f"  {s.name:10} {s.label}")
-    print(f"scores: {', '.join(scores.available())}")
-    print(f"the paper's criteria available here: {', '.join(default_scores())}")
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    spec = _base_spec(
-        args, score=args.score, sparsity=args.sparsity, bn_warmup=args.bn_warmup, seed=args.seed
-    )
-    res = run_scratch(spec, _Printer(), use_cache=not args.no_cache)
-    for row in res.curve:
-        print(
-            f"epoch {row['epoch']:3d}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f}  "
-            f"train acc {100 * row['train_acc']:6.2f}%  test acc {100 * row['test_acc']:6.2f}%"
-        )
-    print(_summary_line(res))
-    print(f"kept {res.kept} of {res.total} covered weights ({100 * res.density:.3f}%)")
-    for n in res.notes:
-        print(f"note: {n}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=1))
-    return 0
-
-
-def _cmd_grid(args: argparse.Namespace) -> int:
-    specs = plan_grid(
-        _base_spec(args),
-        _names(args.scores) if args.scores else default_scores(),
-        _floats(args.sparsities),
-        _names(args.bn_warmup),
-        [int(s) for s in _names(args.seeds)],
-        dense=args.dense,
-    )
-    print(f"{len(specs)} runs", file=sys.stderr)
-    results = run_grid(specs, _Printer(), lambda i, r: print(f"[{i + 1}/{len(specs)}] {_summary_line(r)}"))
-    if args.out:
-        from . import scratch_figures as sf
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
-        frame = sf.results_frame(results)
-        frame.to_csv(out / "results.csv", index=False)
-        (out / "summary.md").write_text(sf.summary_markdown(frame))
-        sf.accuracy_vs_sparsity_figure(frame).write_html(out / "accuracy_vs_sparsity.html")
-        sf.warmup_figure(frame).write_html(out / "warmup.html")
-        sf.layer_density_figure(results).write_html(out / "layer_density.html")
-        print(f"wrote {out}/", file=sys.stderr)
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``list``, ``run`` and ``grid`` (as ``scratch-*`` when joined to another CLI: phase B)."""
-    p = subparsers.add_parser("list", help="networks, datasets, schedules and scores")
-    p.set_defaults(fn=_cmd_list)
-    p = subparsers.add_parser("run", help="one prune-at-init + train-from-scratch run")
-    _add_spec_args(p)
-    p.add_argument("--score", default="diag", help=f"criterion ({', '.join(scores.available())})")
-    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of covered weights removed")
-    p.add_argument("--bn-warmup", default="off", choices=BN_WARMUPS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="recompute the result (scores/masks still cached)")
-    p.add_argument("--json", default=None, help="also write the result as JSON here")
-    p.set_defaults(fn=_cmd_run)
-    p = subparsers.add_parser("grid", help="score x sparsity x warm-up x seed grid, with figures")
-    _add_spec_args(p)
-    p.add_argument("--scores", default="", help="comma-separated (default: the paper's criteria available)")
-    p.add_argument("--sparsities", default=",".join(str(q) for q in EXTREME_SPARSITIES))
-    p.add_argument("--bn-warmup", default="off,paper", help="comma-separated warm-up modes")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--dense", action="store_true", help="add one unpruned run per seed")
-    p.add_argument("--out", default=None, help="folder for results.json/.csv, summary.md and figures")
-    p.set_defaults(fn=_cmd_grid)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pai_core.scratch {list,run,grid}``."""
-    parser = argparse.ArgumentParser(prog="python -m pai_core.scratch", description=__doc__.split("\n")[0])
-    add_cli(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(argv)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    try:
-        return args.fn(args)
-    except (ValueError, datasets.DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())

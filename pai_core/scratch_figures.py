@@ -1,7 +1,9 @@
 """Figures of the from-scratch protocol (the scalable second-order paper's own plots), plotly only.
 
 Pure layout over :class:`~pai_core.scratch_spec.ScratchResult` objects (or their ``to_dict()``
-form): no torch, no streamlit, so scripts, reports and the dashboard draw the same figures.
+form), no streamlit, so scripts, reports and the dashboard draw the same figures.  Scores are
+named and coloured from the score registry (:func:`pai_core.figures.score_label`), which imports
+torch; the specs, results and the store do not (they read without the engine).
 
 * :func:`accuracy_vs_sparsity_figure`: test accuracy against sparsity per score, mean ± spread
   over seeds, with the remaining density on a log axis so 90 … 99.5 % are evenly spread

@@ -278,7 +278,8 @@ class ScratchResult:
         pruned_nonzero: Pruned weights not exactly zero after training (a check; must be 0).
         schedule: The :class:`TrainSchedule` as a dict.
         train_examples, test_examples, score_examples: Data sizes actually used.
-        timings: Seconds per stage.
+        timings: Wall-clock seconds per stage (``total`` for the whole run, ``epoch`` the mean
+            epoch), and ``cpu``: CPU seconds of the process over the whole run.
         notes: Deviations and warnings to show with the numbers.
         device: Where it ran.
         cached: Read from the cache rather than computed now.

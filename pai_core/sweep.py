@@ -11,6 +11,12 @@ models × sources × scores × sparsities × seeds plus the fine-tuning schedule
   ``$PAI_CACHE_DIR``; the driver collects results as they finish and is the only
   writer of the store.
 
+The same machinery runs sweeps of the other experiment kind, the scalable second-order paper's
+own protocol (prune a randomly initialised network, train it from scratch): a sweep file with
+``kind: scratch`` is a :class:`~pai_core.scratch_sweep.ScratchSweepConfig`
+(:func:`load_config` reads either), its specs are :class:`~pai_core.scratch_spec.ScratchSpec` s
+run by :func:`pai_core.scratch.run_scratch`, and its rows go to the store's from-scratch table.
+
 Each finished spec is one committed row, so a killed sweep loses at most the
 specs in flight, and running the same command again skips every finished spec.
 A failed spec is retried once, then recorded as a failure without stopping the
@@ -46,15 +52,19 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from . import cache, errors, experiment, masks, models, scores, tasks
+from . import cache, errors, experiment, masks, models, scores, scratch, scratch_sweep, tasks
 from .errors import ClusterUnavailable, StorageError
 from .finetune import SCHEDULES
-from .results import ExperimentResult, ExperimentSpec, spec_options
-from .store import SUMMARY_COLUMNS, ResultsStore
+from .results import REPAIR_FORMS, ExperimentResult, ExperimentSpec, spec_options
+from .scratch_spec import ScratchResult, ScratchSpec
+from .scratch_sweep import ScratchSweepConfig
+from .store import SUMMARY_COLUMNS, ResultsStore, compute_seconds
 from .validate import arg_int_at_least, arg_positive_float, check_device, parse_sparsity
 
 __all__ = [
     "SweepConfig",
+    "ScratchSweepConfig",
+    "load_config",
     "SweepReport",
     "expand",
     "plan",
@@ -109,6 +119,10 @@ class SweepConfig:
         protocol: The other protocol options of :func:`pai_core.results.spec_options` (``rounds``,
             ``prune_layers``, ``bn_aware``, ``ridge``, ``bn_warmup_mode``), one value each for the
             whole grid; a sweep file gives them as top-level keys (``rounds: 100``).
+        repair, repair_damping: OBS-correct every spec on its source (``"a"`` or ``"kfac"``; None:
+            no correction), as :attr:`ExperimentSpec.repair`: a third bar in the report's Fig. 3.
+        transfer_suite, transfer_data_root: Evaluate the tasks of another suite too, as
+            cross-domain transfer tasks (:attr:`ExperimentSpec.transfer_suite`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (not part of result keys).
         skip_refused: Leave out the scores that refuse a model's family (PX on ViTs), as the paper
             does (:attr:`pai_core.scores.ScoreInfo.refuses`; such a spec fails otherwise).
@@ -133,6 +147,10 @@ class SweepConfig:
     device: str = "auto"
     skip_refused: bool = True
     protocol: tuple[tuple[str, Any], ...] = ()
+    repair: str | None = None
+    repair_damping: float = 1e-2
+    transfer_suite: str | None = None
+    transfer_data_root: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise what YAML, JSON and argparse hand us (lists, comma strings, dicts, percents)
@@ -168,6 +186,21 @@ class SweepConfig:
                 except ValueError as exc:
                     problems.append(f"sparsities: {exc}")
             put("sparsities", tuple(good) if len(good) == len(_tuple(self.sparsities)) else (0.0,))
+        for name in ("repair", "transfer_suite"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+                put(name, None)
+        if self.repair is not None and self.repair not in REPAIR_FORMS:
+            problems.append(
+                f"unknown repair form {self.repair!r}; valid: {', '.join(REPAIR_FORMS)} (or none)"
+            )
+        norm("repair_damping", lambda: float(self.repair_damping), "a positive number, e.g. 0.01")
+        if isinstance(self.repair_damping, float) and not 0 < self.repair_damping < math.inf:
+            problems.append(f"repair_damping must be a positive number, got {self.repair_damping}")
+        if self.transfer_suite is not None and self.transfer_suite not in tasks.available():
+            problems.append(
+                f"unknown transfer suite {self.transfer_suite!r}; valid: {', '.join(tasks.available())}"
+            )
         if isinstance(self.finetune, str) and self.finetune.strip().lower() in (
             "",
             "none",
@@ -257,27 +290,19 @@ class SweepConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SweepConfig:
-        """Load a sweep file: JSON (``.json``) or YAML (anything else).
+        """Load a sweep file of the transfer kind: JSON (``.json``) or YAML (anything else).
 
         Raises:
-            ValueError: Unreadable file, not a mapping, or bad settings.
+            ValueError: Unreadable file, not a mapping, bad settings, or a file of the other kind
+                (:func:`load_config` reads both).
         """
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read sweep file {path}: {exc}") from exc
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as exc:
-            raise ValueError(f"sweep file {path} is not valid {path.suffix or 'YAML'}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"sweep file {path} must hold a mapping of settings, got {type(data).__name__}")
+        data = _read_sweep_file(path)
+        if data.get("kind") == scratch_sweep.KIND:
+            raise ValueError(
+                f"sweep file {path} is a from-scratch sweep (kind: scratch); read it with sweep.load_config"
+            )
+        if data.get("kind") == "transfer":
+            data.pop("kind")
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> SweepConfig:
@@ -305,6 +330,43 @@ class SweepConfig:
 def _protocol_options() -> dict[str, Any]:
     """The spec-level options a sweep file sets as top-level keys (mask_scope has its own field)."""
     return {k: opt for k, (opt, _d) in spec_options().items() if k != "mask_scope"}
+
+
+def _read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read sweep file {path}: {exc}") from exc
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ValueError(f"sweep file {path} is not valid {path.suffix or 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"sweep file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike) -> SweepConfig | ScratchSweepConfig:
+    """Load a sweep file of either kind: ``kind: scratch`` → :class:`ScratchSweepConfig`, else
+    (no ``kind``, or ``kind: transfer``) → :class:`SweepConfig`.
+
+    Raises:
+        ValueError: Unreadable file, not a mapping, an unknown kind, or bad settings.
+    """
+    data = _read_sweep_file(path)
+    kind = data.get("kind", "transfer")
+    if kind == scratch_sweep.KIND:
+        return ScratchSweepConfig.from_dict(data)
+    if kind != "transfer":
+        raise ValueError(f"sweep file {path}: unknown kind {kind!r}; valid: transfer, {scratch_sweep.KIND}")
+    data.pop("kind", None)
+    return SweepConfig.from_dict(data)
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -377,6 +439,10 @@ def plan(cfg: SweepConfig) -> tuple[list[ExperimentSpec], list[str]]:
                             checkpoint=ck.get(model),
                             device=cfg.device,
                             **dict(cfg.protocol),
+                            repair=cfg.repair,
+                            repair_damping=cfg.repair_damping,
+                            transfer_suite=cfg.transfer_suite,
+                            transfer_data_root=cfg.transfer_data_root,
                         )
                         if spec.key() not in seen:
                             seen.add(spec.key())
@@ -470,8 +536,19 @@ class _Progress:
             self.bar.close()
 
 
-def _label(spec: ExperimentSpec) -> str:
+def _label(spec: ExperimentSpec | ScratchSpec) -> str:
+    if isinstance(spec, ScratchSpec):
+        return scratch_sweep.label(spec)
     return f"{spec.model}/src{spec.source}/{spec.score}/{100 * spec.sparsity:.2f}%"
+
+
+def _execute(
+    spec: ExperimentSpec | ScratchSpec, progress: Callable[[str, int, int, str], None] | None = None
+) -> ExperimentResult | ScratchResult:
+    """Run one spec of either kind (looked up at call time, so tests can stand in for the engine)."""
+    if isinstance(spec, ScratchSpec):
+        return scratch.run_scratch(spec, progress)
+    return experiment.run(spec, progress)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -485,7 +562,7 @@ def _is_deterministic(exc: BaseException) -> bool:
 
 
 def run_sweep(
-    config: SweepConfig | Sequence[ExperimentSpec],
+    config: SweepConfig | ScratchSweepConfig | Sequence[ExperimentSpec | ScratchSpec],
     *,
     store: ResultsStore | None = None,
     ray: str | None = None,
@@ -497,7 +574,7 @@ def run_sweep(
     """Run every spec of a sweep that the store does not hold yet.
 
     Args:
-        config: A sweep config, or explicit specs.
+        config: A sweep config of either kind, or explicit specs (of either kind, mixed too).
         store: Where results go (and what counts as done); default :class:`ResultsStore` ().
         ray: None → in-process, unless this process has already called ``ray.init`` (then that
             session is used as it is); ``"auto"`` → the running Ray cluster; ``"local"`` → start Ray
@@ -523,8 +600,8 @@ def run_sweep(
         raise ValueError(f"gpus_per_task must be positive (0.5 = two specs per GPU), got {gpus_per_task}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     store = ResultsStore() if store is None else store
-    if isinstance(config, SweepConfig):
-        specs, notes = plan(config)
+    if isinstance(config, SweepConfig | ScratchSweepConfig):
+        specs, notes = plan(config) if isinstance(config, SweepConfig) else scratch_sweep.plan(config)
         for n in notes:
             log(f"note: {n}")
     else:
@@ -575,7 +652,11 @@ def _stopped(exc: BaseException, store: ResultsStore, rep: SweepReport) -> Stora
 
 
 def _run_local(
-    todo: list[ExperimentSpec], store: ResultsStore, retries: int, bar: _Progress, rep: SweepReport
+    todo: list[ExperimentSpec | ScratchSpec],
+    store: ResultsStore,
+    retries: int,
+    bar: _Progress,
+    rep: SweepReport,
 ) -> None:
     for spec in todo:
         key = spec.key()
@@ -586,7 +667,7 @@ def _run_local(
         for attempt in range(retries + 1):
             t = time.perf_counter()
             try:
-                res = experiment.run(spec, bar.stage(_label(spec)))
+                res = _execute(spec, bar.stage(_label(spec)))
             except Exception as exc:
                 if errors.is_storage_error(exc):
                     raise  # disk full, read-only cache…: every other spec would fail the same way
@@ -598,7 +679,7 @@ def _run_local(
                 break
             elapsed = time.perf_counter() - t
             # A cache hit took no time now; its stage timings say what it cost when computed.
-            store.record(res, elapsed=sum(res.timings.values()) if res.cached else elapsed)
+            store.record(res, elapsed=compute_seconds(res) if res.cached else elapsed)
             rep.finished.append(key)
             bar.advance(text=f"{_label(spec)} done")
             break
@@ -615,17 +696,29 @@ def _ray_initialized() -> bool:
     return ray.is_initialized()
 
 
-def _ray_execute(spec_json: str) -> dict[str, Any]:
-    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types."""
-    spec = ExperimentSpec.from_json(spec_json)
+def _ray_execute(spec_json: str, kind: str = "transfer") -> dict[str, Any]:
+    """Body of one Ray task: run a spec where Ray put it, return the result as plain JSON types.
+
+    Args:
+        spec_json: The spec's JSON.
+        kind: ``"transfer"`` (:class:`ExperimentSpec`) or ``"scratch"`` (:class:`ScratchSpec`).
+    """
+    spec = ScratchSpec.from_json(spec_json) if kind == "scratch" else ExperimentSpec.from_json(spec_json)
     t = time.perf_counter()
-    res = experiment.run(spec)
+    res = _execute(spec)
     elapsed = time.perf_counter() - t
     return {
         "result": res.to_dict(),
-        "elapsed": sum(res.timings.values()) if res.cached else elapsed,
+        "elapsed": compute_seconds(res) if res.cached else elapsed,
         "host": socket.gethostname(),
     }
+
+
+def _submit(task: Any, spec: ExperimentSpec | ScratchSpec) -> Any:
+    # The transfer kind keeps its one-argument call (what a stand-in for _ray_execute receives).
+    if isinstance(spec, ScratchSpec):
+        return task.remote(spec.to_json(), "scratch")
+    return task.remote(spec.to_json())
 
 
 def _worker_env() -> dict[str, str]:
@@ -643,7 +736,7 @@ def _worker_env() -> dict[str, str]:
 
 
 def _run_ray(
-    todo: list[ExperimentSpec],
+    todo: list[ExperimentSpec | ScratchSpec],
     store: ResultsStore,
     address: str | None,
     retries: int,
@@ -678,10 +771,10 @@ def _run_ray(
     # wave computes distinct scores in parallel instead of queueing on one score's file lock.
     rank = {q: i for i, q in enumerate(sorted({s.sparsity for s in todo}))}
     order = sorted(range(len(todo)), key=lambda i: (rank[todo[i].sparsity], i))
-    pending: dict[Any, tuple[ExperimentSpec, int]] = {}
+    pending: dict[Any, tuple[ExperimentSpec | ScratchSpec, int]] = {}
     for i in order:
         spec = todo[i]
-        pending[task.remote(spec.to_json())] = (spec, 0)
+        pending[_submit(task, spec)] = (spec, 0)
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
@@ -696,12 +789,16 @@ def _run_ray(
                         raise cause from exc  # the shared cache is full or read-only: stop the sweep
                     store.record_failure(spec, _error_text(exc))
                     if attempt < retries and not _is_deterministic(exc):
-                        pending[task.remote(spec.to_json())] = (spec, attempt + 1)
+                        pending[_submit(task, spec)] = (spec, attempt + 1)
                         continue
                     rep.failed[key] = _error_text(exc)
                     bar.advance(failed=True, text=f"{_label(spec)} failed")
                     continue
-                res = ExperimentResult.from_dict(out["result"])
+                res = (
+                    ScratchResult.from_dict(out["result"])
+                    if isinstance(spec, ScratchSpec)
+                    else ExperimentResult.from_dict(out["result"])
+                )
                 store.record(res, elapsed=out["elapsed"], host=out["host"])
                 rep.finished.append(key)
                 bar.advance(text=f"{_label(spec)} done")
@@ -819,19 +916,21 @@ def connect_ray(address: str | None) -> None:
 
 
 def grid_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Average the store's rows over sources and seeds: one row per (model, suite, finetune, score, sparsity).
+    """Average the store's rows over sources and seeds: one row per (model, suite, transfer suite,
+    finetune, repair, score, sparsity).
 
     Args:
         frame: :meth:`ResultsStore.frame` output (any subset).
 
     Returns:
-        The six means (fractions), ``n_sources`` and ``n_runs``, sorted for plotting.
+        The summary means (fractions), ``n_sources`` and ``n_runs``, sorted for plotting.
     """
-    by = ["model", "suite", "finetune", "images_per_class", "score", "sparsity"]
+    by = ["model", "suite", "transfer_suite", "finetune", "repair", "images_per_class", "score", "sparsity"]
     if frame.empty:
         return pd.DataFrame(columns=[*by, *SUMMARY_COLUMNS, "n_sources", "n_runs"])
     df = frame.copy()
-    df["finetune"] = df["finetune"].fillna("none")
+    for c in ("finetune", "repair", "transfer_suite"):
+        df[c] = df[c].fillna("none")
     df["images_per_class"] = df["images_per_class"].fillna(-1)  # groupby drops NaN keys otherwise
     agg = (
         df.groupby(by, sort=True)
@@ -854,8 +953,19 @@ def summary_table(frame: pd.DataFrame) -> str:
     cols = {
         "source_zero_shot": "src zs",
         "source_finetuned": "src ft",
+        "source_repaired": "src obs",
         "transfer_zero_shot": "trf zs",
         "transfer_finetuned": "trf ft",
+        "transfer_repaired": "trf obs",
+        "cross_zero_shot": "x-dom zs",
+        "cross_finetuned": "x-dom ft",
+        "cross_repaired": "x-dom obs",
+    }
+    # Only the columns some row has: a plain sweep prints the paper's four.
+    cols = {
+        c: short
+        for c, short in cols.items()
+        if agg[c].notna().any() or c.endswith("zero_shot") and "cross" not in c
     }
     show = agg[["model", "score", "sparsity", *cols, "n_sources"]].rename(columns=cols)
     show["sparsity"] = (100 * show["sparsity"]).map("{:.2f}%".format)
@@ -867,7 +977,9 @@ def summary_table(frame: pd.DataFrame) -> str:
 #: Settings one Fig. 3 must not mix (everything but model, score, sparsity, source and seed).
 _FIGURE_SETTINGS = (
     "suite",
+    "transfer_suite",
     "finetune",
+    "repair",
     "holdout",
     "images_per_class",
     "mask_scope",
@@ -887,11 +999,14 @@ def _setting_groups(results: list[ExperimentResult]) -> dict[tuple, list[Experim
 def _group_name(setting: tuple) -> str:
     d = dict(zip(_FIGURE_SETTINGS, setting))
     parts = [str(d["suite"]), f"ft-{d['finetune'] or 'none'}", f"ipc-{d['images_per_class'] or 'all'}"]
+    parts += [f"repair-{d['repair']}"] if d["repair"] else []
+    parts += [f"x-{d['transfer_suite']}"] if d["transfer_suite"] else []
     defaults = ExperimentSpec()
     parts += [
         f"{k}-{v}"
         for k, v in d.items()
-        if k not in ("suite", "finetune", "images_per_class") and v != getattr(defaults, k)
+        if k not in ("suite", "finetune", "images_per_class", "repair", "transfer_suite")
+        and v != getattr(defaults, k)
     ]
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
 
@@ -912,8 +1027,9 @@ def report(
         **filters: As in :meth:`ResultsStore.frame` (e.g. ``model=["resnet50"], suite="imagenet10"``).
 
     Returns:
-        ``{"results_csv": …, "grid_csv": …, "html": …[, "png": …]}`` (``"html:<stem>"`` keys when
-        there are several figures); no figure when the selection is empty.
+        ``{"results_csv": …, "grid_csv": …, "html": …[, "png": …][, "verdict": …]}``
+        (``"html:<stem>"`` keys when there are several figures; ``verdict``: ``repair_verdict.md``,
+        when some runs were OBS-corrected); no figure when the selection is empty.
     """
     from . import figures  # plotly; only the report needs it
 
@@ -944,14 +1060,41 @@ def report(
                 paths["png" if len(groups) == 1 else f"png:{stem}"] = out / f"{stem}.png"
             except Exception as exc:  # kaleido without its browser, etc.: the HTML has the same figure
                 warnings.warn(f"PNG not written ({exc})", stacklevel=2)
+    # Whether the OBS correction computed on the source helps the other tasks (P2 without SGD).
+    from .transfer_figures import repair_verdict
+
+    verdicts = [
+        f"## {_group_name(setting)}\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+        for setting, results in groups.items()
+        if (lines := repair_verdict(results))
+    ]
+    if verdicts:
+        paths["verdict"] = out / "repair_verdict.md"
+        paths["verdict"].write_text(
+            "# OBS repair: does the source's correction help the other tasks?\n\n" + "\n".join(verdicts)
+        )
     return paths
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _config_from_args(args: argparse.Namespace) -> SweepConfig:
-    base = SweepConfig.from_file(args.file) if args.file else SweepConfig()
+#: Flags of ``sweep`` that a from-scratch sweep has no setting for.
+_TRANSFER_ONLY_FLAGS = ("suite", "sources", "finetune", "images_per_class", "loss")
+
+
+def _config_from_args(args: argparse.Namespace) -> SweepConfig | ScratchSweepConfig:
+    base = load_config(args.file) if args.file else SweepConfig()
+    if isinstance(base, ScratchSweepConfig):
+        wrong = [n for n in _TRANSFER_ONLY_FLAGS if getattr(args, n) is not None]
+        if wrong:
+            flags = ", ".join("--" + n.replace("_", "-") for n in wrong)
+            raise ValueError(
+                f"{flags}: no such setting in a from-scratch sweep ({args.file} has kind: scratch)"
+            )
+        names = ("models", "scores", "sparsities", "seeds", "data_root", "device", "mask_scope")
+        over = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        return base.replace(**over) if over else base
     over: dict[str, Any] = {}
     for name in (
         "models",
@@ -964,6 +1107,8 @@ def _config_from_args(args: argparse.Namespace) -> SweepConfig:
         "device",
         "mask_scope",
         "loss",
+        "repair",
+        "transfer_suite",
     ):
         v = getattr(args, name)
         if v is not None:
@@ -981,7 +1126,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     store = ResultsStore(args.store) if args.store else ResultsStore()
     if args.dry_run:
-        specs, notes = plan(cfg)
+        specs, notes = plan(cfg) if isinstance(cfg, SweepConfig) else scratch_sweep.plan(cfg)
         done = store.done_keys()
         left = [s for s in specs if s.key() not in done]
         import yaml
@@ -1011,24 +1156,52 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    frame = store.frame()
-    frame = frame[frame["key"].isin(set(rep.keys))]
     print(
         f"\n{rep.total} specs: {rep.skipped} already done, {len(rep.finished)} run now, {len(rep.failed)} failed "
         f"({rep.elapsed:.1f} s, {rep.backend})"
     )
-    print(summary_table(frame))
+    if isinstance(cfg, ScratchSweepConfig):
+        keys = set(rep.keys)
+        print(scratch_sweep.summary_table([r for r in store.scratch_results() if r.spec.key() in keys]))
+    else:
+        frame = store.frame()
+        print(summary_table(frame[frame["key"].isin(set(rep.keys))]))
     if rep.failed:
         print("\nfailed (details: ResultsStore().failures()):")
-        by_key = {s.key(): s for s in expand(cfg)}
+        by_key = {
+            s.key(): s for s in (expand(cfg) if isinstance(cfg, SweepConfig) else scratch_sweep.expand(cfg))
+        }
         for key, err in rep.failed.items():
             print(f"  {_label(by_key[key]) if key in by_key else key}: {err}")
         return 1
     return 0
 
 
+def _cmd_report_scratch(args: argparse.Namespace, store: ResultsStore) -> int:
+    wrong = [f for f, v in (("--suite", args.suite), ("--finetune", args.finetune)) if v is not None]
+    wrong += ["--images-per-class"] if args.images_per_class is not None else []
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: no such setting for from-scratch runs (--kind scratch)")
+    filters: dict[str, Any] = {}
+    for name in ("model", "score", "dataset"):
+        v = getattr(args, name)
+        if v:
+            filters[name] = [x for part in v for x in part.split(",") if x]
+    out = args.out or "artifacts/report-scratch"
+    paths = scratch_sweep.report(store, out, **filters)
+    n = len(store.scratch_frame(**filters))
+    print(f"{n} from-scratch result rows from {store.path}")
+    for kind, p in paths.items():
+        print(f"{kind:24} {p}")
+    return 0 if n else 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     store = ResultsStore(args.store) if args.store else ResultsStore()
+    if args.kind == scratch_sweep.KIND:
+        return _cmd_report_scratch(args, store)
+    if args.dataset:
+        raise ValueError("--dataset is a setting of from-scratch runs: add --kind scratch")
     filters: dict[str, Any] = {}
     for name in ("model", "suite", "score"):
         v = getattr(args, name)
@@ -1038,7 +1211,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         filters["finetune"] = None if args.finetune.lower() in ("none", "off") else args.finetune
     if args.images_per_class is not None:
         filters["images_per_class"] = args.images_per_class
-    paths = report(store, args.out, **filters)
+    paths = report(store, args.out or "artifacts/report", **filters)
     n = len(store.frame(**filters))
     print(f"{n} result rows from {store.path}")
     for kind, p in paths.items():
@@ -1061,9 +1234,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "the sweep file. Run the same command again to resume.",
     )
     p.add_argument(
-        "file", nargs="?", default=None, help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml"
+        "file",
+        nargs="?",
+        default=None,
+        help="sweep file (YAML or JSON), e.g. sweeps/paper_fig3.yaml; with 'kind: scratch' a from-scratch "
+        "sweep, e.g. sweeps/scratch_cpu.yaml",
     )
-    p.add_argument("--models", default=None, help="comma-separated encoders")
+    p.add_argument(
+        "--models", default=None, help="comma-separated encoders (networks, for a from-scratch sweep file)"
+    )
     p.add_argument("--suite", default=None)
     p.add_argument("--sources", default=None, help="'all' (each task once, as the paper) or indices: 0,1")
     p.add_argument("--scores", default=None, help=f"comma-separated ({', '.join(scores.available())})")
@@ -1079,6 +1258,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--mask-scope", default=None, choices=["global", "layerwise"])
     p.add_argument("--loss", default=None, choices=scores.LOSSES)
+    p.add_argument(
+        "--repair",
+        default=None,
+        help=f"OBS-correct every spec on its source: {', '.join(REPAIR_FORMS)} or 'none' (sweep key: repair)",
+    )
+    p.add_argument(
+        "--transfer-suite", default=None, help="also evaluate another suite's tasks, as cross-domain transfer"
+    )
     p.add_argument(
         "--store", default=None, help="results database (default: $PAI_RESULTS_DB or <cache>/results.sqlite)"
     )
@@ -1103,12 +1290,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(fn=_cmd_sweep)
 
-    p = subparsers.add_parser("report", help="Fig. 3 (HTML) and CSVs from the results store, for any subset")
+    p = subparsers.add_parser(
+        "report",
+        help="figures (HTML) and CSVs from the results store, for any subset: Fig. 3 (transfer runs), or "
+        "with --kind scratch the from-scratch figures",
+    )
+    p.add_argument(
+        "--kind",
+        default="transfer",
+        choices=("transfer", scratch_sweep.KIND),
+        help="which experiments: transfer (Fig. 3) or scratch (accuracy vs sparsity, warm-up, layer density)",
+    )
     p.add_argument("--model", action="append", default=None, help="repeatable or comma-separated")
+    p.add_argument("--dataset", action="append", default=None, help="from-scratch runs only")
     p.add_argument("--suite", action="append", default=None)
     p.add_argument("--score", action="append", default=None)
     p.add_argument("--finetune", default=None, help="schedule name, or 'none' for zero-shot-only runs")
     p.add_argument("--images-per-class", type=int, default=None)
     p.add_argument("--store", default=None)
-    p.add_argument("--out", default="artifacts/report", help="output folder")
+    p.add_argument(
+        "--out", default=None, help="output folder (default artifacts/report, artifacts/report-scratch)"
+    )
     p.set_defaults(fn=_cmd_report)

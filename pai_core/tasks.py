@@ -43,6 +43,8 @@ __all__ = [
     "IMAGENET10_NAMES",
     "MIN_READABLE",
     "DataError",
+    "FASHION_DIRS",
+    "read_idx",
     "ImageSet",
     "Task",
     "TaskSuite",
@@ -143,6 +145,9 @@ class Task:
         class_names: Human-readable class names.
         images: The images.
         labels: ``int64`` array of local labels in ``0..len(class_ids)-1``.
+        domain: The data set the images come from, where a suite mixes several (the digits suite
+            folds in Fashion-MNIST); "" means the suite's own.  Pairs of tasks from different
+            domains are labelled cross-domain in the alignment analysis.
     """
 
     name: str
@@ -150,6 +155,7 @@ class Task:
     class_names: tuple[str, ...]
     images: ImageSet
     labels: np.ndarray
+    domain: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -411,7 +417,8 @@ def _is_image(p: Path) -> bool:
 
 # ----------------------------------------------------------------------------- suites
 
-_FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
+#: Where Debian's ``dataset-fashion-mnist`` puts the files (also read by :mod:`pai_core.datasets`).
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -426,17 +433,42 @@ FASHION_CLASSES = (
 )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+_IDX_TYPES = {0x08: np.uint8}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (MNIST format, optionally gzipped) of unsigned bytes, checking its header.
+
+    The one IDX reader of the project: the digits suite's Fashion-MNIST tasks and
+    :mod:`pai_core.datasets` (training from scratch) both read through it.  Kept here, in the
+    torch-free module, so that reading a suite never imports torch.
+
+    Raises:
+        DataError: Not an IDX ``uint8`` file, or its size disagrees with its header.
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or not 1 <= data[3] <= 4:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: IDX header announces {dims} ({expected} bytes) but the file has {len(data)}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _find_fashion(root: Path | None) -> Path | None:
-    for cand in ([root] if root else []) + [Path(d) for d in _FASHION_DIRS]:
+    for cand in ([root] if root else []) + [Path(d) for d in FASHION_DIRS]:
         if cand and cand.is_dir() and any(cand.rglob("t10k-images-idx3-ubyte*")):
             return cand
     return None
@@ -445,7 +477,7 @@ def _find_fashion(root: Path | None) -> Path | None:
 def _fashion_arrays(root: Path, split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
     img = next(root.rglob(f"{split}-images-idx3-ubyte*"))
     lab = next(root.rglob(f"{split}-labels-idx1-ubyte*"))
-    return _read_idx(img), _read_idx(lab).astype(np.int64)
+    return read_idx(img), read_idx(lab).astype(np.int64)
 
 
 @register_suite(
@@ -492,9 +524,13 @@ def _digits(root, images_per_class, seed, with_fashion: bool | str = True) -> Ta
             )
             for lo in (0, 5)
         ]
+        for t in tasks[2:]:
+            t.domain = "fashion-mnist"
         notes.append(f"Fashion-MNIST tasks folded in from {fashion}")
     else:
         notes.append("Fashion-MNIST not found (apt-get install dataset-fashion-mnist): digits tasks only")
+    for t in tasks[:2]:
+        t.domain = "digits"
     return TaskSuite("digits", tasks, image_size=112, notes=notes)
 
 
@@ -517,12 +553,12 @@ def _fashion(root, images_per_class, seed) -> TaskSuite:
                 found = _find_fashion(root)
             except Exception as exc:
                 raise DataError(
-                    f"Fashion-MNIST not found in {root} or {_FASHION_DIRS[0]}, and the download "
+                    f"Fashion-MNIST not found in {root} or {FASHION_DIRS[0]}, and the download "
                     f"failed ({exc}). Install Debian's dataset-fashion-mnist."
                 ) from exc
         if found is None:
             raise DataError(
-                f"Fashion-MNIST not found in {_FASHION_DIRS[0]}: `apt-get install "
+                f"Fashion-MNIST not found in {FASHION_DIRS[0]}: `apt-get install "
                 "dataset-fashion-mnist`, or give a folder (downloads there when online)"
             )
     imgs, labels = _fashion_arrays(found)
@@ -538,6 +574,8 @@ def _fashion(root, images_per_class, seed) -> TaskSuite:
         )
         for lo in (0, 5)
     ]
+    for t in tasks:
+        t.domain = "fashion-mnist"
     return TaskSuite("fashion-mnist", tasks, image_size=112)
 
 

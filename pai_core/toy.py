@@ -64,6 +64,8 @@ __all__ = [
     "PRESETS",
     "available_presets",
     "preset",
+    "transfer_choice",
+    "explain",
 ]
 
 # Relative tolerance for "symmetric": sliders produce Hessians through cos/sin, so exact equality
@@ -709,10 +711,18 @@ def scenario_from_spec(spec: ToySpec, *, lr: float | None = None, steps: int = 6
 # chosen so that magnitude and the curvature-aware scores disagree on the anisotropic presets
 # (magnitude removes θ[1], diagonal/block remove θ[2]), which is the point Fig. 2 makes; the 30°
 # tilt keeps H₀₀ ≠ H₁₁ (at 45° magnitude and diagonal would rank alike).
+#
+# Fig. 1's pair shares everything but the rotation between the tasks, and differs from Fig. 2's
+# "tilted" (its own spectrum, tilt and θ₀): aligned, the transfer task's score removes the same
+# weight as the source's and retraining on the source lowers the transfer loss (1.05 → 0.51);
+# rotated by 90°, the transfer task would remove the other weight and retraining raises its loss
+# (2.35 → 3.67).
 PRESETS: dict[str, ToySpec] = {
-    "aligned": ToySpec(eigvals=(4.0, 0.5), tilt_deg=30.0, rotation_deg=0.0, theta0=(1.0, 1.5), score="block"),
+    "aligned": ToySpec(
+        eigvals=(3.0, 0.4), tilt_deg=-30.0, rotation_deg=0.0, theta0=(1.2, 1.0), score="block"
+    ),
     "misaligned": ToySpec(
-        eigvals=(4.0, 0.5), tilt_deg=30.0, rotation_deg=90.0, theta0=(1.0, 1.5), score="block"
+        eigvals=(3.0, 0.4), tilt_deg=-30.0, rotation_deg=90.0, theta0=(1.2, 1.0), score="block"
     ),
     "isotropic": ToySpec(
         eigvals=HESSIAN_PRESETS["isotropic"][0],
@@ -756,3 +766,83 @@ def preset(name: str) -> ToySpec:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# What the toy page says
+# --------------------------------------------------------------------------------------------------
+
+# Below this, a coordinate or a loss "does not move" (sliders give values on a 0.1 grid; round-off
+# of the closed forms is ~1e-15).
+_MOVE_TOL = 1e-9
+
+
+def transfer_choice(result: ToyResult) -> int:
+    """The weight the same score would remove if it were computed on the *transfer* task (P1 picture).
+
+    Example:
+        >>> transfer_choice(scenario_from_spec(preset("misaligned"))), scenario_from_spec(preset("misaligned")).pruned_index
+        (0, 1)
+    """
+    return weight_to_prune(result.transfer_hessian, result.theta0, result.score)
+
+
+def explain(result: ToyResult) -> list[str]:
+    """The page's sentences (Markdown) about one scenario, each true of *these* numbers.
+
+    What the score removes (and what the other two would), which weight the same score computed on
+    the transfer task would remove (Fig. 1's picture of P1), what plain removal costs, whether the
+    OBS correction and retraining move the other weight at all (they do not without cross-terms),
+    and what retraining on the source does to the transfer loss (P2).
+
+    Example:
+        >>> explain(scenario_from_spec(preset("diagonal")))[3][:49]
+        'The OBS correction does not move θ[1] here: the s'
+    """
+    j = result.pruned_index
+    k = 1 - j
+    removed = removed_weights(result.source_hessian, result.theta0)
+    rows = {r.name: r for r in result.losses}
+    others = ", ".join(f"{name} θ[{idx + 1}]" for name, idx in removed.items())
+    lines = [f"The *{result.score}* score, computed on the source, removes **θ[{j + 1}]** ({others})."]
+    t = transfer_choice(result)
+    if t == j:
+        lines.append(
+            f"Computed on the transfer task, the same score would remove the **same weight** θ[{t + 1}]: what "
+            "the source does not need, the transfer task does not need either (**P1** holds here)."
+        )
+    else:
+        lines.append(
+            f"Computed on the transfer task, the same score would remove **θ[{t + 1}]** instead: pruning for "
+            f"the source removes θ[{j + 1}], which the transfer task needs more (**P1** fails here)."
+        )
+    lines.append(
+        f"Plain removal raises the source loss from 0 to **{rows['pruned'].source:.3f}** and the transfer loss "
+        f"to **{rows['pruned'].transfer:.3f}**."
+    )
+    if abs(result.obs[k] - result.pruned[k]) > _MOVE_TOL:
+        lines.append(
+            f"The OBS correction moves θ[{k + 1}] from {result.pruned[k]:.3f} to {result.obs[k]:.3f} and brings the "
+            f"source loss down to **{rows['obs'].source:.3f}**, exactly where retraining on the source ends."
+        )
+    else:
+        lines.append(
+            f"The OBS correction does not move θ[{k + 1}] here: the source Hessian has no cross-term between the "
+            "two weights, so the best value of the one left does not depend on the one removed, and retraining "
+            "on the source does not move either."
+        )
+        return lines
+    before, after = rows["pruned"].transfer, rows["retrained"].transfer
+    if abs(after - before) <= _MOVE_TOL * max(1.0, abs(before)):
+        lines.append(f"On the unseen transfer task, retraining leaves the loss at {before:.3f}.")
+    elif after < before:
+        lines.append(
+            f"On the unseen transfer task, retraining on the source **lowers** the loss: {before:.3f} → "
+            f"{after:.3f} (**P2** holds here)."
+        )
+    else:
+        lines.append(
+            f"On the unseen transfer task, retraining on the source **raises** the loss: {before:.3f} → "
+            f"{after:.3f} (**P2** fails here)."
+        )
+    return lines

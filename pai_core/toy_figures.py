@@ -64,6 +64,8 @@ def toy_figure(
     n_levels: int = 14,
     colorscale: str = "Viridis",
     title: str | None = None,
+    height: int = 620,
+    legend: bool = True,
 ) -> go.Figure:
     """Contour plot of one toy scenario, in the style of the paper's Fig. 1 / Fig. 2.
 
@@ -81,6 +83,8 @@ def toy_figure(
         colorscale: a plotly sequential scale; the default Viridis is colour-blind safe and reads
             in greyscale. It is reversed so that low loss is light, as in the paper.
         title: figure title; default names the score and the pruned weight.
+        height: pixel height (the aspect ratio stays 1: θ units are equally long on both axes).
+        legend: show the legend (off for small multiples, which share the large figure's legend).
 
     Returns:
         A `plotly.graph_objects.Figure`.
@@ -120,6 +124,7 @@ def toy_figure(
             # Slightly see-through so the dashed transfer lines stay visible on the darkest colours.
             opacity=0.8,
             colorbar=dict(title=dict(text="source loss", side="right"), len=0.8),
+            showscale=legend,
             zmin=0.0,
             zmax=size * n_levels,
             hovertemplate="θ = (%{x:.2f}, %{y:.2f})<br>source loss %{z:.3f}<extra></extra>",
@@ -247,8 +252,9 @@ def toy_figure(
             zeroline=False,
         ),
         legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0.0),
+        showlegend=legend,
         margin=dict(l=60, r=20, t=50, b=40),
-        height=620,
+        height=height,
         template="plotly_white",
     )
     return fig

@@ -1,7 +1,9 @@
 """The dashboard in a real browser: Debian's Chromium, driven by Playwright, against `streamlit run app.py`.
 
 Opens every page, moves a slider on the toy page, runs a small experiment on the Prune page and waits
-for its figure; screenshots go to ``artifacts/screenshots/`` (git-ignored) for people to look at.
+for its figure; screenshots go to ``artifacts/screenshots/`` (git-ignored) for people to look at:
+every page as the first screen shows it at 1400x900 and at 1280x720 (``<page>_1400x900.png``…),
+and the whole page.  The Prune run checks that its progress panel is on the first screen.
 Playwright's own browser download is not reachable from these machines, so the test uses
 ``/usr/bin/chromium`` (``scripts/system-deps.sh`` installs it). Without it the test fails in CI
 (``CI=true``) and is skipped, with the reason, elsewhere.
@@ -23,6 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
+#: The first screens checked: a laptop at 1400x900 and a small one at 1280x720.
+VIEWPORTS = [{"width": 1400, "height": 900}, {"width": 1280, "height": 720}]
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -120,7 +124,7 @@ def page(server: str):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        pg = browser.new_page(viewport=VIEWPORTS[0])
         pg.set_default_timeout(60_000)
         yield pg
         browser.close()
@@ -156,6 +160,16 @@ def _shot(page, name: str) -> None:
     page.set_viewport_size(size)
 
 
+def _views(page, stem: str) -> None:
+    """What the first screen shows (no scrolling) at each of :data:`VIEWPORTS`, then the whole page."""
+    for vp in VIEWPORTS:
+        page.set_viewport_size(vp)
+        page.wait_for_timeout(800)  # plotly re-lays out on resize
+        page.screenshot(path=str(SHOTS / f"{stem}_{vp['width']}x{vp['height']}.png"))
+    page.set_viewport_size(VIEWPORTS[0])
+    _shot(page, f"{stem}_full.png")
+
+
 def _no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
         '[data-testid="stException"]'
@@ -178,7 +192,7 @@ def test_overview(page, server: str) -> None:
     page.get_by_text("PaI Explorer: pruning pre-trained encoders").wait_for()
     page.get_by_text("Device in use").wait_for()
     _no_exception(page)
-    _shot(page, "1_overview.png")
+    _views(page, "1_overview")
 
 
 def test_toy_page_slider(page, server: str) -> None:
@@ -199,37 +213,55 @@ def test_toy_page_slider(page, server: str) -> None:
     assert 30.0 <= float(thumb.input_value()) <= 60.0, (before, thumb.input_value())
     assert page.locator('[data-testid="stPlotlyChart"]').first.inner_html() != chart_before
     _no_exception(page)
-    _shot(page, "2_toy_after_slider.png")
+    _views(page, "2_toy_after_slider")
 
 
 def test_prune_page_run_draws_figure(page, server: str) -> None:
     _open(page, f"{server}/Prune_and_evaluate")
     page.get_by_text("Choose settings and press").wait_for()
     _no_exception(page)
-    _shot(page, "3_prune_before.png")
-    # The defaults (two scores, two sparsities, no fine-tuning on a CPU) with 10 images per class instead of 20,
-    # so the test stays short; fine-tuning (hatched bars) is covered by tests/test_pages.py.
+    _views(page, "3_prune_before")
+    # The defaults (two scores, the model's three sparsities, fine-tuning on), with 6 images per class
+    # and the 2-epoch smoke schedule so the test stays short on a busy 2-core machine; the default run
+    # itself is timed by bench/bench_dashboard.py.
     ipc = page.locator('[data-testid="stNumberInput"]').filter(has_text="Images per class").locator("input")
-    ipc.fill("10")
+    ipc.fill("6")
     ipc.press("Tab")
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Fine-tuning on the source task").click()
+    page.get_by_role("option", name="smoke", exact=False).click()
+    page.wait_for_timeout(500)
     page.get_by_role("button", name="Run").click()
-    page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
-    _shot(page, "4_prune_running.png")
-    page.get_by_text("Source and transfer accuracy").wait_for(timeout=240_000)
+    bar = page.locator('[data-testid="stProgress"]').first
+    bar.wait_for(timeout=60_000)
+    # Progress where the user looks: on the first screen at 1400x900, with elapsed time.
+    page.wait_for_timeout(3000)
+    box = bar.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= VIEWPORTS[0]["height"], box
+    page.get_by_text("elapsed").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(SHOTS / "4_prune_running_1400x900.png"))
+    page.get_by_text("Source and transfer accuracy").wait_for(timeout=900_000)
     _settle(page, 120_000)
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
     _no_exception(page)
-    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2  # Fig. 3, layers (+ overlap)
+    # No failure message; the verdict's "contradict the paper" box is a finding, not a failure.
+    assert page.get_by_text("Unexpected error").count() == 0
+    assert page.get_by_text("These settings cannot run").count() == 0
+    # Fig. 3, ImageNet, loss curves, layers: drawn one after the other as the finished job's rerun
+    # reaches them, which on a loaded machine can take a while after Fig. 3 appears.
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= 4", timeout=300_000
+    )
+    _no_exception(page)
+    page.get_by_text("What these runs say about the paper").wait_for()
     page.locator('[data-testid="stPlotlyChart"]').first.scroll_into_view_if_needed()
-    _shot(page, "5_prune_result.png")
+    _views(page, "5_prune_result")
 
 
 def test_landscape_page(page, server: str) -> None:
     _open(page, f"{server}/Loss_landscape")
     page.get_by_role("button", name="Compute landscape").wait_for()
     _no_exception(page)
-    _shot(page, "6_landscape.png")
+    _views(page, "6_landscape")
 
 
 def test_results_page_lists_the_run(page, server: str) -> None:
@@ -237,4 +269,18 @@ def test_results_page_lists_the_run(page, server: str) -> None:
     page.get_by_text("Fig. 3 across models").wait_for()
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
     _no_exception(page)
-    _shot(page, "7_results.png")
+    _views(page, "7_results")
+
+
+def test_from_scratch_page(page, server: str) -> None:
+    _open(page, f"{server}/From_scratch")
+    page.get_by_text("From scratch: prune at initialisation, then train").wait_for()
+    _no_exception(page)
+    _views(page, "8_from_scratch")
+
+
+def test_task_alignment_page(page, server: str) -> None:
+    _open(page, f"{server}/Task_alignment")
+    page.get_by_text("Task alignment (P1's assumption, measured)").wait_for()
+    _no_exception(page)
+    _views(page, "9_task_alignment")

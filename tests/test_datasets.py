@@ -145,3 +145,19 @@ def test_debian_fashion_mnist_loads():
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.train_y).tolist() == [6000] * 10
     assert abs(data.mean[0] - 0.2860) < 1e-3 and abs(data.std[0] - 0.3530) < 1e-3
+
+
+def test_one_idx_reader_serves_both_protocols(tmp_path):
+    # The digits suite's Fashion-MNIST tasks read through the same checked reader: a truncated
+    # file is a DataError there too, not a numpy reshape error.
+    from pai_core import tasks
+
+    assert datasets.read_idx is tasks.read_idx and datasets.FASHION_DIRS is tasks.FASHION_DIRS
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28)), gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(3), gz=False)
+    images, labels = tasks._fashion_arrays(tmp_path)
+    assert images.shape == (3, 28, 28) and labels.tolist() == [0, 1, 2]
+    data = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(data[:-5])
+    with pytest.raises(DataError, match="announces"):
+        tasks._fashion_arrays(tmp_path)

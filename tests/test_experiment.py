@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pai_core import cache, experiment, masks, models, scores
+from pai_core import cache, experiment, masks, models, repair, results, scores
 from pai_core import masks as M
 from pai_core.results import ExperimentSpec
 
@@ -178,3 +179,35 @@ def test_scored_weights_are_default_params_of_the_encoder_and_seeds_reach_stocha
     assert list(got) == scores.default_params(ctx.encoder.model)
     other = experiment.get_scores(experiment.prepare(spec.replace(seed=1)))
     assert not torch.equal(got[next(iter(got))], other[next(iter(other))])  # spec.seed is the score's seed
+
+
+def test_later_spec_fields_keep_earlier_keys_and_are_checked():
+    # A spec without the fields added for the OBS repair and cross-domain tasks hashes as it did before
+    # them, so cached results and stored rows keep their keys.
+    spec = ExperimentSpec(score="kfac", sparsity=0.5904)
+    before = {
+        k: v
+        for k, v in dataclasses.asdict(spec).items()
+        if k not in ("repair", "repair_damping", "transfer_suite", "transfer_data_root")
+    }
+    before["score_options"] = sorted(spec.resolved_score_options().items())  # defaults filled in
+    assert spec.key() == cache.spec_key("results", {**before, "device": None, "v": results.RESULT_VERSION})
+    assert spec.replace(repair_damping=0.5).key() == spec.key()  # damping means nothing without a repair
+    keys = {
+        spec.key(),
+        spec.replace(repair="a").key(),
+        spec.replace(repair="kfac").key(),
+        spec.replace(repair="a", repair_damping=0.1).key(),
+        spec.replace(transfer_suite="fashion-mnist").key(),
+    }
+    assert len(keys) == 5
+    assert ExperimentSpec.from_json(spec.replace(repair="a").to_json()).repair == "a"
+    assert results.REPAIR_FORMS == tuple(repair.available_forms())
+    with pytest.raises(ValueError, match="unknown repair form 'sgd'; valid: a, kfac"):
+        spec.replace(repair="sgd")
+    with pytest.raises(ValueError, match="repair_damping must be a positive number"):
+        spec.replace(repair="a", repair_damping=0)
+    with pytest.raises(ValueError, match="unknown transfer suite 'mnist'; valid: .*fashion-mnist"):
+        spec.replace(transfer_suite="mnist")
+    with pytest.raises(ValueError, match="is the source's own suite"):
+        spec.replace(transfer_suite="digits")

@@ -91,3 +91,17 @@ def test_finetuning_lowers_the_source_loss_on_real_data():
         w.mul_(mask["conv_stem.weight"])
     log = ft.finetune(model, head, x, y, mask, ft.schedule("smoke"))
     assert log["losses"][-1] < log["loss_before"]
+
+
+def test_log_records_the_loss_of_the_final_weights_measured_like_the_first():
+    torch.manual_seed(0)
+    net, head = _Net(), nn.Linear(6, 3, bias=False)
+    x, y = _data()
+    cfg = ft.FinetuneConfig(name="t", epochs=3, lr=0.05, batch_size=8)
+    log = ft.finetune(net, head, x, y, {}, cfg)
+    # Brute force: the eval-mode loss of the final weights over the whole task.
+    net.eval()
+    with torch.no_grad():
+        expected = float(ft.mse_loss(head(net(x)), y))
+    assert log["loss_after"] == pytest.approx(expected, rel=1e-5)
+    assert len(log["losses"]) == 3 and log["loss_after"] < log["loss_before"]

@@ -15,7 +15,8 @@ PAGE = Path(__file__).resolve().parents[1] / "app_pages" / "1_Toy_landscapes.py"
 
 
 def _figure_spec(at: AppTest) -> dict:
-    charts = at.get("plotly_chart")
+    """The main figure (the page also draws the three scores side by side, keyed toy_side_*)."""
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith("toy_figure")]
     assert len(charts) == 1
     return json.loads(charts[0].proto.spec)
 
@@ -44,7 +45,12 @@ def test_page_renders_figure_table_and_text(at: AppTest) -> None:
     assert df["source loss"].iloc[0] == 0.0
     assert any("Guided tour" in e.label for e in at.expander)
     assert any("camera" in c.value for c in at.caption)
-    assert len(at.get("download_button")) == 1
+    assert {b.proto.label for b in at.get("download_button")} == {"HTML", "PNG", "SVG"}
+    # Fig. 2: the three scores side by side, each its own small figure.
+    sides = [c for c in at.get("plotly_chart") if "toy_side_" in c.proto.id]
+    assert len(sides) == 3
+    text = " ".join(m.value for m in at.markdown)
+    assert "Computed on the transfer task" in text and "**P1**" in text
 
 
 def test_moving_a_slider_changes_the_figure(at: AppTest) -> None:
@@ -121,3 +127,20 @@ def test_toy_figure_structure() -> None:
     assert len(fig.layout.annotations) >= 1  # the pruning arrow
     with pytest.raises(ValueError, match="grid_points"):
         toy_figure(result, grid_points=3)
+
+
+def test_aligned_and_tilted_presets_differ_on_the_page(at: AppTest) -> None:
+    aligned = _figure_spec(at)
+    at.selectbox(key="toy_preset").set_value("tilted").run()
+    assert _markers(_figure_spec(at)) != _markers(aligned)
+
+
+def test_angles_are_shown_in_degrees(at: AppTest) -> None:
+    assert at.slider(key="toy_rotation_deg").proto.format == "%d°"
+    assert at.slider(key="toy_tilt_deg").proto.format == "%d°"
+
+
+def test_no_move_is_claimed_when_nothing_moves(at: AppTest) -> None:
+    at.selectbox(key="toy_preset").set_value("diagonal").run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "does not move" in text and "moves θ" not in text

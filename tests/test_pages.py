@@ -14,7 +14,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from pai_core import experiment, masks, store
+from pai_core import defaults, experiment, figures, masks, store
 from pai_core.results import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +98,22 @@ def test_prune_page_renders_defaults() -> None:
     at = _app(PRUNE)
     assert at.title[0].value.startswith("Prune & evaluate")
     assert at.selectbox(key="prune_w_model").value == "efficientnet_lite0"
-    assert at.selectbox(key="prune_w_suite").value == "digits"
+    # The defaults come from pai_core.defaults: Fashion-MNIST where installed, the model's own levels,
+    # fine-tuning on (the safe CPU schedule without a GPU).
+    assert at.selectbox(key="prune_w_suite").value == defaults.suite()
     assert len(at.multiselect(key="prune_w_scores").value) == 2
-    assert len(at.multiselect(key="prune_w_levels").value) == 2
+    gpu = torch.cuda.is_available()
+    assert at.multiselect(key="prune_w_levels").value == list(
+        defaults.for_model("efficientnet_lite0").selection(gpu)
+    )
+    assert at.selectbox(key="prune_w_finetune").value == defaults.schedule(gpu)
     assert not _button(at, "Run").disabled
     assert not at.error
+    # Another model gets its own levels.
+    at.selectbox(key="prune_w_model").set_value("mobilenet_v2").run()
+    assert at.multiselect(key="prune_w_levels").value == list(
+        defaults.for_model("mobilenet_v2").selection(gpu)
+    )
 
 
 def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:
@@ -121,6 +132,18 @@ def test_prune_page_runs_a_tiny_experiment_and_draws_bars() -> None:
     assert any(t.get("marker", {}).get("pattern", {}).get("shape") == "/" for t in bars)
     assert all(0.0 <= y <= 100.0 for t in bars for y in t["y"])
     assert "accuracy (%)" in spec["layout"]["yaxis"]["title"]["text"]
+    # Reference lines: the dense line says how it was measured; chance (5 classes) and held-out dense.
+    shapes = {sh.get("name") for sh in spec["layout"]["shapes"]}
+    assert {"dense", "chance", "held-out dense"} <= shapes
+    notes = " ".join(a.get("text", "") for a in spec["layout"]["annotations"])
+    assert "fit = evaluate images, as the paper" in notes and "chance 20%" in notes
+    # The verdict under the figure, the fine-tuning curve and the ImageNet check come with it.
+    text = " ".join(m.value for m in at.markdown)
+    assert "What these runs say" in text and "**P1**" in text and "**P2**" in text
+    assert _chart(at, "prune_finetune")["data"]
+    inet = _chart(at, "prune_imagenet")
+    assert "20 real photos" in inet["layout"]["title"]["text"]
+    assert {b.proto.label for b in at.get("download_button")} >= {"HTML", "PNG", "SVG"}
     # The per-task table and the per-layer sparsity chart come with it; the result persists.
     assert _chart(at, "prune_layers")["data"]
     assert len(at.session_state["prune_output"]["results"]) == 1
@@ -201,16 +224,27 @@ def test_landscape_page_computes_a_small_grid() -> None:
     at.number_input(key="land_w_images").set_value(5)
     at.select_slider(key="land_w_grid").set_value(5)
     at.selectbox(key="land_w_finetune").set_value("smoke")
+    # The default is magnitude and the diagonal Hessian side by side: one row of two panels each.
+    assert at.multiselect(key="land_w_scores").value == ["magnitude", "diag"]
     _button(at, "Compute landscape").click()
     at.run(timeout=TIMEOUT)
     assert not at.exception, at.exception
     assert not at.error, _errors(at)
     spec = _chart(at, "land_fig")
     contours = [t for t in spec["data"] if t["type"] == "contour"]
-    assert len(contours) == 2
-    assert _shape(contours[0]["z"]) == (5, 5)
+    assert len(contours) == 4
+    # 5 evenly spaced lines per axis plus the three points' own coordinates.
+    rows, cols = _shape(contours[0]["z"])
+    assert 5 < rows <= 8 and 5 < cols <= 8
     names = {t["name"] for t in spec["data"] if t["type"] == "scatter"}
     assert any(n.startswith("θ̃ₛ*") for n in names) and any(n.startswith("θ̃₀") for n in names)
+    text = " ".join(m.value for m in at.markdown)
+    assert "What the planes show" in text and "Pruning" in text
+    # The log toggle redraws the stored landscapes: no job is queued, the colour values change.
+    at.toggle(key="land_w_log").set_value(False).run()
+    assert at.session_state["land_job"] is None and not at.exception
+    linear = [t for t in _chart(at, "land_fig")["data"] if t["type"] == "contour"]
+    assert "log" not in linear[0]["colorbar"]["title"]["text"]
 
 
 # ----------------------------------------------------------------------------- results
@@ -227,11 +261,20 @@ def test_results_page_lists_runs_draws_grid_and_offers_downloads() -> None:
     store.record_run(experiment.run(spec.replace(score="random")))
     at = _app(RESULTS)
     table = next(d.value for d in at.dataframe if "score" in d.value.columns)
-    assert set(table["score"]) == {"magnitude", "random"}
+    # Score labels, not keys; sparsity as given; accuracy columns straight after the run's identity.
+    assert set(table["score"]) == {figures.score_label("magnitude"), figures.score_label("random")}
+    assert list(table["sparsity (%)"]) == [100 * TINY_LEVEL] * 2 and list(table.columns)[3].endswith("(%)")
+    assert "images/class" in table["settings"].iloc[0]
     bars = [t for t in _chart(at, "results_fig3")["data"] if t["type"] == "bar"]
     assert len(bars) == 4  # 2 scores x (source, transfer); no fine-tuning: solid only
     labels = {b.proto.label for b in at.get("download_button")}
-    assert {"Download table (CSV)", "Download runs (JSON)", "Download figure (HTML)"} <= labels
+    assert {"Download table (CSV)", "Download runs (JSON)", "HTML", "PNG", "SVG"} <= labels
+    # Choosing fewer runs to draw redraws the figure with fewer bars.
+    keys = at.multiselect(key="results_w_overlay").value
+    assert len(keys) == 2
+    at.multiselect(key="results_w_overlay").set_value(keys[:1]).run()
+    assert len([t for t in _chart(at, "results_fig3")["data"] if t["type"] == "bar"]) == 2
+    assert any("What these runs say" in m.value or "P1 and P2" in m.value for m in at.markdown)
     _button(at, "Prepare masks file").click().run()
     assert not at.exception, at.exception
     blob = at.session_state["results_masks"]

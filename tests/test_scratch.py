@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pai_core import datasets, masks, nets, scores, scratch
+from pai_core.__main__ import main
 from pai_core.scratch_spec import RESULT_VERSION, ScratchResult, ScratchSpec, TrainSchedule
 from pai_core.tasks import DataError
 
@@ -144,7 +145,7 @@ def test_paper_warmup_changes_only_batchnorm_buffers():
     model.bn1.momentum = 0.3  # restored afterwards; the warm-up itself uses 0.1
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    scratch.warmup_batchnorm_running(model, _batches(), passes=2)
+    scores.warmup_batchnorm(model, _batches(), passes=2, mode="running")
     after = model.state_dict()
     bn_buffers = {
         f"{m}.{b}" for m in ("bn", "bn1") for b in ("running_mean", "running_var", "num_batches_tracked")
@@ -175,7 +176,7 @@ def test_paper_warmup_is_a_running_average_not_the_cumulative_one():
         mean = 0.9 * mean + 0.1 * x.mean(0)
         var = 0.9 * var + 0.1 * x.var(0, unbiased=True)
     paper = nn.Sequential(bn)
-    scratch.warmup_batchnorm_running(paper, batches)
+    scores.warmup_batchnorm(paper, batches, mode="running")
     torch.testing.assert_close(bn.running_mean, mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(bn.running_var, var, rtol=1e-12, atol=1e-12)
 
@@ -232,10 +233,29 @@ def test_spec_keys_are_stable_and_ignore_the_device():
     assert out.stdout.strip() == a.key()
 
 
-def test_spec_module_imports_without_torch():
-    code = "import sys, pai_core.scratch_spec, pai_core.scratch_figures; print('torch' in sys.modules)"
+def test_spec_and_store_import_without_torch():
+    """Specs, results and the store (which holds both kinds of run) read without the engine.
+
+    The figures are not in this list on purpose: they name and colour scores from the score
+    registry (:mod:`pai_core.scores`, which needs torch), as the transfer figures do.
+    """
+    code = (
+        "import sys, pai_core.scratch_spec, pai_core.store, pai_core.results; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
+
+
+def test_stochastic_scores_follow_the_runs_seed_from_the_registry():
+    stochastic = [n for n in scores.available() if scores.info(n).stochastic]
+    assert {"random", "hutchinson"} <= set(stochastic)
+    for name in scores.available():
+        opts = scratch._score_options(ScratchSpec(score=name, seed=7))
+        assert opts == ({"seed": 7} if name in stochastic else {}), name
+    # a seed fixed in the options wins over the run's
+    fixed = ScratchSpec(score="hutchinson", seed=7, score_options={"seed": 3, "probes": 2})
+    assert scratch._score_options(fixed) == {"seed": 3, "probes": 2}
 
 
 def test_result_round_trip_and_version_check():
@@ -332,7 +352,7 @@ def test_tiny_run_end_to_end_is_sensible_and_cached(fresh_cache, monkeypatch):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(scores, "compute", boom)
-    monkeypatch.setattr(scratch, "warmup_batchnorm_running", boom)
+    monkeypatch.setattr(scores, "warmup_batchnorm", boom)
     other = scratch.run_scratch(spec.replace(sparsity=0.5))
     assert other.total - other.kept == int(0.5 * other.total + 0.5)
     # ...and trains from exactly the state a cold run trains from
@@ -342,8 +362,9 @@ def test_tiny_run_end_to_end_is_sensible_and_cached(fresh_cache, monkeypatch):
 
 @needs_fashion
 def test_dense_run_and_cli(fresh_cache, capsys, tmp_path):
-    rc = scratch.main(
+    rc = main(
         [
+            "scratch",
             "run",
             "--model",
             "test_vgg",
@@ -372,7 +393,7 @@ def test_missing_cifar_gives_a_clear_data_error(fresh_cache, tmp_path, capsys):
         scratch.run_scratch(ScratchSpec(dataset="cifar10"))
     with pytest.raises(DataError, match="does not exist"):
         scratch.run_scratch(ScratchSpec(dataset="cifar100", data_root=str(tmp_path / "none")))
-    assert scratch.main(["run", "--dataset", "cifar10", "--data-root", str(tmp_path / "none")]) == 2
+    assert main(["scratch", "run", "--dataset", "cifar10", "--data-root", str(tmp_path / "none")]) == 2
     assert "error: cifar10" in capsys.readouterr().err
     assert not list(fresh_cache.glob("scratch-*/*.json"))  # nothing half-written
 

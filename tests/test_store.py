@@ -14,6 +14,7 @@ import pytest
 from pai_core import experiment
 from pai_core import store as store_mod
 from pai_core.results import ExperimentResult, ExperimentSpec, TaskResult
+from pai_core.scratch_spec import ScratchResult, ScratchSpec
 from pai_core.store import SUMMARY_COLUMNS, ResultsStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +58,54 @@ def fake_result(
     )
 
 
+def fake_scratch_result(
+    score: str = "snip",
+    sparsity: float = 0.9,
+    bn_warmup: str = "off",
+    seed: int = 0,
+    model: str = "resnet20",
+    acc: float = 0.7,
+) -> ScratchResult:
+    """A from-scratch result with made-up numbers (no computation)."""
+    spec = ScratchSpec(
+        model=model, score=score, sparsity=sparsity, bn_warmup=bn_warmup, seed=seed, train_size=500
+    )
+    layers = [
+        {"name": "conv1.weight", "numel": 100, "kept": 20, "density": 0.2},
+        {"name": "conv2.weight", "numel": 100, "kept": 0, "density": 0.0},
+    ]
+    curve = [
+        {
+            "epoch": e,
+            "lr": 0.05,
+            "train_loss": 1.0,
+            "train_acc": 0.5,
+            "test_loss": 1.0,
+            "test_acc": acc - 0.1 * (2 - e),
+        }
+        for e in (1, 2)
+    ]
+    return ScratchResult(
+        spec=spec,
+        final_acc=acc,
+        best_acc=acc,
+        best_epoch=2,
+        curve=curve,
+        layer_density=layers,
+        collapsed_layers=["conv2.weight"],
+        kept=20,
+        total=200,
+        pruned_nonzero=0,
+        schedule={"name": "cpu-short"},
+        train_examples=500,
+        test_examples=200,
+        score_examples=100,
+        timings={"train": 3.0, "epoch": 1.5, "total": 4.0},
+        notes=["made up"],
+        device="cpu",
+    )
+
+
 def test_default_path_follows_cache_dir_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PAI_CACHE_DIR", str(tmp_path / "c1"))
     monkeypatch.delenv("PAI_RESULTS_DB", raising=False)
@@ -87,6 +136,8 @@ def test_record_frame_results_roundtrip(tmp_path):
         "dense": 0.89,
         "zero_shot": pytest.approx(0.754),
         "finetuned": 0.84,
+        "num_classes": None,  # not given to this made-up result
+        "repaired": None,
     }
     assert json.loads(row["timings"]) == {"load": 0.5, "zero-shot": 1.5}
     assert row["finished_at"].endswith("+00:00")
@@ -155,6 +206,74 @@ def test_wal_mode_and_schema_version(tmp_path):
         0.36,
     )
     con.close()
+
+
+def _old_layout_store(path: Path, result: ExperimentResult) -> None:
+    """A store as layout 1 wrote it before the OBS-corrected and cross-domain columns existed."""
+    old = [f"{r}_{k}" for r in ("source", "transfer") for k in ("dense", "zero_shot", "finetuned")]
+    con = sqlite3.connect(path)
+    con.executescript(
+        store_mod._SCHEMA.replace(
+            ", ".join(f"{c} REAL" for c in SUMMARY_COLUMNS), ", ".join(f"{c} REAL" for c in old)
+        )
+    )
+    spec = {
+        k: v for k, v in json.loads(result.spec.to_json()).items() if k not in ("repair", "repair_damping")
+    }
+    spec = {k: v for k, v in spec.items() if k not in ("transfer_suite", "transfer_data_root")}
+    summ = result.summary()
+    con.execute(
+        f"INSERT INTO results (key, model, suite, {', '.join(old)}, spec_json, tasks_json, timings_json, "
+        f"result_json, finished_at) VALUES (?, ?, ?, {', '.join('?' * len(old))}, ?, ?, ?, ?, ?)",
+        (
+            result.spec.key(),
+            result.spec.model,
+            result.spec.suite,
+            *[summ[c] for c in old],
+            json.dumps(spec),
+            "[]",
+            "{}",
+            json.dumps({**result.to_dict(), "spec": spec}),
+            "2025-01-01T00:00:00+00:00",
+        ),
+    )
+    con.execute(f"PRAGMA user_version = {store_mod.STORE_VERSION}")
+    con.commit()
+    con.close()
+
+
+def test_a_store_without_the_later_summary_columns_gains_them_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = fake_result()
+    _old_layout_store(path, old)
+    st = ResultsStore(path)  # migrates: adds the missing columns in place
+    cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(results)")}
+    assert set(SUMMARY_COLUMNS) <= cols
+    row = st.frame().iloc[0]
+    assert row["key"] == old.spec.key() and row["source_zero_shot"] == pytest.approx(
+        old.mean_source_zero_shot
+    )
+    assert row["repair"] is None and row["transfer_suite"] is None and row["repair_damping"] == 1e-2
+    assert row["source_repaired"] is None or row["source_repaired"] != row["source_repaired"]  # NULL
+    assert st.results()[0].spec == old.spec  # the earlier spec reads with the later fields' defaults
+    new = fake_result(sparsity=0.5904)
+    new.tasks[0].repaired = 0.5
+    new = ExperimentResult(new.spec.replace(repair="a"), new.tasks, new.schedule)
+    st.record(new, elapsed=1.0)
+    df = st.frame(repair="a")
+    assert len(df) == 1 and df.iloc[0]["source_repaired"] == 0.5 and len(st) == 2
+
+
+def test_a_read_only_store_without_the_later_columns_still_reads(tmp_path, monkeypatch):
+    path = tmp_path / "old.sqlite"
+    _old_layout_store(path, fake_result())
+    before = path.read_bytes()
+    monkeypatch.setattr(store_mod.os, "access", lambda p, mode: False)  # what a read-only file says
+    st = ResultsStore(path)
+    assert st.readonly
+    df = st.frame()
+    assert len(df) == 1 and df["cross_zero_shot"].isna().all() and df["repair"].isna().all()
+    assert path.read_bytes() == before  # reading migrates nothing
 
 
 def test_record_run_writes_the_default_store_or_the_one_given(tmp_path, monkeypatch):
@@ -264,3 +383,125 @@ def test_two_processes_writing_at_once(tmp_path):
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     assert sorted(st.frame()["seed"]) == sorted(list(range(60)) + list(range(1000, 1060)))
+
+
+# ----------------------------------------------------------------------------- the two kinds
+
+
+def test_both_kinds_live_apart(tmp_path):
+    st = ResultsStore(tmp_path / "r.sqlite")
+    transfer = fake_result()
+    st.record(transfer, elapsed=1.0)
+    runs = [
+        fake_scratch_result(score=s, bn_warmup=w, acc=a)
+        for s, w, a in (("snip", "off", 0.6), ("snip", "paper", 0.5), ("random", "off", 0.4))
+    ]
+    keys = [st.record(r, elapsed=2.0) for r in runs]
+    assert all(k.startswith("scratch-") for k in keys) and transfer.spec.key().startswith("results-")
+    # the transfer views see their kind only; the from-scratch views theirs
+    assert list(st.frame()["key"]) == [transfer.spec.key()] and len(st.results()) == 1
+    sf = st.scratch_frame()
+    assert set(sf["key"]) == set(keys) and transfer.spec.key() not in set(sf["key"])
+    assert st.done_keys() == {transfer.spec.key(), *keys}
+    assert st.done_keys("scratch") == set(keys) and st.done_keys("transfer") == {transfer.spec.key()}
+    assert len(st) == 4 and st.count("scratch") == 3 and st.count("transfer") == 1
+    assert all(st.is_done(k) for k in keys)
+    with pytest.raises(ValueError, match="valid: transfer, scratch"):
+        st.count("both")
+    # frame: spec fields, numbers as fractions, sorted; filters as for the transfer frame
+    row = st.scratch_frame(score="snip", bn_warmup="paper").iloc[0]
+    assert row["final_acc"] == 0.5 and row["density"] == 0.1 and row["collapsed"] == 1 and row["epochs"] == 2
+    assert row["model"] == "resnet20" and row["train_size"] == 500 and row["elapsed"] == 2.0
+    assert list(st.scratch_frame()["score"]) == ["random", "snip", "snip"]
+    with pytest.raises(ValueError, match="unknown column 'suite'.*bn_warmup"):
+        st.scratch_frame(suite="digits")
+    back = st.scratch_results(score="snip")
+    assert [r.spec for r in back] == [runs[0].spec, runs[1].spec]
+    assert back[0].curve == runs[0].curve and back[0].layer_density == runs[0].layer_density
+    assert not back[0].cached
+    # plain SQL sees the denormalised columns too
+    con = sqlite3.connect(tmp_path / "r.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+    assert con.execute(
+        "SELECT score, bn_warmup, final_acc FROM scratch_results WHERE score = 'random'"
+    ).fetchone() == ("random", "off", 0.4)
+    con.close()
+    # failures carry their kind and clear on success, per kind
+    st.record_failure(fake_scratch_result(seed=9).spec, "boom")
+    st.record_failure(fake_result(seed=9).spec, "bang")
+    assert list(st.failures("scratch")["error"]) == ["boom"] and list(st.failures("transfer")["error"]) == [
+        "bang"
+    ]
+    assert set(st.failures()["kind"]) == {"scratch", "transfer"}
+    st.record(fake_scratch_result(seed=9), elapsed=1.0)
+    assert st.failures("scratch").empty and len(st.failures()) == 1
+    # delete works on either kind
+    assert st.delete([keys[0], transfer.spec.key()]) == 2
+    assert st.count("scratch") == 3 and st.count("transfer") == 0
+
+
+def test_record_run_files_a_scratch_result_with_its_total_time(tmp_path):
+    st = ResultsStore(tmp_path / "r.sqlite")
+    res = fake_scratch_result()
+    assert store_mod.record_run(res, store=st) == res.spec.key()
+    assert st.scratch_frame().iloc[0]["elapsed"] == 4.0  # timings["total"], not the sum of overlapping stages
+    assert store_mod.compute_seconds(res) == 4.0 and store_mod.compute_seconds(fake_result()) == 2.0
+
+
+def _as_layout_1(path: Path) -> None:
+    """Turn a store file into what layout 1 wrote: no from-scratch table, failures without a kind."""
+    con = sqlite3.connect(path)
+    con.executescript(
+        """
+        DROP TABLE scratch_results;
+        CREATE TABLE failures_old (key TEXT PRIMARY KEY, spec_json TEXT NOT NULL, error TEXT NOT NULL,
+            traceback TEXT, attempts INTEGER NOT NULL DEFAULT 1, host TEXT, failed_at TEXT NOT NULL);
+        INSERT INTO failures_old SELECT key, spec_json, error, traceback, attempts, host, failed_at FROM failures;
+        DROP TABLE failures;
+        ALTER TABLE failures_old RENAME TO failures;
+        PRAGMA user_version = 1;
+        """
+    )
+    con.close()
+
+
+def test_a_layout_1_store_is_migrated_in_place_keeping_its_rows(tmp_path, monkeypatch):
+    path = tmp_path / "r.sqlite"
+    old = ResultsStore(path)
+    for seed in (0, 1):
+        old.record(fake_result(seed=seed), elapsed=1.0)
+    old.record_failure(fake_result(seed=5).spec, "worker died")
+    _as_layout_1(path)
+
+    # read-only, it reads as it is: transfer rows, no from-scratch rows, failures of the transfer kind
+    with monkeypatch.context() as m:
+        m.setattr(store_mod.os, "access", lambda p, mode: False)
+        st_ro = ResultsStore(path)
+        assert st_ro.readonly and len(st_ro.frame()) == 2 and st_ro.scratch_frame().empty
+        assert st_ro.count("scratch") == 0 and list(st_ro.failures()["kind"]) == ["transfer"]
+        assert st_ro.scratch_results() == [] and len(st_ro) == 2
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1  # reading changed nothing
+    con.close()
+
+    st = ResultsStore(path)  # writable: migrated to the current layout
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store_mod.STORE_VERSION == 2
+    con.close()
+    assert sorted(st.frame()["seed"]) == [0, 1]  # nothing dropped
+    assert list(st.failures()["kind"]) == ["transfer"] and st.failures().iloc[0]["error"] == "worker died"
+    st.record(fake_scratch_result(), elapsed=1.0)
+    assert st.count("scratch") == 1 and st.count("transfer") == 2
+
+
+def test_a_store_from_a_newer_layout_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "r.sqlite"
+    ResultsStore(path).record(fake_result(), elapsed=1.0)
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {store_mod.STORE_VERSION + 1}")
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(store_mod.StoreError, match="newer version") as info:
+        ResultsStore(path)
+    assert info.value.reason == "newer" and "--store" in info.value.hint
+    assert path.read_bytes() == before

@@ -388,3 +388,36 @@ def test_other_bad_inputs_raise() -> None:
         toy.ToySpec(eigvals=(1.0, -1.0))
     with pytest.raises(ValueError, match="1-D"):
         toy.loss_grid(np.eye(2), np.zeros(2), np.zeros((2, 2)), np.zeros(2))
+
+
+def test_fig1_presets_differ_from_fig2s_tilted_and_show_p1_and_p2() -> None:
+    al, mis, tilted = (toy.preset(n) for n in ("aligned", "misaligned", "tilted"))
+    assert al != tilted and not np.allclose(al.source_hessian(), tilted.source_hessian())
+    # Fig. 1's pair differs only by the rotation between the tasks.
+    assert (al.eigvals, al.tilt_deg, al.theta0, al.score) == (
+        mis.eigvals,
+        mis.tilt_deg,
+        mis.theta0,
+        mis.score,
+    )
+    ra, rm = toy.scenario_from_spec(al), toy.scenario_from_spec(mis)
+    # P1 picture: aligned, the transfer task's score removes the same weight; misaligned, the other one.
+    assert toy.transfer_choice(ra) == ra.pruned_index
+    assert toy.transfer_choice(rm) != rm.pruned_index
+
+
+def test_explain_claims_only_what_the_numbers_show() -> None:
+    for name in toy.available_presets():
+        r = toy.scenario_from_spec(toy.preset(name))
+        text = " ".join(toy.explain(r))
+        moves = bool(abs(r.obs[1 - r.pruned_index] - r.pruned[1 - r.pruned_index]) > 1e-9)
+        assert ("does not move" in text) is (not moves), name
+        assert ("moves θ" in text) is moves, name
+        if moves:
+            up = bool(r.loss("retrained").transfer > r.loss("pruned").transfer)
+            assert ("**raises**" in text) is up and ("**lowers**" in text) is (not up), name
+    assert "**P1** holds" in " ".join(toy.explain(toy.scenario_from_spec(toy.preset("aligned"))))
+    mis = " ".join(toy.explain(toy.scenario_from_spec(toy.preset("misaligned"))))
+    assert "**P1** fails" in mis and "**P2** fails" in mis
+    iso = " ".join(toy.explain(toy.scenario_from_spec(toy.preset("isotropic"))))
+    assert "retraining" in iso and "lowers" not in iso and "raises the source" in iso
