@@ -229,9 +229,10 @@ def _option_key(prefix: str, score: str, option: str) -> str:
 
 
 def score_option_inputs(prefix: str, names: Sequence[str]) -> None:
-    """A number input for every option of the chosen scores, drawn from the score registry.
+    """A widget for every option of the chosen scores, drawn from the score registry: a number
+    input for a number, a select box for a choice.
 
-    Type, default, range and help come from :attr:`pai_core.scores.ScoreInfo.options`; each score
+    Type, default, range or choices, and help come from :attr:`pai_core.scores.ScoreInfo.options`; each score
     is introduced by its label and formula.  Widgets are keyed ``{prefix}_w_opt_{score}_{option}``
     (read them back with :func:`score_options`).
     """
@@ -246,6 +247,9 @@ def score_option_inputs(prefix: str, names: Sequence[str]) -> None:
         for col, o in zip(cols, info.options, strict=False):
             key = _option_key(prefix, name, o.name)
             ss.setdefault(key, o.default)
+            if o.choices:
+                col.selectbox(o.name, o.choices, key=key, help=o.help)
+                continue
             integer = o.type is int
             col.number_input(
                 o.name,

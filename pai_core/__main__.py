@@ -44,8 +44,8 @@ class _Bar:
     #: Whether some bar left its line unfinished (an error message then starts on a new line).
     line_open = False
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # the current one, not import time's
         self.last = 0.0
 
     def __call__(self, stage: str, done: int, total: int, message: str) -> None:

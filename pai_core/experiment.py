@@ -136,9 +136,10 @@ class Context:
     progress: StageProgress = _quiet
 
     @property
-    def image_size(self) -> int | None:
-        """Encoder input size: the spec's, else the suite's preference (None: the encoder's own)."""
-        return self.spec.image_size or self.suite.image_size
+    def image_size(self) -> int:
+        """Encoder input size: the spec's, else the suite's preference, else the encoder's own;
+        always the encoder's own when its architecture fixes it (:meth:`Encoder.size_for`)."""
+        return self.encoder.size_for(self.spec.image_size or self.suite.image_size)
 
     def stage(self, name: str) -> Progress:
         """The progress callback of one stage."""
@@ -263,6 +264,11 @@ def prepare(spec: ExperimentSpec, progress: StageProgress | None = None) -> Cont
         )
     if refusal := scores.info(spec.score).refusal(enc.family):
         raise ValueError(refusal)
+    if enc.fixed_size and spec.image_size not in (None, enc.input_size):
+        raise ValueError(
+            f"{spec.model} takes {enc.input_size} px inputs only (its position embeddings are learned "
+            f"for that size), not {spec.image_size} px: leave the image size unset"
+        )
     progress("data", 1, 1, "data ready")
     return Context(spec, enc, suite, device, progress)
 
@@ -317,10 +323,22 @@ def _score_model(ctx: Context, mask: dict[str, Tensor] | None = None) -> nn.Modu
     return _EncoderWithHead(enc, ctx.heads.module(ctx.spec.source)).to(ctx.device)
 
 
+def _scored_names(ctx: Context) -> list[str]:
+    """The encoder's weight matrices (:func:`~pai_core.scores.default_params`), functional ones included.
+
+    One blank image at the fed size finds the weights the encoder applies functionally (open_clip's
+    raw ViT projection ``x @ proj``); which weights a pass applies does not depend on pixel values.
+    """
+    enc = ctx.encoder.model
+    p = next(enc.parameters())
+    example = torch.zeros(1, 3, ctx.image_size, ctx.image_size, dtype=p.dtype, device=p.device)
+    return scores.default_params(enc, example)
+
+
 def _compute_scores(ctx: Context, model: _EncoderWithHead, diagnostics: dict) -> dict[str, Tensor]:
     spec = ctx.spec
-    # The encoder's weights only: the paper prunes W, never the heads ξ.
-    names = [f"encoder.{n}" for n in scores.default_params(model.encoder)]
+    # The encoder's weight matrices only: the paper prunes W, never the heads ξ.
+    names = [f"encoder.{n}" for n in _scored_names(ctx)]
     opts = dict(spec.score_options)
     if scores.info(spec.score).stochastic:
         opts.setdefault("seed", spec.seed)
@@ -424,7 +442,7 @@ def round_sparsities(sparsity: float, rounds: int) -> list[float]:
 def _mask_inputs(ctx: Context) -> tuple[dict[str, Tensor], list[str]]:
     """(tie-break values θ², eligible names) of the encoder's scored weights."""
     enc = ctx.encoder.model
-    names = scores.default_params(enc)
+    names = _scored_names(ctx)
     params = dict(enc.named_parameters())
     tiebreak = {n: params[n].detach().float().cpu() ** 2 for n in names}
     return tiebreak, layers.prunable(enc, names, ctx.spec.prune_layers)
@@ -708,6 +726,11 @@ def _run(spec: ExperimentSpec, progress: StageProgress) -> ExperimentResult:
         for k, name in enumerate(names)
     ]
     notes = list(ctx.suite.notes)
+    if ctx.suite.image_size and ctx.image_size != ctx.suite.image_size and not spec.image_size:
+        notes.append(
+            f"images fed at {ctx.image_size} px, the size {spec.model}'s position embeddings are "
+            f"learned for (the suite's {ctx.suite.image_size} px would not fit)"
+        )
     if xdom is not None:
         notes += [xdom.note(), *xdom.ctx.suite.notes]
     if rep_report is not None:

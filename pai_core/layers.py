@@ -96,8 +96,10 @@ def layer_kinds(model: nn.Module, names: Iterable[str] | None = None) -> dict[st
 
     ``"stem"``: the first convolution in ``named_modules`` order (the one the image meets);
     ``"depthwise"``: ``groups == in_channels > 1``; ``"pointwise"``: 1×1 kernel and ``groups == 1``
-    (transposed convolutions excluded); ``"linear"``: ``nn.Linear``; ``"conv"``: every other
-    convolution.
+    (transposed convolutions excluded); ``"linear"``: ``nn.Linear``, ``nn.MultiheadAttention``'s
+    ``in_proj_weight`` / ``q/k/v_proj_weight``, and (only when named in ``names``) any other
+    2-D parameter, a dense matrix the network applies functionally (open_clip's ``proj``, the
+    q/k/v weights of its attention pool); ``"conv"``: every other convolution.
 
     Args:
         model: The network.
@@ -107,7 +109,8 @@ def layer_kinds(model: nn.Module, names: Iterable[str] | None = None) -> dict[st
         ``{weight name: kind}`` in ``named_modules`` order.
 
     Raises:
-        ValueError: A name is not the weight of a Linear or convolution layer.
+        ValueError: A name is neither the weight of a Linear or convolution layer nor a 2-D
+            parameter.
     """
     kinds: dict[str, str] = {}
     stem_seen = False
@@ -125,12 +128,20 @@ def layer_kinds(model: nn.Module, names: Iterable[str] | None = None) -> dict[st
                 kinds[name] = "pointwise"
             else:
                 kinds[name] = "conv"
+        elif isinstance(m, nn.MultiheadAttention):
+            for p_name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(m, p_name, None) is not None:
+                    kinds[f"{mod_name}.{p_name}" if mod_name else p_name] = "linear"
     if names is None:
         return kinds
     wanted = list(names)
+    params = dict(model.named_parameters())
+    for n in wanted:
+        if n not in kinds and n in params and params[n].dim() == 2:
+            kinds[n] = "linear"
     unknown = [n for n in wanted if n not in kinds]
     if unknown:
-        raise ValueError(f"not the weight of a Linear or convolution layer: {unknown}")
+        raise ValueError(f"not the weight of a Linear or convolution layer, nor a 2-D matrix: {unknown}")
     return {n: kinds[n] for n in wanted}
 
 

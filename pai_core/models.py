@@ -73,6 +73,9 @@ class Encoder:
         crop_pct: Centre-crop fraction used at the native size.
         weights_id: Identity of the weights (hub tag or file hash); part of every cache key.
         classifier: The original ImageNet head (features → 1000 logits) if known.
+        fixed_size: The architecture accepts only ``input_size`` (position embeddings learned
+            for that many patches: ViTs, CLIP's attention pooling); every suite then feeds it
+            ``input_size`` (:meth:`size_for`).
     """
 
     name: str
@@ -85,6 +88,18 @@ class Encoder:
     crop_pct: float = 0.875
     weights_id: str = "random"
     classifier: nn.Module | None = None
+    fixed_size: bool = False
+
+    def size_for(self, preferred: int | None) -> int:
+        """The input size to feed: ``input_size`` if the architecture fixes it, else ``preferred``
+        (a suite's choice, e.g. 112 px for upsampled digits) or ``input_size``.
+
+        Example:
+            >>> enc = Encoder("x", nn.Identity(), 8, "vit", 224, (0.5,) * 3, (0.5,) * 3, fixed_size=True)
+            >>> enc.size_for(112), enc.copy().size_for(None)
+            (224, 224)
+        """
+        return self.input_size if self.fixed_size else (preferred or self.input_size)
 
     def transform(self, image_size: int | None = None) -> Callable:
         """Preprocessing from a PIL image to a normalised tensor (see :func:`make_transform`)."""
@@ -361,6 +376,18 @@ def _strict_load(
         raise ModelUnavailable(f"{what} does not fit {name!r}: {str(exc).splitlines()[0]}") from exc
 
 
+def _fixed_size(model: nn.Module) -> bool:
+    """Whether the architecture accepts only its native input size: open_clip's learned position
+    embeddings (ViT and the ResNets' AttentionPool2d) are fixed to it, and timm ViTs check it
+    unless built with ``dynamic_img_size``."""
+    for m in model.modules():
+        if isinstance(getattr(m, "positional_embedding", None), nn.Parameter):
+            return True
+        if getattr(m, "strict_img_size", False) and not getattr(model, "dynamic_img_size", False):
+            return True
+    return False
+
+
 def _is_vit(model: nn.Module) -> bool:
     return any(
         isinstance(m, nn.MultiheadAttention) or type(m).__name__ in {"Attention", "AttentionPool2d"}
@@ -401,6 +428,7 @@ def _timm_encoder(name: str, timm_name: str, checkpoint, *, hub_ok: bool = True)
         crop_pct=cfg.get("crop_pct", 0.875),
         weights_id=wid,
         classifier=classifier,
+        fixed_size=_fixed_size(model),
     )
 
 
@@ -497,6 +525,7 @@ def _open_clip_encoder(name: str, arch: str, tag: str | None, checkpoint) -> Enc
         std=std,
         crop_pct=1.0,
         weights_id=wid,
+        fixed_size=_fixed_size(visual),
     )
 
 

@@ -141,3 +141,13 @@ def test_generic_timm_scheme_and_copy():
     with torch.no_grad():
         next(c.model.parameters()).zero_()
     assert next(enc.model.parameters()).abs().sum() > 0
+
+
+def test_fixed_input_sizes_are_known():
+    """ViTs whose position embeddings fix the input size say so; every suite then feeds them
+    that size (the CLIP encoders end to end: tests/test_conformance.py)."""
+    vit = models._timm_encoder("vit", "vit_base_patch16_224", None, hub_ok=False)
+    assert vit.fixed_size and vit.size_for(112) == 224
+    for name in ("test_resnet", "test_vit", "efficientnet_lite0"):  # test_vit: dynamic image size
+        enc = models.load_encoder(name)
+        assert not enc.fixed_size and enc.size_for(112) == 112 and enc.size_for(None) == enc.input_size

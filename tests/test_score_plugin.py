@@ -30,12 +30,17 @@ def toy_score() -> Iterator[str]:
         TOY,
         label="|θ|^p (toy)",
         data_driven=False,
-        options=(ScoreOption("power", float, 1.0, min=0.5, max=4.0, help="exponent p"),),
+        options=(
+            ScoreOption("power", float, 1.0, min=0.5, max=4.0, help="exponent p"),
+            ScoreOption("shape", str, "plain", choices=("plain", "log1p"), help="log1p: log(1 + |θ|^p)"),
+        ),
         color=TOY_COLOR,
     )
-    def toy_abs(c: ScoreCall, *, power: float = 1.0) -> Scores:
+    def toy_abs(c: ScoreCall, *, power: float = 1.0, shape: str = "plain") -> Scores:
         """``S_j = |θ_j|^p``: a toy score for tests (no paper; ranks like magnitude for any p)."""
-        return {n: p.detach().abs() ** power for n, p in c.named.items()}
+        c.diagnose("toy_max", max(float(p.detach().abs().max()) for p in c.named.values()))
+        out = {n: p.detach().abs() ** power for n, p in c.named.items()}
+        return {n: t.log1p() for n, t in out.items()} if shape == "log1p" else out
 
     yield TOY
     scores._registry._REGISTRY.pop(TOY)
@@ -57,6 +62,23 @@ def test_registry_lists_it_after_the_built_ins_and_compute_checks_its_option():
     assert ExperimentSpec(score=TOY, score_options={"power": 2.0}).score == TOY
     with pytest.raises(ValueError, match="'power' must be <= 4.0"):
         ExperimentSpec(score=TOY, score_options={"power": 9.0})
+    with pytest.raises(ValueError, match="'shape' must be one of 'plain', 'log1p', got 'cube'"):
+        ExperimentSpec(score=TOY, score_options={"shape": "cube"})
+    assert ExperimentSpec(score=TOY, score_options={"shape": "log1p"}).score_options == (("shape", "log1p"),)
+
+
+def test_compute_fills_the_callers_diagnostics_only_when_asked():
+    from torch import nn
+
+    net = nn.Linear(2, 1, bias=False)
+    d: dict = {}
+    scores.compute(TOY, net, None, diagnostics=d)
+    assert d == {"toy_max": float(net.weight.detach().abs().max())}
+    scores.compute(TOY, net, None)  # no dict: nothing to fill, no error
+    with pytest.raises(ValueError, match="compute"):
+        register_score("bad_opt", label="x", data_driven=False, options=(ScoreOption("loss", int, 1),))(
+            lambda c: {}
+        )
 
 
 def test_cli_offers_it_and_runs_it_into_the_store(tmp_store, capsys):
@@ -67,10 +89,11 @@ def test_cli_offers_it_and_runs_it_into_the_store(tmp_store, capsys):
     assert main(["scores"]) == 0
     listing = capsys.readouterr().out
     assert "|θ|^p (toy)" in listing and "option power (float, default 1, 0.5..4): exponent p" in listing
+    assert "option shape (one of plain|log1p, default plain): log1p: log(1 + |θ|^p)" in listing
     argv = ["run", "--model", "test_resnet", "--score", TOY, "--sparsity", "0.5", "--images-per-class", "5"]
-    assert main([*argv, "--image-size", "32", "--score-options", '{"power": 2}']) == 0
+    assert main([*argv, "--image-size", "32", "--score-options", '{"power": 2, "shape": "log1p"}']) == 0
     [res] = ResultsStore().results()
-    assert res.spec.score == TOY and res.spec.score_options == (("power", 2),)
+    assert res.spec.score == TOY and res.spec.score_options == (("power", 2), ("shape", "log1p"))
     assert main([*argv, "--score-options", '{"power": 0.1}']) == 2  # out of range: one clear line
     assert "'power' must be >= 0.5" in capsys.readouterr().err
 
@@ -81,11 +104,14 @@ def test_sweep_accepts_it_with_its_options():
             "scores": ["magnitude", TOY],
             "sources": [0],
             "sparsities": [0.5],
-            "score_options": {TOY: {"power": 3}},
+            "score_options": {TOY: {"power": 3, "shape": "log1p"}},
         }
     )
     specs, _ = plan(cfg)
-    assert [(s.score, s.score_options) for s in specs] == [("magnitude", ()), (TOY, (("power", 3),))]
+    assert [(s.score, s.score_options) for s in specs] == [
+        ("magnitude", ()),
+        (TOY, (("power", 3), ("shape", "log1p"))),
+    ]
     with pytest.raises(ValueError, match="score_options.*'power'"):
         SweepConfig.from_dict({"scores": [TOY], "score_options": {TOY: {"power": -1}}})
 
@@ -112,17 +138,20 @@ def test_dashboard_offers_it_draws_its_option_and_runs_it(tmp_store):
     at.multiselect(key="prune_w_scores").set_value([TOY]).run()
     widget = at.number_input(key=f"prune_w_opt_{TOY}_power")
     assert widget.value == 1.0 and widget.min == 0.5 and widget.max == 4.0 and widget.help == "exponent p"
+    choice = at.selectbox(key=f"prune_w_opt_{TOY}_shape")
+    assert choice.options == ["plain", "log1p"] and choice.value == "plain"
     at.selectbox(key="prune_w_model").set_value("test_resnet").run()
     at.number_input(key="prune_w_ipc").set_value(5)
     at.multiselect(key="prune_w_levels").set_value([0.36])
     at.number_input(key=f"prune_w_opt_{TOY}_power").set_value(2.0)
+    at.selectbox(key=f"prune_w_opt_{TOY}_shape").set_value("log1p")
     [run] = [b for b in at.button if b.label == "Run"]
     run.click()
     at.run(timeout=300)
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     [res] = at.session_state["prune_output"]["results"]
-    assert res.spec.score == TOY and dict(res.spec.score_options) == {"power": 2.0}
+    assert res.spec.score == TOY and dict(res.spec.score_options) == {"power": 2.0, "shape": "log1p"}
     assert [r.spec.key() for r in ResultsStore().results()] == [res.spec.key()]  # recorded by the page
     bars = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "prune_fig3" in c.proto.id))[
         "data"

@@ -364,8 +364,10 @@ def test_hutchinson_seeded():
 # --------------------------------------------------------------------------------------
 
 
-def brute_factors(model, data, name):
-    """A and B of Eq. (5) by explicit patch extraction and per-example autograd loops."""
+def brute_factors(model, data, name, approx="expand"):
+    """A and B of Eq. (5) by explicit patch extraction and per-example autograd loops, in the
+    "expand" setting (every position an example) or the "reduce" one (per example: the mean
+    patch ``â`` and the summed output gradient ``ĝ``), Eschenhagen et al. (2023), Sec. 3."""
     layer = model.get_submodule(name.rsplit(".", 1)[0])
     captured = {}
 
@@ -389,9 +391,13 @@ def brute_factors(model, data, name):
         model.zero_grad(set_to_none=True)
     n_ex = len(acts)
     if isinstance(layer, nn.Linear):
-        a = torch.stack(acts)
-        g = torch.stack(grads)
-        return (a.T @ a / n_ex)[None], (g.T @ g / n_ex)[None]
+        if approx == "reduce":  # tokens: mean input, summed gradient per example
+            a = torch.stack([x.reshape(-1, x.shape[-1]).mean(0) for x in acts])
+            g = torch.stack([x.reshape(-1, x.shape[-1]).sum(0) for x in grads])
+        else:
+            a = torch.cat([x.reshape(-1, x.shape[-1]) for x in acts])
+            g = torch.cat([x.reshape(-1, x.shape[-1]) for x in grads])
+        return (a.T @ a / len(a))[None], (g.T @ g / n_ex)[None]
     one_d = isinstance(layer, nn.Conv1d)
     G = layer.groups
     kh, kw = (1, *layer.kernel_size) if one_d else layer.kernel_size
@@ -400,8 +406,11 @@ def brute_factors(model, data, name):
     cin, cout = layer.in_channels // G, layer.out_channels // G
     A = torch.zeros(G, cin * kh * kw, cin * kh * kw, dtype=DT)
     B = torch.zeros(G, cout, cout, dtype=DT)
+    A_r, B_r = torch.zeros_like(A), torch.zeros_like(B)
     count = 0
     for xa, ga in zip(acts, grads):
+        a_hat = torch.zeros(G, cin * kh * kw, dtype=DT)
+        g_hat = torch.zeros(G, cout, dtype=DT)
         if one_d:
             xa, ga = xa.unsqueeze(1), ga.unsqueeze(1)
         if type(layer).__name__ == "Conv2dSame":  # TF 'same': pad total = needed, extra on the right
@@ -425,26 +434,35 @@ def brute_factors(model, data, name):
                     A[gi] += torch.outer(a, a)
                     gv = ga[gi * cout : (gi + 1) * cout, i, j]
                     B[gi] += torch.outer(gv, gv)
+                    a_hat[gi] += a / (ga.shape[1] * ga.shape[2])
+                    g_hat[gi] += gv
+        if approx == "reduce":
+            A_r += a_hat[:, :, None] * a_hat[:, None, :]
+            B_r += g_hat[:, :, None] * g_hat[:, None, :]
+    if approx == "reduce":
+        return A_r / n_ex, B_r / n_ex
     return A / count, B / n_ex
 
 
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("net", NETS + ["odd"])
-def test_kfac_factors_brute_force(net):
+def test_kfac_factors_brute_force(net, approx):
     model, data = make(net)
-    factors = S.kfac_factors(model, data)
+    factors = S.kfac_factors(model, data, approx=approx)
     assert set(factors) == set(S.default_params(model))
     for name, f in factors.items():
-        A, B = brute_factors(model, data, name)
+        A, B = brute_factors(model, data, name, approx)
         assert close(f.A, A), name
         assert close(f.B, B), name
 
 
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("net", NETS)
-def test_kfac_score_matches_explicit_kron(net):
+def test_kfac_score_matches_explicit_kron(net, approx):
     model, data = make(net)
     damping = 1e-2
-    factors = S.kfac_factors(model, data)
-    got = S.compute("kfac", model, data, damping=damping)
+    factors = S.kfac_factors(model, data, approx=approx)
+    got = S.compute("kfac", model, data, damping=damping, approx=approx)
     for name, f in factors.items():
         w = model.get_parameter(name).detach()
         rows = w.shape[0] // f.groups
@@ -463,7 +481,7 @@ def test_kfac_score_matches_explicit_kron(net):
 
 def test_kfac_grouped_blocks_are_per_group():
     model, data = make("grouped")
-    f = S.kfac_factors(model, data)
+    f = S.kfac_factors(model, data, approx="expand")
     assert f["grouped.weight"].A.shape == (2, 2 * 9, 2 * 9)
     assert f["grouped.weight"].B.shape == (2, 3, 3)
     assert f["dw.weight"].A.shape == (6, 9, 9) and f["dw.weight"].B.shape == (6, 1, 1)
@@ -476,7 +494,7 @@ def test_kfac_token_linear_averages_over_tokens():
     model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Flatten(), nn.Linear(8, 2)).to(DT)
     x = torch.randn(5, 2, 3, dtype=DT)
     y = torch.randint(0, 2, (5,))
-    f = S.kfac_factors(model, [(x, y)], params=["0.weight"])["0.weight"]
+    f = S.kfac_factors(model, [(x, y)], params=["0.weight"], approx="expand")["0.weight"]
     a = x.reshape(-1, 3)
     assert close(f.A[0], a.T @ a / 10)
     zs = []
@@ -488,10 +506,83 @@ def test_kfac_token_linear_averages_over_tokens():
     assert close(f.B[0], g.T @ g / 5)
 
 
+class ConvPool(nn.Module):
+    """A conv followed directly by global average pooling: its output gradient is the same at
+    every position, the case where K-FAC-reduce is exact (Eschenhagen et al., 2023)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_kfac_reduce_is_the_exact_fisher_where_expand_is_not():
+    """One example: F = vec(G)vec(G)ᵀ, G = ĝ âᵀ, so A⊗B = F for reduce; expand misses the
+    cross-position terms and its scale ratio tr(A)tr(B)/tr(F) is far from 1."""
+    torch.manual_seed(0)
+    model = ConvPool().to(DT).eval()
+    # Positive inputs (as after a ReLU, or images): patches correlate across positions, which
+    # expand's A ⊗ B ignores.
+    x, y = torch.rand(1, 2, 5, 5, dtype=DT) + 0.5, torch.tensor([1])
+    (g,) = loop_grads(model, [(x, y)], ["conv.weight"])
+    vec = g["conv.weight"].reshape(-1)  # row-major (out, in·kh·kw)
+    fisher = torch.outer(vec, vec)
+    for approx in ("reduce", "expand"):
+        d: dict = {}
+        f = S.kfac_factors(model, [(x, y)], approx=approx, diagnostics=d)["conv.weight"]
+        kron = torch.kron(f.B[0], f.A[0])
+        ratio = d["kfac_scale_ratio"]["conv.weight"]
+        if approx == "reduce":
+            assert close(kron, fisher) and ratio == pytest.approx(1.0, rel=1e-12)
+        else:
+            assert not close(kron, fisher, rtol=1e-2) and ratio < 0.5
+        assert d["kfac_scale_ratio"]["head.weight"] == pytest.approx(1.0, rel=1e-12)  # T = 1: exact
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("net", ["cnn", "grouped", "mlp"])
+def test_kfac_scale_ratio_diagnostic_is_trace_ratio(net, approx):
+    """``kfac_scale_ratio`` = Σ_g tr(A_g)·tr(B_g) / tr(F), F the empirical Fisher from per-example
+    gradients, all on the same (here: all) examples."""
+    model, data = make(net)
+    d: dict = {}
+    S.kfac_factors(model, data, approx=approx, diagnostics=d)
+    names = S.default_params(model)
+    grads = loop_grads(model, data, names)
+    assert d["kfac_scale_examples"] == len(grads) and set(d["kfac_scale_ratio"]) == set(names)
+    assert d["kfac_approx"] == {"conv": approx, "linear": approx}
+    for name in names:
+        A, B = brute_factors(model, data, name, approx)
+        tr_f = float(torch.stack([g[name] ** 2 for g in grads]).sum(0).sum()) / len(grads)
+        ref = float(
+            (torch.diagonal(A, dim1=1, dim2=2).sum(1) * torch.diagonal(B, dim1=1, dim2=2).sum(1)).sum()
+        )
+        assert d["kfac_scale_ratio"][name] == pytest.approx(ref / tr_f, rel=1e-9), name
+
+
+def test_kfac_auto_is_reduce_for_cnn_convolutions_and_expand_otherwise():
+    model, data = make("cnn")
+    d: dict = {}
+    S.compute("kfac", model, data, diagnostics=d)
+    assert d["kfac_approx"] == {"conv": "reduce", "linear": "expand"}
+    auto = S.kfac_factors(model, data)
+    reduce = S.kfac_factors(model, data, approx="reduce")
+    assert all(close(auto[n].A, reduce[n].A) and close(auto[n].B, reduce[n].B) for n in auto)
+    vit = pytest.importorskip("timm").create_model("test_vit", pretrained=False)
+    assert S.resolve_approx(vit, "auto") == {"conv": "expand", "linear": "expand"}
+    with pytest.raises(ValueError, match="'approx' must be one of 'auto', 'reduce', 'expand'"):
+        S.compute("kfac", model, data, approx="kron")
+
+
 def test_kfac_rejects_non_layer_params():
     model, data = make("mlp")
     with pytest.raises(ValueError, match="norm.weight"):
         S.compute("kfac", model, data, params=["fc1.weight", "norm.weight"])
+    with pytest.raises(ValueError, match="fc1.bias"):
+        S.compute("kfac", model, data, params=["fc1.weight", "fc1.bias"])
 
 
 # --------------------------------------------------------------------------------------

@@ -8,14 +8,18 @@ paper, data, seed, refused architectures, options), :func:`compute` validates an
 Layout (one module per family, as in curvlinops):
 
 * :mod:`~pai_core.scores._base`: the loss, the data, which weights are scored
-  (:func:`default_params`), the model's state, BatchNorm warm-up;
-* :mod:`~pai_core.scores.hooks`: per-example gradients and K-FAC factor sums of Linear/Conv
-  layers from one backward pass;
+  (:func:`default_params`: every weight matrix), the model's state, BatchNorm warm-up, what a
+  score's pass saw (:class:`Coverage`);
+* :mod:`~pai_core.scores._sites`: where the forward pass applies a weight (modules,
+  ``F.multi_head_attention_forward``, ``x @ proj``), found by a torch-function mode;
+* :mod:`~pai_core.scores.hooks`: per-example gradients and K-FAC factor sums at those sites from
+  one backward pass, with a probe that places each example's rows and proves coverage;
 * :mod:`~pai_core.scores.magnitude` (magnitude, random), :mod:`~pai_core.scores.fisher`
-  (SNIP, diagonal empirical Fisher, Fisher–Taylor), :mod:`~pai_core.scores.kfac` (K-FAC factors
-  and the block score), :mod:`~pai_core.scores.hessian` (GraSP, Hutchinson),
+  (SNIP, diagonal empirical Fisher, Fisher–Taylor), :mod:`~pai_core.scores.kfac` (K-FAC factors,
+  reduce or expand, and the block score), :mod:`~pai_core.scores.hessian` (GraSP, Hutchinson),
   :mod:`~pai_core.scores.px` (PX), :mod:`~pai_core.scores.synflow` (SynFlow);
-* :mod:`~pai_core.scores._registry`: :func:`register_score` and the metadata types.
+* :mod:`~pai_core.scores._registry`: :func:`register_score`, the metadata types, and
+  :func:`compute`, which refuses a silent zero and hands scores a diagnostics dict.
 
 Adding a score is one file: a function of a :class:`ScoreCall` (model, data, scored parameters,
 loss, progress) and its options, whose docstring opens with the formula and the paper, decorated
@@ -43,6 +47,7 @@ from ._base import (
     BN_WARMUP_MODES,
     LOSSES,
     Batches,
+    Coverage,
     Named,
     ScoreCall,
     Scores,
@@ -61,7 +66,7 @@ from ._registry import (
     infos,
     register_score,
 )
-from .kfac import KFactors, kfac_factors
+from .kfac import APPROX, SCALE_EXAMPLES, KFactors, kfac_factors, resolve_approx
 
 __all__ = [
     # registry
@@ -81,10 +86,14 @@ __all__ = [
     "Batches",
     "Named",
     "Scores",
+    "Coverage",
     "default_params",
     "per_example_loss",
     "warmup_batchnorm",
     # curvature building blocks (tests, benchmarks)
     "KFactors",
     "kfac_factors",
+    "resolve_approx",
+    "APPROX",
+    "SCALE_EXAMPLES",
 ]

@@ -30,11 +30,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._sites import weight_operands
 
 if TYPE_CHECKING:
     from ..results import Progress
@@ -62,6 +64,21 @@ Scores = dict[str, Tensor]
 LOSSES = ("mse", "ce")
 
 
+@dataclasses.dataclass
+class Coverage:
+    """Which scored parameters a data-driven score's pass actually saw (see ``compute``).
+
+    A score that reports (:meth:`ScoreCall.cover`) must account for every scored parameter:
+    ``seen`` (its statistics come from the data) or ``unreached`` (no path from it to the loss:
+    its gradient, and so its data-driven score, is exactly zero).  ``compute`` refuses to return
+    a score for any other parameter, rather than let a missed tensor score zero.
+    """
+
+    seen: set[str] = dataclasses.field(default_factory=set)
+    unreached: set[str] = dataclasses.field(default_factory=set)
+    reported: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreCall:
     """What one call of a score function gets (besides its options); built by ``compute``.
@@ -73,8 +90,12 @@ class ScoreCall:
         loss: One of :data:`LOSSES`.
         progress: ``progress(done, total, message)`` or None.
         diagnostics: Where a score reports what its caller should see next to the scores
-            (JSON-able entries, e.g. ``d["hutchinson_rel_se_median"] = 0.3``); a dict, never None
-            (the caller's own when it passed one to ``compute``).
+            (JSON-able entries keyed by diagnostic name, e.g.
+            ``d["hutchinson_rel_se_median"] = 0.3``); a dict, never None (the caller's own when it
+            passed one to ``compute``).  Write with :meth:`diagnose` or directly.
+        diagnostics_wanted: Whether the caller passed a dict to ``compute``; a score skips the
+            diagnostics that cost time (e.g. K-FAC's curvature-scale ratio) when it did not.
+        coverage: What the score's pass saw (:meth:`cover`; checked by ``compute``).
     """
 
     model: nn.Module
@@ -82,12 +103,24 @@ class ScoreCall:
     named: Named
     loss: str = "mse"
     progress: Progress | None = None
-    diagnostics: dict = dataclasses.field(default_factory=dict)
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    diagnostics_wanted: bool = False
+    coverage: Coverage = dataclasses.field(default_factory=Coverage)
 
     def report(self, done: int, total: int, message: str) -> None:
         """Report progress, if anyone listens."""
         if self.progress:
             self.progress(done, total, message)
+
+    def diagnose(self, name: str, value: Any) -> None:
+        """Record diagnostic ``name`` (a JSON-able value) in :attr:`diagnostics`."""
+        self.diagnostics[name] = value
+
+    def cover(self, seen: Iterable[str] = (), unreached: Iterable[str] = ()) -> None:
+        """Report parameters the pass saw, and parameters with no path to the loss."""
+        self.coverage.seen.update(seen)
+        self.coverage.unreached.update(unreached)
+        self.coverage.reported = True
 
 
 # --------------------------------------------------------------------------------------
@@ -144,30 +177,47 @@ def _num_batches(batches: Batches) -> int:
         return 0  # unknown: progress reports total=0
 
 
-def default_params(model: nn.Module) -> list[str]:
-    """The weights a pruning run scores: every ``weight`` of a Linear or convolution layer.
+def default_params(model: nn.Module, example: Tensor | None = None) -> list[str]:
+    """The weights a pruning run scores: every weight matrix of the network.
 
     The one place that decides it (the experiment scores exactly these weights of the encoder;
-    the paper prunes ``W``, never the heads ``ξ``).  Covered: ``nn.Linear`` and every
-    ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (subclasses included, e.g. timm's
-    same-padding convs).  Every score handles all of them: ``diag``/``fisher_taylor`` take the
-    fast hook path on Linear, Conv1d and Conv2d and exact per-example gradients from
-    ``torch.func`` on the others; the gradient and Hessian-vector scores use autograd; ``kfac``
-    has factors for Linear, Conv1d and Conv2d only and refuses the others by name.  Biases,
-    normalisation affine parameters and embeddings are not scored (they are not pruned).
+    the paper prunes ``W``, never the heads ``ξ``).  A weight matrix is
+
+    * the ``weight`` of an ``nn.Linear`` or of any ``nn.Conv1d/2d/3d`` / ``nn.ConvTranspose1d/2d/3d``
+      (subclasses included: timm's same-padding convs, attention's ``out_proj``);
+    * ``nn.MultiheadAttention``'s ``in_proj_weight`` (q, k, v stacked) or its separate
+      ``q/k/v_proj_weight``, which the module applies functionally;
+    * with ``example`` (a batch of inputs): every other parameter of two or more dimensions that
+      the forward pass of ``example`` applies as the weight of ``F.linear``, ``F.conv1d/2d`` or
+      a matrix product, e.g. open_clip's raw ViT projection ``proj`` (``x @ proj``).  Position
+      and class embeddings, which are added rather than applied, are not weight matrices.
+
+    Biases, normalisation affine parameters and embeddings are not scored (they are not pruned).
+    Every score covers every weight matrix: the hook scores (``diag``, ``fisher_taylor``,
+    ``kfac``) find them wherever the network applies them (:mod:`~pai_core.scores.hooks`), with
+    exact ``torch.func`` per-example gradients for the few the hooks cannot explain
+    (``Conv3d``, transposed convs), which ``kfac`` refuses by name; the gradient and
+    Hessian-vector scores use autograd.
 
     Args:
         model: Any ``nn.Module``.
+        example: Optional input batch (one example is enough) to find functional weights.
 
     Returns:
         Parameter names, in ``model.named_parameters()`` order (a weight shared by two layers
         once).
     """
-    wanted = {
-        id(m._parameters["weight"])
-        for m in model.modules()
-        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and m._parameters.get("weight") is not None
-    }
+    wanted = set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and m._parameters.get("weight") is not None:
+            wanted.add(id(m._parameters["weight"]))
+        if isinstance(m, nn.MultiheadAttention):
+            for key in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if m._parameters.get(key) is not None:
+                    wanted.add(id(m._parameters[key]))
+    if example is not None:
+        named = dict(model.named_parameters())
+        wanted |= {id(named[n]) for n in weight_operands(model, example) if named[n].dim() >= 2}
     return [n for n, p in model.named_parameters() if id(p) in wanted]
 
 
@@ -186,18 +236,39 @@ def _grad_full(c: ScoreCall, label: str, done: int = 0, total: int = 0) -> tuple
     """``(∇_θ L, N)``: gradient of the mean data loss (autograd per batch, summed, divided by N)."""
     params = list(c.named.values())
     acc = [torch.zeros_like(p) for p in params]
+    reached = [False] * len(params)
     n = 0
     for x, y in _batches(c.batches, c.model):
         gs = torch.autograd.grad(_loss_sum(c.model(x), y, c.loss), params, allow_unused=True)
-        for a, g in zip(acc, gs):
+        for i, (a, g) in enumerate(zip(acc, gs)):
             if g is not None:
                 a += g
+                reached[i] = True
         n += x.shape[0]
         done += 1
         c.report(done, total, label)
     if n == 0:
         raise ValueError("batches is empty")
+    # Autograd misses nothing: a parameter without a gradient has no path to the loss.
+    names = list(c.named)
+    c.cover([m for m, r in zip(names, reached) if r], [m for m, r in zip(names, reached) if not r])
     return [a / n for a in acc], n
+
+
+def _reach(c: ScoreCall, names: Sequence[str]) -> dict[str, str]:
+    """``{name: "unreached" | "zero" | "nonzero"}``: whether the data loss's gradient w.r.t.
+    each parameter does not exist, is exactly zero on every batch, or is not."""
+    named = {n: c.named[n] for n in names}
+    state = {n: "unreached" for n in names}
+    with _scoring_state(c.model, named.values()):
+        for x, y in _batches(c.batches, c.model):
+            gs = torch.autograd.grad(
+                _loss_sum(c.model(x), y, c.loss), list(named.values()), allow_unused=True
+            )
+            for n, g in zip(named, gs):
+                if g is not None and state[n] != "nonzero":
+                    state[n] = "nonzero" if bool(g.any()) else "zero"
+    return state
 
 
 # --------------------------------------------------------------------------------------

@@ -12,11 +12,20 @@ Example:
     >>> @register_score("example_abs", label="|θ|", data_driven=False)
     ... def example_abs(c):
     ...     "|θ|: an example (ranks as magnitude does)."  # its docstring: formula and paper
+    ...     c.diagnose("zero_weights", sum(int((p == 0).sum()) for p in c.named.values()))
     ...     return {n: p.detach().abs() for n, p in c.named.items()}
     >>> info("example_abs").label, info("example_abs").description
     ('|θ|', '|θ|: an example (ranks as magnitude does).')
     >>> compute("example_abs", nn.Linear(2, 1, bias=False), None)["weight"].shape
     torch.Size([1, 2])
+
+A score reports diagnostics (JSON-able values keyed by diagnostic name) to a caller that asks for
+them with ``compute(..., diagnostics=d)``; it writes them with :meth:`ScoreCall.diagnose`:
+
+    >>> d = {}
+    >>> _ = compute("example_abs", nn.Linear(2, 1, bias=False), None, diagnostics=d)
+    >>> d
+    {'zero_weights': 0}
     >>> _REGISTRY.pop("example_abs").name  # tests and examples clean up after themselves
     'example_abs'
 """
@@ -25,12 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from torch import Tensor, nn
 
-from ._base import BN_WARMUP_MODES, LOSSES, Batches, ScoreCall, _resolve_params, warmup_batchnorm
+from ._base import BN_WARMUP_MODES, LOSSES, Batches, ScoreCall, _reach, _resolve_params, warmup_batchnorm
 
 if TYPE_CHECKING:
     from ..results import Progress
@@ -74,31 +84,54 @@ _F = TypeVar("_F", bound=Callable[..., dict[str, Tensor]])
 class ScoreOption:
     """One option of a score: what the CLI's JSON, a sweep file and the dashboard's widgets set.
 
+    A number (``int``/``float``, optionally bounded: the dashboard draws a number input) or a
+    choice among named strings (``str`` with ``choices``: the dashboard draws a select box).
+
     Attributes:
         name: Keyword passed to the score function.
-        type: ``int`` or ``float``.
+        type: ``int``, ``float`` or ``str`` (``str`` needs ``choices``).
         default: Value when not given.
-        min, max: Inclusive bounds (None: unbounded).
+        min, max: Inclusive bounds of a number (None: unbounded).
         help: One sentence for widgets and ``--help``.
+        choices: The allowed values of a ``str`` option, in display order.
+
+    Example:
+        >>> o = ScoreOption("approx", str, "auto", choices=("auto", "reduce", "expand"))
+        >>> o.check("reduce"), o.describe()
+        ('reduce', 'approx (one of auto|reduce|expand, default auto): ')
+        >>> o.check("exact")
+        Traceback (most recent call last):
+        ...
+        ValueError: option 'approx' must be one of 'auto', 'reduce', 'expand', got 'exact'
     """
 
     name: str
     type: type
-    default: int | float
+    default: int | float | str
     min: int | float | None = None
     max: int | float | None = None
     help: str = ""
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.type not in (int, float):
-            raise TypeError(f"option {self.name!r}: type must be int or float, got {self.type!r}")
-        # Bounds and default of the option's own type (widgets want one numeric type).
-        for bound in ("min", "max"):
-            if getattr(self, bound) is not None:
-                object.__setattr__(self, bound, self.type(getattr(self, bound)))
+        if self.type not in (int, float, str):
+            raise TypeError(f"option {self.name!r}: type must be int, float or str, got {self.type!r}")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if self.type is str:
+            if not self.choices or not all(isinstance(c, str) for c in self.choices):
+                raise TypeError(f"option {self.name!r}: a str option needs its choices (strings)")
+            if self.min is not None or self.max is not None:
+                raise TypeError(f"option {self.name!r}: a str option has no bounds")
+        elif self.choices:
+            raise TypeError(f"option {self.name!r}: only str options have choices")
+        else:
+            # Bounds and default of the option's own type (widgets want one numeric type).
+            for bound in ("min", "max"):
+                if getattr(self, bound) is not None:
+                    object.__setattr__(self, bound, self.type(getattr(self, bound)))
         object.__setattr__(self, "default", self.check(self.default))
 
-    def check(self, value: Any) -> int | float:
+    def check(self, value: Any) -> int | float | str:
         """The value as the option's type; ValueError naming the option when it does not fit.
 
         Example:
@@ -109,6 +142,12 @@ class ScoreOption:
             ...
             ValueError: option 'probes' must be >= 1, got 0
         """
+        if self.type is str:
+            if value not in self.choices:
+                raise ValueError(
+                    f"option {self.name!r} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+                )
+            return str(value)
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or (self.type is int and float(value) != int(value)):
             raise ValueError(
@@ -124,6 +163,8 @@ class ScoreOption:
 
     def describe(self) -> str:
         """``name (type, default …, range …): help`` for ``--help`` and tables."""
+        if self.type is str:
+            return f"{self.name} (one of {'|'.join(self.choices)}, default {self.default}): {self.help}"
         lo = "-∞" if self.min is None else f"{self.min:g}"
         hi = "∞" if self.max is None else f"{self.max:g}"
         return f"{self.name} ({self.type.__name__}, default {self.default:g}, {lo}..{hi}): {self.help}"
@@ -182,7 +223,7 @@ class ScoreInfo:
             )
         return by_name[name]
 
-    def defaults(self) -> dict[str, int | float]:
+    def defaults(self) -> dict[str, int | float | str]:
         """``{option: default}``."""
         return {o.name: o.default for o in self.options}
 
@@ -212,6 +253,8 @@ class ScoreInfo:
 
 
 _SEED = ScoreOption("seed", int, 0, min=0)
+# compute()'s own keyword arguments: no option may take these names.
+_RESERVED = {"name", "model", "batches", "params", "loss", "progress", "diagnostics"}
 
 _REGISTRY: dict[str, ScoreInfo] = {}
 
@@ -254,6 +297,8 @@ def register_score(
         names = [o.name for o in opts] + (["seed"] if stochastic else [])
         if len(set(names)) != len(names):
             raise ValueError(f"score {name!r}: repeated option names {names}")
+        if clash := sorted(set(names) & _RESERVED):
+            raise ValueError(f"score {name!r}: option names {clash} are compute()'s own arguments")
         about = description or _summary(fn.__doc__)
         if not about:
             raise ValueError(f"score {name!r}: give a description or a docstring (its formula and paper)")
@@ -296,7 +341,7 @@ def compute(
     params: Sequence[str] | None = None,
     loss: str = "mse",
     progress: Progress | None = None,
-    diagnostics: dict | None = None,
+    diagnostics: dict[str, Any] | None = None,
     bn_warmup_mode: str = "reset-cumulative",
     **options: Any,
 ) -> dict[str, Tensor]:
@@ -315,8 +360,10 @@ def compute(
             :func:`~pai_core.scores.default_params`.
         loss: One of :data:`LOSSES` (default ``"mse"``, the paper's).
         progress: Optional callable ``progress(done, total, message)``, called per batch.
-        diagnostics: A dict the score fills with JSON-able entries about this computation (spread
-            of an estimator, layers it folded, …); None: not collected.
+        diagnostics: Optional dict that the score fills with what it measured on the way, as
+            JSON-able values keyed by diagnostic name (e.g. ``d["kfac_scale_ratio"] =
+            {layer: ratio}``, ``d["hutchinson_rel_se_median"]``; each score's docstring lists its
+            own).  None: not collected, and scores skip the diagnostics that cost time.
         bn_warmup_mode: How the ``bn_warmup`` option re-estimates BatchNorm statistics
             (:data:`~pai_core.scores._base.BN_WARMUP_MODES`).
         **options: The score's options (:attr:`ScoreInfo.options`: ``bn_warmup`` for every
@@ -328,6 +375,16 @@ def compute(
     Raises:
         ValueError: Unknown score, loss, option or parameter name; an option out of range; no data
             for a data-driven score.
+        RuntimeError: A data-driven score has no statistics for a parameter that reaches the
+            loss (its pass missed the tensor: no silent zero is ever returned), named; or the
+            score wrote a diagnostic that is not JSON-able (a bug in the score).
+
+    No silent zero: a data-driven score either reports what its pass saw
+    (:meth:`ScoreCall.cover`), and every scored parameter must be seen or have no path to the
+    loss, or it does not, and every tensor it scores all-zero (with a non-zero weight) is checked
+    against the data loss's gradient, which must then be zero or absent.  Parameters with no
+    path to the loss (their data-driven score is exactly zero) are listed in the diagnostic
+    ``unreached_params``.
     """
     spec = info(name)
     if loss not in LOSSES:
@@ -344,5 +401,32 @@ def compute(
     if warm > 0:
         warmup_batchnorm(model, batches, warm, progress, mode=bn_warmup_mode)
     diag = diagnostics if diagnostics is not None else {}
-    scores = spec.fn(ScoreCall(model, batches, named, loss, progress, diag), **opts)
+    call = ScoreCall(model, batches, named, loss, progress, diag, diagnostics_wanted=diagnostics is not None)
+    scores = spec.fn(call, **opts)
+    if spec.data_driven:
+        _check_coverage(name, call, scores)
+    try:
+        json.dumps(diag)
+    except (TypeError, ValueError) as exc:
+        raise RuntimeError(f"score {name!r} wrote a diagnostic that is not JSON-able: {exc}") from None
     return {n: scores[n].detach() for n in named}
+
+
+def _check_coverage(name: str, call: ScoreCall, scores: Mapping[str, Tensor]) -> None:
+    """Refuse a score for a tensor the score's pass missed; report unreached ones (see compute)."""
+    cov = call.coverage
+    if cov.reported:
+        missed = [n for n in call.named if n not in cov.seen and n not in cov.unreached]
+        unreached = [n for n in call.named if n in cov.unreached]
+    else:
+        zero = [n for n, p in call.named.items() if not bool(scores[n].any()) and bool(p.detach().any())]
+        state = _reach(call, zero) if zero else {}
+        missed = [n for n in zero if state[n] == "nonzero"]
+        unreached = [n for n in zero if state[n] == "unreached"]
+    if missed:
+        raise RuntimeError(
+            f"score {name!r} has no statistics for {missed}, which reach the loss: its pass never "
+            "saw them (a layer it does not recognise?); refusing to score them zero"
+        )
+    if unreached:
+        call.diagnose("unreached_params", unreached)

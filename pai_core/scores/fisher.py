@@ -18,11 +18,15 @@ from .hooks import _hooked_pass, _HookEngine
 def _moments(c: ScoreCall, label: str, *, sums: bool) -> _HookEngine:
     """Per-example gradient moments of the scored parameters (``sq``; ``sum`` when ``sums``)."""
     with _scoring_state(c.model):
-        return _hooked_pass(c, moments=True, kfac=False, sums=sums, label=f"{label}: per-example gradients")
+        eng = _hooked_pass(c, moments=True, kfac=False, sums=sums, label=f"{label}: per-example gradients")
+    # The engine explains every parameter (sites, or torch.func for the ones they miss) or finds
+    # it unreached; what it saw is what it stored.
+    c.cover([n for n in c.named if n in eng.sq], eng.unreached)
+    return eng
 
 
 def _get(store: dict[str, Tensor], name: str, p: Tensor) -> Tensor:
-    # A parameter whose layer never reached the loss has zero gradient.
+    # Only a parameter with no path to the loss is absent (reported by compute): zero gradient.
     return store[name] if name in store else torch.zeros_like(p)
 
 
