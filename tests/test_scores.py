@@ -620,6 +620,18 @@ def test_px_refuses_attention():
         S.compute("px", model, [(torch.randn(2, 4), torch.tensor([0, 1]))])
 
 
+def test_px_says_why_a_one_value_batchnorm_cannot_run():
+    # A 3x3 image through a 3x3 conv leaves one position; one image per batch then gives BatchNorm one
+    # value per channel in the surrogate's batch-statistics mode: a clear ValueError, not torch's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    batches = [(torch.randn(1, 3, 3, 3), torch.tensor([0]))]
+    with pytest.raises(ValueError, match="at least two values per channel.*1 image"):
+        S.compute("px", model, batches)
+    two = [(torch.randn(2, 3, 3, 3), torch.tensor([0, 1]))]
+    assert set(S.compute("px", model, two)) >= {"0.weight", "4.weight"}
+
+
 # --------------------------------------------------------------------------------------
 # Model state, options, registry
 # --------------------------------------------------------------------------------------

@@ -195,12 +195,27 @@ def px_score(c: ScoreCall, *, bn_fold: int = 1) -> Scores:
 
     sums: dict[tuple[int, ...], Tensor] = {}
     total = _num_batches(batches)
+
+    def run(net: nn.Module, x: Tensor) -> Tensor:
+        # The surrogates keep BatchNorm in batch-statistics mode (as the authors' code): a batch whose
+        # feature maps shrink to one value per channel cannot be normalised.
+        try:
+            return net(x)
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            raise ValueError(
+                f"px needs at least two values per channel at every BatchNorm, but a batch of {x.shape[0]} "
+                f"image(s) of size {tuple(x.shape[2:])} reaches one: use larger images or batches of "
+                "at least 2 images"
+            ) from None
+
     handles = [model.get_submodule(n).register_forward_pre_hook(record(n)) for n in act_names]
     try:
         with _scoring_state(model), torch.no_grad():
             for i, (x, _y) in enumerate(_batches(batches, model)):
                 model(x)
-                z1 = jvf(x.double() ** 2)
+                z1 = run(jvf, x.double() ** 2)
                 key = tuple(x.shape[1:])
                 sums[key] = sums[key] + z1.sum(0) if key in sums else z1.sum(0)
                 for q in gates.values():
@@ -222,7 +237,7 @@ def px_score(c: ScoreCall, *, bn_fold: int = 1) -> Scores:
         for shape, s in sums.items():
             # z₂ does not depend on the data: one forward per input shape.  Two identical rows so
             # that train-mode BatchNorm sees the same statistics as a batch of ones.
-            z2 = pk(torch.ones(2, *shape, dtype=torch.float64, device=s.device)).mean(0)
+            z2 = run(pk, torch.ones(2, *shape, dtype=torch.float64, device=s.device)).mean(0)
             r = r + (s * z2).sum()
         if not torch.isfinite(r):
             raise RuntimeError(
