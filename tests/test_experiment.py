@@ -2,7 +2,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -57,7 +56,8 @@ def test_source_out_of_range_and_px_on_vit():
         experiment.run(ExperimentSpec(model="test_vit", score="px", **TINY))
 
 
-def test_full_run_on_the_offline_default_and_cache_reuse(monkeypatch):
+def test_full_run_on_the_offline_default_and_cache_reuse(monkeypatch, fresh_cache):
+    # A cache of its own: another test's cached scores for the same spec would hide the first scoring.
     calls = []
     real = scores.compute
 
@@ -86,9 +86,8 @@ def test_full_run_on_the_offline_default_and_cache_reuse(monkeypatch):
     total = sum(r["numel"] for r in res.layer_report)
     assert kept == total - round(0.5 * total)
     # the same spec again: a cache hit, no scoring, identical numbers
-    t = time.perf_counter()
     again = experiment.run(spec)
-    assert again.cached and time.perf_counter() - t < 2.0
+    assert again.cached
     assert [t.zero_shot for t in again.tasks] == [t.zero_shot for t in res.tasks]
     # only the sparsity changes: the scores are reused
     experiment.run(spec.replace(sparsity=0.7, finetune=None))
