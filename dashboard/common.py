@@ -61,7 +61,6 @@ __all__ = [
     "results_signature",
     "all_results",
     "results_json",
-    "figure_download",
     "figure_downloads",
     # jobs and progress
     "PageJob",
@@ -852,18 +851,6 @@ def describe_specs(specs: Sequence[ExperimentSpec], task_names: Sequence[str] | 
 def data_root_default(suite: str) -> str:
     """The folder a suite would read now (its environment variable), for the data-folder field."""
     return os.environ.get(suite_env_var(suite), "")
-
-
-def figure_download(fig: Any, file_name: str, key: str) -> None:
-    """A "Download figure (HTML)" button: the figure as a self-contained page (opens offline)."""
-    st.download_button(
-        "Download figure (HTML)",
-        data=lambda: figures.figure_html(fig),
-        file_name=file_name,
-        mime="text/html",
-        on_click="ignore",
-        key=key,
-    )
 
 
 def figure_downloads(fig: Any, stem: str, key: str) -> None:
