@@ -31,9 +31,9 @@ from pathlib import Path
 from . import errors, experiment, masks, models, runtime, scores, scratch_cli, store, sweep, tasks
 from .features import device_label, pick_device
 from .results import REPAIR_FORMS, ExperimentResult, ExperimentSpec, spec_options
+from .validate import arg_device, parse_sparsity
 from .validate import arg_int_at_least as _int_at_least
 from .validate import arg_positive_float as _positive_float
-from .validate import check_device, parse_sparsity
 
 __all__ = ["main"]
 
@@ -64,13 +64,6 @@ class _Bar:
 
 
 # ----------------------------------------------------------------------------- argument types
-
-
-def _device(text: str) -> str:
-    try:
-        return check_device(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _one_sparsity(text: str) -> float:
@@ -138,7 +131,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--device", type=_device, default="auto", help="auto (GPU when present), cpu, cuda or cuda:N"
+        "--device", type=arg_device, default="auto", help="auto (GPU when present), cpu, cuda or cuda:N"
     )
 
 

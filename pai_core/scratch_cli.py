@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,39 +39,9 @@ from .scratch_spec import (
     ScratchResult,
     ScratchSpec,
 )
-from .validate import arg_int_at_least, check_device, parse_sparsity
+from .validate import arg_device, arg_int_at_least, arg_sparsity
 
 __all__ = ["add_cli", "summary_line"]
-
-
-class _Lines:
-    """One progress line per stage on stderr (the default when no bar is given)."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, stage: str, done: int, total: int, message: str) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < 0.5:
-            return
-        self.last = now
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r[{stage:>8}] {done}/{total} {message[:70]:<70}{end}")
-        sys.stderr.flush()
-
-
-def _sparsity(text: str) -> float:
-    try:
-        return parse_sparsity(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _device(text: str) -> str:
-    try:
-        return check_device(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _score_option(text: str) -> tuple[str, Any]:
@@ -120,7 +89,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-scope", default=d.mask_scope, choices=MASK_SCOPES)
     p.add_argument("--prune-layers", default=d.prune_layers, choices=PRUNE_LAYERS)
     p.add_argument("--schedule", default=d.schedule, choices=tuple(SCHEDULES), help="training recipe")
-    p.add_argument("--device", type=_device, default=d.device, help="auto (GPU when present), cpu or cuda")
+    p.add_argument("--device", type=arg_device, default=d.device, help="auto (GPU when present), cpu or cuda")
     p.add_argument("--threads", type=arg_int_at_least(1, "--threads"), default=None, help="torch CPU threads")
     p.add_argument(
         "--store", default=None, help="results database (default: $PAI_RESULTS_DB or <cache>/results.sqlite)"
@@ -264,18 +233,18 @@ def _options_per_score(names: tuple[str, ...], options: dict[str, Any]) -> dict[
 
 
 def add_cli(
-    subparsers: argparse._SubParsersAction, bar: Callable[[], StageProgress] | None = None
+    subparsers: argparse._SubParsersAction, bar: Callable[[], StageProgress]
 ) -> argparse.ArgumentParser:
     """Register ``scratch {list,run,grid}`` (handlers in ``fn``, as :mod:`pai_core.__main__` expects).
 
     Args:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
-        bar: Makes the progress callback of one run (default: one line per stage on stderr).
+        bar: Makes the progress callback of one run (the CLI's progress bar).
 
     Returns:
         The ``scratch`` parser.
     """
-    make_bar = bar or _Lines
+    make_bar = bar
     top = subparsers.add_parser(
         "scratch",
         help="the scalable paper's protocol: prune a randomly initialised network, train it from scratch",
@@ -293,7 +262,10 @@ def add_cli(
     _add_spec_args(p)
     p.add_argument("--score", default="diag", help=f"criterion ({', '.join(scores.available())})")
     p.add_argument(
-        "--sparsity", type=_sparsity, default=0.9, help="fraction of covered weights removed (0.98 or 98%%)"
+        "--sparsity",
+        type=arg_sparsity,
+        default=0.9,
+        help="fraction of covered weights removed (0.98 or 98%%)",
     )
     p.add_argument("--bn-warmup", default="off", choices=BN_WARMUPS)
     p.add_argument("--seed", type=int, default=0)

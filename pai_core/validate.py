@@ -20,7 +20,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["parse_sparsity", "check_device", "DEVICES", "arg_int_at_least", "arg_positive_float"]
+__all__ = [
+    "parse_sparsity",
+    "check_device",
+    "DEVICES",
+    "arg_int_at_least",
+    "arg_positive_float",
+    "arg_device",
+    "arg_sparsity",
+]
 
 #: Device names a user may ask for (``cuda:N`` too).
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,3 +109,19 @@ def arg_positive_float(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def arg_device(text: str) -> str:
+    """An argparse ``type=`` for :func:`check_device` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
+    try:
+        return check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def arg_sparsity(text: str) -> float:
+    """An argparse ``type=`` for one sparsity (:func:`parse_sparsity`: ``0.5904`` or ``59.04%``)."""
+    try:
+        return parse_sparsity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
