@@ -155,6 +155,13 @@ def grasp_score(c: ScoreCall, *, temperature: float = 200.0) -> Scores:
 @register_score(
     "hutchinson",
     label="diagonal Hessian (Hutchinson)",
+    description=(
+        "S_j = θ_j² · diag(H)_j with diag(H) estimated by Rademacher probes, fresh per example "
+        "(Hutchinson, 1989; Gollini Navarrete et al., 2025, arXiv:2502.11450). Noisy: at the defaults "
+        "(10 probes per example) two seeds' scores on EfficientNet-Lite0 + digits 0-4 (250 images) "
+        "correlate at Spearman 0.003 and their 59.04 % masks overlap at Jaccard 0.34 "
+        "(bench/bench_hutchinson.py): the ranking is mostly noise there, at 184x a forward+backward."
+    ),
     data_driven=True,
     stochastic=True,
     options=(
